@@ -1,0 +1,236 @@
+//! Outbound peer traffic: openraft's [`RaftNetworkFactory`] over HTTP + bincode, and
+//! [`PeerClient::call`] for the follower-to-leader requests.
+//!
+//! A refused or failed connection is reported to openraft as `Unreachable` so it backs off
+//! instead of spinning; a request that timed out after it was sent is a `Timeout`.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+    InstallSnapshotResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{decode, encode, PeerError, PeerRequest, PeerResponse};
+use crate::types::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
+
+/// Paths of the peer API.
+pub(crate) mod paths {
+    pub const APPEND: &str = "/raft/append";
+    pub const VOTE: &str = "/raft/vote";
+    pub const SNAPSHOT: &str = "/raft/snapshot";
+    pub const CALL: &str = "/peer/call";
+}
+
+/// How a peer request failed on the way.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Could not connect: the request was not delivered.
+    #[error("peer {addr} unreachable: {message}")]
+    Unreachable { addr: String, message: String },
+    /// Sent, but no (usable) answer came back: it may have been processed.
+    #[error("peer {addr} did not answer: {message}")]
+    NoAnswer { addr: String, message: String },
+}
+
+/// A pooled HTTP client for peer requests.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+}
+
+impl PeerClient {
+    pub fn new() -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(PeerClient { http })
+    }
+
+    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, TransportError> {
+        let body = encode(req).map_err(|message| TransportError::Unreachable {
+            addr: addr.to_string(),
+            message,
+        })?;
+        let url = format!("http://{addr}{path}");
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    TransportError::Unreachable {
+                        addr: addr.to_string(),
+                        message: e.to_string(),
+                    }
+                } else {
+                    TransportError::NoAnswer {
+                        addr: addr.to_string(),
+                        message: e.to_string(),
+                    }
+                }
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| TransportError::NoAnswer {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?;
+        if !status.is_success() {
+            return Err(TransportError::NoAnswer {
+                addr: addr.to_string(),
+                message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+            });
+        }
+        decode(&bytes).map_err(|message| TransportError::NoAnswer {
+            addr: addr.to_string(),
+            message,
+        })
+    }
+
+    /// Sends a follower-to-leader request.
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<Result<PeerResponse, PeerError>, TransportError> {
+        self.post(addr, paths::CALL, req, timeout).await
+    }
+}
+
+/// openraft's factory: one [`PeerConnection`] per target.
+pub struct PeerNetworkFactory {
+    client: PeerClient,
+}
+
+impl PeerNetworkFactory {
+    pub fn new(client: PeerClient) -> Self {
+        PeerNetworkFactory { client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
+        PeerConnection {
+            client: self.client.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    client: PeerClient,
+    target: NodeId,
+    addr: String,
+}
+
+type RaftRpcError<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
+
+impl PeerConnection {
+    async fn raft_rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RaftRpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Result<Resp, RaftError<NodeId, E>>, TransportError> =
+            self.client.post(&self.addr, path, req, timeout).await;
+        match answer {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e @ TransportError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e @ TransportError::NoAnswer { .. }) => {
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RaftRpcError> {
+        self.raft_rpc(paths::APPEND, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RaftRpcError<InstallSnapshotError>> {
+        // Snapshots travel whole through `full_snapshot`; chunked transfer is not used.
+        Err(RPCError::Network(NetworkError::new(&TransportError::NoAnswer {
+            addr: self.addr.clone(),
+            message: "chunked snapshot transfer is not supported; use full_snapshot".into(),
+        })))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RaftRpcError> {
+        self.raft_rpc(paths::VOTE, &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>>
+    {
+        let data = snapshot.snapshot.into_inner();
+        let req = (vote, snapshot.meta, data);
+        // A whole snapshot may be large: give it time proportional to its size.
+        let timeout = Duration::from_secs(30 + (req.2.len() as u64 >> 20));
+        let answer: Result<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>, _> =
+            self.client.post(&self.addr, paths::SNAPSHOT, &req, timeout).await;
+        match answer {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
+            Err(e @ TransportError::Unreachable { .. }) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(TransportError::NoAnswer { .. }) => Err(StreamingError::Timeout(Timeout {
+                action: openraft::network::RPCTypes::InstallSnapshot,
+                id: 0,
+                target: self.target,
+                timeout,
+            })),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Peer RPCs between store nodes: Raft's own messages (append entries, vote, full snapshot)
+//! and the few requests a follower sends its leader (forwarded writes, read index, lease
+//! keep-alive and TTL, membership changes).
+//!
+//! Everything on this path is bincode over HTTP/1.1 with pooled keep-alive connections;
+//! JSON stays at the client edge. [`client`] is the outbound side (openraft's
+//! `RaftNetworkFactory`), [`server`] the inbound routes. This module does not decide anything
+//! about the store: it only carries messages.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::types::{Command, CommandResult, NodeId};
+
+/// Requests a member sends to the leader on behalf of its clients.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum PeerRequest {
+    /// Propose these commands (the leader batches them with its own traffic).
+    Forward(Vec<Command>),
+    /// Confirm leadership and return the log index a linearizable read must wait for.
+    ReadIndex,
+    LeaseKeepAlive(i64),
+    LeaseTimeToLive(i64),
+    AddMember { id: NodeId, peer_addr: String },
+    RemoveMember(NodeId),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum PeerResponse {
+    Forward(Vec<Result<CommandResult, StoreError>>),
+    ReadIndex(u64),
+    LeaseKeepAlive(i64),
+    LeaseTimeToLive(WireLeaseStatus),
+    Done,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WireLeaseStatus {
+    pub id: i64,
+    pub remaining_ttl: i64,
+    pub granted_ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Why a peer request failed.
+#[derive(Serialize, Deserialize, Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// The receiver is not the leader (nothing was done); try the hinted leader.
+    #[error("not the leader (leader hint: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string())
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,82 @@
+//! Inbound peer routes: Raft's messages go straight to the local [`Raft`]; follower-to-leader
+//! requests go to [`StoreHandle::serve_peer`]. Bodies are bincode; any size up to
+//! [`MAX_PEER_BODY`] is accepted (log batches and whole snapshots travel here).
+
+use std::io::Cursor;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+
+use super::client::paths;
+use super::{decode, encode, PeerRequest};
+use crate::node::StoreHandle;
+use crate::types::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+
+/// Largest peer request body: a whole snapshot must fit.
+pub const MAX_PEER_BODY: usize = 1 << 30;
+
+#[derive(Clone)]
+struct PeerState {
+    raft: Raft,
+    handle: StoreHandle,
+}
+
+pub fn router(raft: Raft, handle: StoreHandle) -> Router {
+    Router::new()
+        .route(paths::APPEND, post(append))
+        .route(paths::VOTE, post(vote))
+        .route(paths::SNAPSHOT, post(snapshot))
+        .route(paths::CALL, post(call))
+        .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        .with_state(PeerState { raft, handle })
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Response {
+    match encode(v) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+fn bad_request(e: String) -> Response {
+    (StatusCode::BAD_REQUEST, format!("undecodable peer request: {e}")).into_response()
+}
+
+async fn append(State(s): State<PeerState>, body: Bytes) -> Response {
+    match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(req) => reply(&s.raft.append_entries(req).await),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn vote(State(s): State<PeerState>, body: Bytes) -> Response {
+    match decode::<VoteRequest<NodeId>>(&body) {
+        Ok(req) => reply(&s.raft.vote(req).await),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn snapshot(State(s): State<PeerState>, body: Bytes) -> Response {
+    match decode::<(Vote, SnapshotMeta, Vec<u8>)>(&body) {
+        Ok((vote, meta, data)) => {
+            let snapshot = Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            };
+            reply(&s.raft.install_full_snapshot(vote, snapshot).await)
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn call(State(s): State<PeerState>, body: Bytes) -> Response {
+    match decode::<PeerRequest>(&body) {
+        Ok(req) => reply(&s.handle.serve_peer(req).await),
+        Err(e) => bad_request(e),
+    }
+}

@@ -1,0 +1,517 @@
+//! Starting a store node: opens sled, builds the Raft log store and state machine, starts
+//! Raft, the peer and client servers, the proposer, the read indexer and the lease clock,
+//! initialises the cluster on the first start of a founding member, and hands out a
+//! [`StoreHandle`] that the HTTP layer (and tests) use. [`StoreNode::shutdown`] stops it all.
+//!
+//! This module wires parts together; it decides no store semantics itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::api::{ClusterResponse, Member, ResponseHeader};
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+use crate::lease::LeaseClock;
+use crate::metrics::Metrics;
+use crate::mvcc::MvccStore;
+use crate::network::client::{PeerClient, PeerNetworkFactory, TransportError};
+use crate::network::{PeerError, PeerRequest, PeerResponse, WireLeaseStatus};
+use crate::proposer::{leader_of, wait_for_leader, Proposer, ReadIndexer};
+use crate::types::{Command, CommandResult, MemberNode, NodeId, Raft};
+use crate::watch::WatchHub;
+
+/// A running node's capabilities, cheap to clone.
+#[derive(Clone)]
+pub struct StoreHandle {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    config: StoreConfig,
+    raft: Raft,
+    mvcc: MvccStore,
+    hub: WatchHub,
+    metrics: Metrics,
+    proposer: Proposer,
+    reads: ReadIndexer,
+    leases: LeaseClock,
+    peers: PeerClient,
+}
+
+/// What `lease_time_to_live` reports.
+pub struct LeaseStatus {
+    pub id: i64,
+    pub remaining_ttl: i64,
+    pub granted_ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data directory {path}: {message}")]
+    DataDir { path: String, message: String },
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: String, message: String },
+}
+
+/// A running store node.
+pub struct StoreNode {
+    handle: StoreHandle,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|e| NodeError::Listen {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl StoreNode {
+    /// Opens the data directory and starts every part of the node.
+    pub async fn start(config: StoreConfig) -> Result<StoreNode, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
+            path: config.data_dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let db = sled::Config::new()
+            .path(config.data_dir.join("db"))
+            .open()
+            .map_err(|e| NodeError::DataDir {
+                path: config.data_dir.display().to_string(),
+                message: format!("cannot open the database: {e}"),
+            })?;
+
+        let metrics = Metrics::new();
+        let (log_store, state_machine, mvcc, hub) =
+            crate::storage::open(db, &config.data_dir, metrics.clone())
+                .await
+                .map_err(|e| NodeError::Storage(e.to_string()))?;
+
+        let raft_config = openraft::Config {
+            cluster_name: "miniku".into(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: config.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                config.snapshot_logs_since_last,
+            ),
+            max_in_snapshot_log_to_keep: config.max_in_snapshot_log_to_keep,
+            install_snapshot_timeout: 60_000,
+            max_payload_entries: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let peers = PeerClient::new().map_err(NodeError::Raft)?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            PeerNetworkFactory::new(peers.clone()),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let proposer = Proposer::start(
+            config.id,
+            raft.clone(),
+            peers.clone(),
+            metrics.clone(),
+            config.request_timeout,
+            config.max_batch_commands,
+        );
+        let reads = ReadIndexer::start(config.id, raft.clone(), peers.clone(), config.request_timeout);
+        let leases = LeaseClock::new(config.id, raft.clone(), mvcc.clone());
+
+        let peer_listener = bind(&config.peer_addr).await?;
+        let client_listener = bind(&config.client_addr).await?;
+        let peer_addr = peer_listener.local_addr().map_err(|e| NodeError::Listen {
+            addr: config.peer_addr.clone(),
+            message: e.to_string(),
+        })?;
+        let client_addr = client_listener.local_addr().map_err(|e| NodeError::Listen {
+            addr: config.client_addr.clone(),
+            message: e.to_string(),
+        })?;
+
+        let handle = StoreHandle {
+            inner: Arc::new(NodeInner {
+                config: config.clone(),
+                raft: raft.clone(),
+                mvcc,
+                hub,
+                metrics,
+                proposer: proposer.clone(),
+                reads,
+                leases: leases.clone(),
+                peers,
+            }),
+        };
+
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(serve(
+            peer_listener,
+            crate::network::server::router(raft.clone(), handle.clone()),
+            stopped.clone(),
+        ));
+        tasks.push(serve(
+            client_listener,
+            crate::http::router(handle.clone()),
+            stopped.clone(),
+        ));
+        tasks.push(tokio::spawn(leases.run(proposer)));
+        tasks.push(tokio::spawn(watch_leadership(raft.clone(), handle.metrics().clone())));
+
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if !initialized && config.initial_cluster.contains_key(&config.id) {
+            let members: BTreeMap<NodeId, MemberNode> = config
+                .initial_cluster
+                .iter()
+                .map(|(id, addr)| (*id, MemberNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(id = config.id, "initialised a new cluster"),
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => tracing::info!(id = config.id, "cluster already initialised"),
+                Err(e) => return Err(NodeError::Raft(e.to_string())),
+            }
+        }
+        tracing::info!(
+            id = config.id,
+            client = %client_addr,
+            peer = %peer_addr,
+            data = %config.data_dir.display(),
+            "store node started"
+        );
+        Ok(StoreNode {
+            handle,
+            client_addr,
+            peer_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn handle(&self) -> StoreHandle {
+        self.handle.clone()
+    }
+
+    /// The address the client API actually listens on.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Stops serving, stops Raft and flushes storage.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.handle.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "server stopped");
+        }
+    })
+}
+
+/// Counts leader changes for the metrics.
+async fn watch_leadership(raft: Raft, metrics: Metrics) {
+    let mut rx = raft.metrics();
+    let mut leader = rx.borrow().current_leader;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow().current_leader;
+        if now != leader {
+            tracing::info!(from = ?leader, to = ?now, "leader changed");
+            metrics.leader_changed();
+            leader = now;
+        }
+    }
+}
+
+impl StoreHandle {
+    pub fn id(&self) -> NodeId {
+        self.inner.config.id
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Reads come straight from here (after [`StoreHandle::read_barrier`] for
+    /// linearizable ones).
+    pub fn mvcc(&self) -> &MvccStore {
+        &self.inner.mvcc
+    }
+
+    pub fn hub(&self) -> &WatchHub {
+        &self.inner.hub
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The header for a response reflecting `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            revision,
+            raft_term: self.inner.raft.metrics().borrow().current_term,
+            member_id: self.id(),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        leader_of(&self.inner.raft).0 == Some(self.id())
+    }
+
+    /// Proposes a write through Raft (batched with others; forwarded when this node is not
+    /// the leader) and returns its result once applied on this node. A command the state
+    /// machine refused comes back as `Err(StoreError::Rejected)`.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, StoreError> {
+        let result = self.inner.proposer.propose(cmd).await?;
+        // Forwarded writes are applied on the leader first: make sure this member has
+        // applied them too, so a read here right after sees the write.
+        let rev = result.revision();
+        if self.inner.mvcc.current_revision() < rev {
+            self.wait_revision(rev).await?;
+        }
+        Ok(result)
+    }
+
+    async fn wait_revision(&self, rev: i64) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut rx = self.inner.raft.metrics();
+        while self.inner.mvcc.current_revision() < rev {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the write was applied at revision {rev} but this member has not caught up"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns once this node's state machine has applied everything committed when the call
+    /// started, as confirmed by the leader (read index). After it, a local read is
+    /// linearizable.
+    pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        self.inner.reads.barrier().await
+    }
+
+    /// Renews a lease on the leader; returns its TTL.
+    pub async fn lease_keepalive(&self, id: i64) -> Result<i64, StoreError> {
+        match self.leader_call(PeerRequest::LeaseKeepAlive(id)).await? {
+            PeerResponse::LeaseKeepAlive(ttl) => Ok(ttl),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<LeaseStatus, StoreError> {
+        match self.leader_call(PeerRequest::LeaseTimeToLive(id)).await? {
+            PeerResponse::LeaseTimeToLive(s) => Ok(LeaseStatus {
+                id: s.id,
+                remaining_ttl: s.remaining_ttl,
+                granted_ttl: s.granted_ttl,
+                keys: s.keys,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn cluster(&self) -> ClusterResponse {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                peer_addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        ClusterResponse {
+            header: ResponseHeader {
+                revision: self.inner.mvcc.current_revision(),
+                raft_term: m.current_term,
+                member_id: self.id(),
+            },
+            member_id: self.id(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members,
+        }
+    }
+
+    pub async fn add_member(&self, id: NodeId, peer_addr: String) -> Result<(), StoreError> {
+        self.leader_call(PeerRequest::AddMember { id, peer_addr })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
+        self.leader_call(PeerRequest::RemoveMember(id)).await.map(|_| ())
+    }
+
+    /// Runs `req` on the leader: here when this member leads, else forwarded, retrying
+    /// refusals until the request timeout.
+    async fn leader_call(&self, req: PeerRequest) -> Result<PeerResponse, StoreError> {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        loop {
+            let (leader, addr) = leader_of(&self.inner.raft);
+            let answer = match (leader, addr) {
+                (Some(l), _) if l == self.id() => self.serve_peer(req.clone()).await,
+                (Some(_), Some(addr)) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match self.inner.peers.call(&addr, &req, remaining).await {
+                        Ok(a) => a,
+                        Err(TransportError::Unreachable { .. }) => Err(PeerError::NotLeader(None)),
+                        Err(e @ TransportError::NoAnswer { .. }) => {
+                            return Err(StoreError::OutcomeUnknown(e.to_string()))
+                        }
+                    }
+                }
+                _ => Err(PeerError::NotLeader(None)),
+            };
+            match answer {
+                Ok(resp) => return Ok(resp),
+                Err(PeerError::Store(e)) => return Err(e),
+                Err(PeerError::NotLeader(_)) => {
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::Unavailable(
+                            "no leader answered before the request timeout".into(),
+                        ));
+                    }
+                    let until = deadline.min(Instant::now() + Duration::from_millis(200));
+                    wait_for_leader(&self.inner.raft, leader, until).await;
+                }
+            }
+        }
+    }
+
+    /// Serves a request another member sent to us as the leader.
+    pub async fn serve_peer(&self, req: PeerRequest) -> Result<PeerResponse, PeerError> {
+        let (leader, _) = leader_of(&self.inner.raft);
+        if leader != Some(self.id()) {
+            return Err(PeerError::NotLeader(leader));
+        }
+        let raft = &self.inner.raft;
+        match req {
+            PeerRequest::Forward(cmds) => Ok(PeerResponse::Forward(
+                self.inner.proposer.propose_forwarded(cmds).await,
+            )),
+            PeerRequest::ReadIndex => match raft.get_read_log_id().await {
+                Ok((read, _)) => Ok(PeerResponse::ReadIndex(read.map_or(0, |l| l.index))),
+                Err(_) => Err(PeerError::NotLeader(None)),
+            },
+            PeerRequest::LeaseKeepAlive(id) => {
+                raft.ensure_linearizable()
+                    .await
+                    .map_err(|_| PeerError::NotLeader(None))?;
+                Ok(PeerResponse::LeaseKeepAlive(self.inner.leases.keepalive(id)?))
+            }
+            PeerRequest::LeaseTimeToLive(id) => {
+                raft.ensure_linearizable()
+                    .await
+                    .map_err(|_| PeerError::NotLeader(None))?;
+                let remaining = self.inner.leases.remaining(id)?;
+                let lease = self.inner.mvcc.lease(id).ok_or(StoreError::Rejected(
+                    crate::types::CommandError::LeaseNotFound(id),
+                ))?;
+                Ok(PeerResponse::LeaseTimeToLive(WireLeaseStatus {
+                    id,
+                    remaining_ttl: remaining,
+                    granted_ttl: lease.ttl,
+                    keys: lease.keys,
+                }))
+            }
+            PeerRequest::AddMember { id, peer_addr } => {
+                if id == 0 {
+                    return Err(StoreError::InvalidArgument("member id must be >= 1".into()).into());
+                }
+                let exists = raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+                if exists {
+                    return Err(StoreError::InvalidArgument(format!("member {id} already exists")).into());
+                }
+                raft.add_learner(id, MemberNode { addr: peer_addr }, true)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("adding learner {id}: {e}")))?;
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("promoting {id} to voter: {e}")))?;
+                Ok(PeerResponse::Done)
+            }
+            PeerRequest::RemoveMember(id) => {
+                let known = raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+                if !known {
+                    return Err(StoreError::NotFound(format!("member {id} not found")).into());
+                }
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| StoreError::InvalidArgument(format!("removing {id}: {e}")))?;
+                let still_learner = raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+                if still_learner {
+                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| StoreError::InvalidArgument(format!("removing {id}: {e}")))?;
+                }
+                Ok(PeerResponse::Done)
+            }
+        }
+    }
+}
+
+fn unexpected(resp: PeerResponse) -> StoreError {
+    StoreError::Internal(format!("unexpected answer from the leader: {resp:?}"))
+}

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Starts, stops and inspects a whole Miniku system on this machine:
+#   three store members (client ports 2379 22379 32379, peer ports 12380 22380 32380),
+#   the API server (:8080), the controller manager, the scheduler and two kubelets
+#   (node-a, node-b) running pods as Docker containers.
+#
+# Usage: scripts/cluster.sh up|down|status|kill NAME|start NAME|logs NAME|names
+#   up            build (release) and start everything not already running; waits for a
+#                 store leader and for the API server
+#   down          stop everything this script started (SIGTERM, then SIGKILL), by PID file
+#   status        members, leader, term, applied index, and which components run
+#   kill NAME     SIGKILL one component (for drills); NAME from `names`
+#   start NAME    start one component again
+#
+# Environment: MINIKU_DATA (default ./data) holds data, PID files and logs;
+#   MINIKU_BIN (default target/release/miniku); MINIKU_NO_BUILD=1 skips the build;
+#   MINIKU_STORE_ONLY=1 starts only the three store members;
+#   MINIKU_RUNTIME=docker|fake for the kubelets (default docker).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DATA=${MINIKU_DATA:-./data}
+BIN=${MINIKU_BIN:-target/release/miniku}
+RUNTIME=${MINIKU_RUNTIME:-docker}
+mkdir -p "$DATA/pids" "$DATA/logs"
+DATA=$(cd "$DATA" && pwd)
+
+STORES="store1 store2 store3"
+CONTROL="apiserver controller-manager scheduler kubelet-a kubelet-b"
+INITIAL="1=127.0.0.1:12380,2=127.0.0.1:22380,3=127.0.0.1:32380"
+STORE_ENDPOINTS="127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
+CLIENT_PORTS=(0 2379 22379 32379)
+PEER_PORTS=(0 12380 22380 32380)
+
+all_names() {
+  if [ -n "${MINIKU_STORE_ONLY:-}" ]; then echo "$STORES"; else echo "$STORES $CONTROL"; fi
+}
+
+command_for() {
+  case "$1" in
+    store[123])
+      local i=${1#store}
+      echo "$BIN store --id $i --data-dir $DATA/$1 --client-addr 127.0.0.1:${CLIENT_PORTS[$i]} --peer-addr 127.0.0.1:${PEER_PORTS[$i]} --initial-cluster $INITIAL" ;;
+    apiserver) echo "$BIN apiserver --listen 127.0.0.1:8080 --store $STORE_ENDPOINTS" ;;
+    controller-manager) echo "$BIN controller-manager --store $STORE_ENDPOINTS" ;;
+    scheduler) echo "$BIN scheduler --store $STORE_ENDPOINTS" ;;
+    kubelet-a) echo "$BIN kubelet --node-name node-a --runtime $RUNTIME --store $STORE_ENDPOINTS" ;;
+    kubelet-b) echo "$BIN kubelet --node-name node-b --runtime $RUNTIME --store $STORE_ENDPOINTS" ;;
+    *) echo "unknown component '$1' (one of: $(all_names))" >&2; return 1 ;;
+  esac
+}
+
+pid_of() {
+  local f="$DATA/pids/$1.pid"
+  [ -f "$f" ] || return 1
+  local pid
+  pid=$(cat "$f")
+  # The PID must still be ours: alive and running our binary.
+  if kill -0 "$pid" 2>/dev/null && grep -q miniku "/proc/$pid/cmdline" 2>/dev/null; then
+    echo "$pid"
+  else
+    rm -f "$f"
+    return 1
+  fi
+}
+
+start_one() {
+  local name=$1 cmd
+  cmd=$(command_for "$name") || return 1
+  if pid=$(pid_of "$name"); then
+    echo "  $name already running (pid $pid)"
+    return 0
+  fi
+  # shellcheck disable=SC2086
+  nohup $cmd >>"$DATA/logs/$name.log" 2>&1 &
+  echo $! >"$DATA/pids/$name.pid"
+  echo "  started $name (pid $!, log $DATA/logs/$name.log)"
+}
+
+stop_one() {
+  local name=$1 signal=${2:-TERM} pid
+  if ! pid=$(pid_of "$name"); then
+    return 0
+  fi
+  kill -s "$signal" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -s KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$DATA/pids/$name.pid"
+  echo "  stopped $name (pid $pid, SIG$signal)"
+}
+
+wait_for_leader() {
+  for _ in $(seq 1 150); do
+    for port in 2379 22379 32379; do
+      leader=$(curl -sf "http://127.0.0.1:$port/v1/cluster" 2>/dev/null | jq -r '.leader_id // empty' 2>/dev/null || true)
+      if [ -n "$leader" ] && [ "$leader" != "null" ]; then
+        echo "store leader: member $leader"
+        return 0
+      fi
+    done
+    sleep 0.2
+  done
+  echo "no store leader after 30 s; see $DATA/logs/store*.log" >&2
+  return 1
+}
+
+wait_for_http() {
+  local url=$1 what=$2
+  for _ in $(seq 1 150); do
+    curl -sf "$url" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "$what did not answer at $url after 30 s; see $DATA/logs" >&2
+  return 1
+}
+
+case "${1:-}" in
+  up)
+    if [ -z "${MINIKU_NO_BUILD:-}" ]; then
+      echo "building (release)..."
+      cargo build --release --quiet
+    fi
+    for n in $STORES; do start_one "$n"; done
+    wait_for_leader
+    echo "store client API: http://127.0.0.1:2379  http://127.0.0.1:22379  http://127.0.0.1:32379"
+    if [ -z "${MINIKU_STORE_ONLY:-}" ]; then
+      for n in $CONTROL; do start_one "$n"; done
+      wait_for_http http://127.0.0.1:8080/replicasets "the API server"
+      echo "API server: http://127.0.0.1:8080  (kubelets: node-a, node-b, runtime $RUNTIME)"
+    fi
+    ;;
+  down)
+    for n in $CONTROL; do stop_one "$n"; done
+    for n in $STORES; do stop_one "$n"; done
+    ;;
+  status)
+    for port in 2379 22379 32379; do
+      printf '127.0.0.1:%s ' "$port"
+      curl -sf "http://127.0.0.1:$port/v1/cluster" 2>/dev/null \
+        | jq -c '{member: .member_id, leader: .leader_id, term, applied_index, revision: .header.revision, members: [.members[] | "\(.id)=\(.peer_addr)\(if .voter then "" else " (learner)" end)"]}' \
+        || echo "down"
+    done
+    for n in $(all_names); do
+      if pid=$(pid_of "$n"); then echo "  $n: running (pid $pid)"; else echo "  $n: stopped"; fi
+    done
+    ;;
+  kill)
+    [ -n "${2:-}" ] || { echo "usage: $0 kill NAME" >&2; exit 2; }
+    command_for "$2" >/dev/null
+    stop_one "$2" KILL
+    ;;
+  start)
+    [ -n "${2:-}" ] || { echo "usage: $0 start NAME" >&2; exit 2; }
+    start_one "$2"
+    ;;
+  logs)
+    [ -n "${2:-}" ] || { echo "usage: $0 logs NAME" >&2; exit 2; }
+    tail -n 50 "$DATA/logs/$2.log"
+    ;;
+  names)
+    echo "$(all_names)"
+    ;;
+  *)
+    sed -n '2,20p' "$0"
+    exit 2
+    ;;
+esac

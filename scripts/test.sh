@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs Miniku's whole test suite: unit tests, storage suite, real-process store tests,
+# control-plane tests and the Docker end-to-end tests. Installs what they need first
+# (Debian packages and the local busybox image), so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v jq >/dev/null || need_apt+=(jq)
+[ -x /bin/busybox ] || dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  fi
+fi
+
+# The Docker end-to-end tests need the local image (no registry here).
+if docker info >/dev/null 2>&1; then
+  scripts/test-image.sh
+elif [ "${CI:-}" = "true" ]; then
+  echo "CI=true but the Docker engine is not reachable: the end-to-end tests cannot run" >&2
+  exit 1
+else
+  echo "warning: Docker engine not reachable; the Docker tests will say so and be skipped" >&2
+fi
+
+cargo build --workspace --all-targets
+cargo test --workspace -- --test-threads=2

@@ -1,0 +1,211 @@
+//! Miniku's objects — ReplicaSet, Pod, Node — in the JSON shapes of the seed transcript
+//! (`../shared/seed-miniku.md`), plus the fields real users need beside them.
+//!
+//! Field names follow the seed exactly: ReplicaSets are camelCase (`desiredCount`), pods are
+//! snake_case (`retry_count`, `next_retry_at`). `resourceVersion` (the store's mod_revision)
+//! is camelCase on every kind, as in Kubernetes. Validation of user input lives in
+//! [`validation`]; this module owns only the shapes.
+
+pub mod validation;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// `0001-01-01T00:00:00Z`, Go's zero time, which the seed shows for "never".
+pub fn zero_time() -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(1, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Serializes times as RFC 3339 with a `Z` and whole seconds unless sub-second precision is
+/// present (the seed's `0001-01-01T00:00:00Z`).
+pub mod time_format {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| serde::de::Error::custom(format!("invalid time `{s}`: {e}")))
+    }
+}
+
+/// Optional times, same format.
+pub mod opt_time_format {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::time_format::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        match s {
+            None => Ok(None),
+            Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| serde::de::Error::custom(format!("invalid time `{s}`: {e}"))),
+        }
+    }
+}
+
+/// Resource amounts: `cpu` in millicores, `memory` in bytes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub cpu: u64,
+    #[serde(default)]
+    pub memory: u64,
+}
+
+/// What a pod runs. The seed shows `name`, `image`, `labels`; the rest is Miniku's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    #[serde(default)]
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The node the scheduler bound the pod to; empty until then.
+    #[serde(default)]
+    pub node_name: String,
+    /// Command and arguments; empty = the image's default.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Only nodes with all these labels may run the pod.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// What the pod needs from its node (scheduler filtering).
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// A ReplicaSet's pod template: the seed shows `{"name":"","image":"nginx:latest"}`.
+pub type PodTemplate = PodSpec;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PodPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl std::fmt::Display for PodPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PodPhase::Pending => "Pending",
+            PodPhase::Running => "Running",
+            PodPhase::Succeeded => "Succeeded",
+            PodPhase::Failed => "Failed",
+        })
+    }
+}
+
+/// Who owns a pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub spec: PodSpec,
+    /// The seed's `status`: Pending, Running, Succeeded or Failed.
+    pub status: PodPhase,
+    /// How many times the kubelet has (re)started the container after a failure.
+    pub retry_count: u32,
+    /// When the kubelet will try again; Go's zero time when no retry is pending.
+    #[serde(with = "time_format")]
+    pub next_retry_at: DateTime<Utc>,
+    /// The store's mod_revision of this object (set on every read).
+    #[serde(rename = "resourceVersion", default)]
+    pub resource_version: i64,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerReference>,
+    /// Machine-readable cause of the status (e.g. `CrashLoopBackOff`, `ImagePullError`,
+    /// `NodeLost`, `Unschedulable`).
+    #[serde(default)]
+    pub reason: String,
+    /// What happened, for a person.
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub container_id: String,
+    #[serde(default, with = "opt_time_format", skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, with = "opt_time_format", skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, with = "opt_time_format", skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSet {
+    pub name: String,
+    #[serde(rename = "desiredCount")]
+    pub desired_count: u32,
+    /// Active (not Failed/Succeeded) pods the controller observes.
+    #[serde(rename = "currentCount", default)]
+    pub current_count: u32,
+    /// Pods Running.
+    #[serde(rename = "readyCount", default)]
+    pub ready_count: u32,
+    pub selector: BTreeMap<String, String>,
+    pub template: PodTemplate,
+    #[serde(rename = "resourceVersion", default)]
+    pub resource_version: i64,
+    #[serde(default)]
+    pub uid: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NodeStatus {
+    #[default]
+    Ready,
+    NotReady,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// cpu (millicores), memory (bytes) the node offers.
+    pub capacity: Resources,
+    /// Most pods the node runs.
+    pub max_pods: u32,
+    pub status: NodeStatus,
+    /// No new pods are bound while true.
+    #[serde(default)]
+    pub unschedulable: bool,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(rename = "resourceVersion", default)]
+    pub resource_version: i64,
+}

@@ -1,0 +1,1 @@
+//! Validation of user input for every kind.

@@ -1,0 +1,110 @@
+//! `miniku store`: runs one member of the replicated key-value store until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use miniku_store::config::{parse_initial_cluster, StoreConfig};
+use miniku_store::node::StoreNode;
+
+/// Flags of a store member. Every founding member gets the same --initial-cluster.
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// This member's id: a positive integer, unique in the cluster, never reused.
+    #[arg(long)]
+    pub id: u64,
+    /// Directory for this member's database and snapshots (created if missing). Never wipe
+    /// it and restart the member with the same id: remove the member and add a new one.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Where the client HTTP API (KV, watch, lease, cluster, /health, /metrics) listens.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub client_addr: String,
+    /// Where peer (Raft) traffic listens.
+    #[arg(long, default_value = "127.0.0.1:12380")]
+    pub peer_addr: String,
+    /// The founding members as ID=PEER_HOST:PORT,... . Used only on the first start with an
+    /// empty data directory; later starts take membership from the log. A member started to
+    /// be added later through POST /v1/cluster/members passes --join instead.
+    #[arg(long, default_value = "")]
+    pub initial_cluster: String,
+    /// Start empty and wait to be added to an existing cluster (POST /v1/cluster/members).
+    #[arg(long)]
+    pub join: bool,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout range in milliseconds: MIN..MAX.
+    #[arg(long, default_value_t = 500)]
+    pub election_min_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub election_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many log entries.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_entries: u64,
+    /// Most client commands batched into one Raft log entry.
+    #[arg(long, default_value_t = 512)]
+    pub max_batch: usize,
+    /// Seconds before a request that cannot reach a leader fails.
+    #[arg(long, default_value_t = 5)]
+    pub request_timeout_secs: u64,
+}
+
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let initial_cluster = if args.join {
+        Default::default()
+    } else {
+        parse_initial_cluster(&args.initial_cluster)
+            .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?
+    };
+    if !args.join && !initial_cluster.contains_key(&args.id) {
+        anyhow::bail!(
+            "--initial-cluster does not name this member (--id {}); pass --join to join an existing cluster",
+            args.id
+        );
+    }
+    if args.id == 0 {
+        anyhow::bail!("--id must be >= 1");
+    }
+    let mut config = StoreConfig::new(
+        args.id,
+        args.data_dir,
+        args.client_addr,
+        args.peer_addr,
+        initial_cluster,
+    );
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
+    config.election_timeout_min = Duration::from_millis(args.election_min_ms);
+    config.election_timeout_max = Duration::from_millis(args.election_max_ms);
+    config.snapshot_logs_since_last = args.snapshot_entries;
+    config.max_batch_commands = args.max_batch;
+    config.request_timeout = Duration::from_secs(args.request_timeout_secs);
+
+    let node = StoreNode::start(config).await.context("starting the store node")?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,382 @@
+//! The replicated store as real processes: replication, failover, restarts, snapshots,
+//! watches, leases, compaction, transactions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use common::{wait_until, StoreCluster};
+use futures::StreamExt;
+use miniku_store::client::{StoreClient, WatchOptions};
+use serde_json::{json, Value};
+
+async fn put(http: &reqwest::Client, url: &str, value: &str) -> Result<Value> {
+    let resp = http.put(url).body(value.to_string()).send().await?;
+    let status = resp.status();
+    let body: Value = resp.json().await?;
+    ensure!(status.is_success(), "PUT {url} -> {status}: {body}");
+    Ok(body)
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<(u16, Value)> {
+    let resp = http.get(url).send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await?))
+}
+
+fn value_of(range: &Value) -> Option<String> {
+    range["kvs"].get(0)?["value"].as_str().map(String::from)
+}
+
+/// Reads an SSE stream until `n` data messages arrived; returns them parsed.
+async fn read_sse(resp: reqwest::Response, n: usize, timeout: Duration) -> Result<Vec<(i64, Value)>> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut stream = resp.bytes_stream();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut id = 0i64;
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| anyhow!("timed out with {} of {n} messages: {out:?}", out.len()))?
+            .ok_or_else(|| anyhow!("stream ended after {} messages", out.len()))??;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(pos) = buf.find("\n\n") {
+            let msg: String = buf.drain(..pos + 2).collect();
+            let mut data = None;
+            for line in msg.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().unwrap_or(0);
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(v.trim().to_string());
+                }
+            }
+            if let Some(d) = data {
+                let v: Value = serde_json::from_str(&d)?;
+                if v["events"].as_array().is_some_and(|e| !e.is_empty()) {
+                    out.push((id, v));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_replicate_to_every_member() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let r = put(&http, &c.member(2).url("/v1/kv/greeting"), "hello").await?;
+    let rev = r["header"]["revision"].as_i64().context("revision")?;
+    ensure!(rev >= 2, "first write on a fresh store is revision 2, got {rev}");
+    for id in 1..=3 {
+        // Linearizable by default: every member must see the acknowledged write at once.
+        let (status, v) = get_json(&http, &c.member(id).url("/v1/kv/greeting")).await?;
+        ensure!(status == 200, "member {id}: {status} {v}");
+        ensure!(value_of(&v).as_deref() == Some("hello"), "member {id}: {v}");
+        ensure!(v["kvs"][0]["version"] == 1 && v["kvs"][0]["create_revision"] == rev);
+        ensure!(v["header"]["member_id"] == id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_kill_elects_new_leader_and_the_old_one_catches_up() -> Result<()> {
+    let mut c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let leader = c.wait_leader(&[1, 2, 3]).await?;
+    put(&http, &c.member(leader).url("/v1/kv/a"), "1").await?;
+    c.kill(leader);
+    let alive: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let new_leader = c.wait_leader(&alive).await?;
+    ensure!(new_leader != leader);
+    // Writes continue, through either survivor.
+    for (i, id) in alive.iter().enumerate() {
+        put(&http, &c.member(*id).url("/v1/kv/a"), &format!("after-{i}")).await?;
+    }
+    c.spawn(leader)?;
+    let url = c.member(leader).url("/v1/kv/a?serializable=true");
+    wait_until(Duration::from_secs(20), "the restarted member to catch up", || {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            (value_of(&v).as_deref() == Some("after-1")).then_some(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_cluster_kill_keeps_every_acknowledged_write() -> Result<()> {
+    let mut c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let mut acked = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for i in 0..120u64 {
+        let url = c.member(1 + i % 3).url(&format!("/v1/kv/k{i:03}"));
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            put(&http, &url, &format!("v{i}")).await.map(|_| i)
+        }));
+    }
+    for t in tasks {
+        let i = t.await??;
+        acked.insert(format!("k{i:03}"), format!("v{i}"));
+    }
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.spawn(id)?;
+    }
+    c.wait_leader(&[1, 2, 3]).await?;
+    let (_, v) = get_json(&http, &c.member(2).url("/v1/kv/k?prefix=true")).await?;
+    let got: BTreeMap<String, String> = v["kvs"]
+        .as_array()
+        .context("kvs")?
+        .iter()
+        .filter_map(|kv| Some((kv["key"].as_str()?.to_string(), kv["value"].as_str()?.to_string())))
+        .collect();
+    ensure!(got == acked, "lost writes: {} acknowledged, {} found", acked.len(), got.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn member_down_long_catches_up_through_a_snapshot() -> Result<()> {
+    let mut c = StoreCluster::start_with(3, &["--snapshot-entries", "40"]).await?;
+    let http = reqwest::Client::new();
+    let leader = c.wait_leader(&[1, 2, 3]).await?;
+    let lagger = (1..=3).find(|i| *i != leader).context("a follower")?;
+    c.kill(lagger);
+    let alive: Vec<u64> = (1..=3).filter(|i| *i != lagger).collect();
+    // Sequential writes: one Raft entry each, so the log passes several snapshots.
+    for i in 0..300 {
+        put(&http, &c.member(alive[i % 2]).url(&format!("/v1/kv/s/{i}")), "x").await?;
+    }
+    c.spawn(lagger)?;
+    let url = c.member(lagger).url("/v1/kv/s/?prefix=true&count_only=true&serializable=true");
+    wait_until(Duration::from_secs(30), "the lagging member to install a snapshot", || {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            (v["count"] == 300).then_some(())
+        }
+    })
+    .await?;
+    // History came along: a historical read on the lagger works like on the others.
+    let (status, v) = get_json(&http, &c.member(lagger).url("/v1/kv/s/0?revision=2")).await?;
+    ensure!(status == 200 && value_of(&v).as_deref() == Some("x"), "{status} {v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_on_a_follower_sees_every_revision_once_in_order() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let leader = c.wait_leader(&[1, 2, 3]).await?;
+    let follower = (1..=3).find(|i| *i != leader).context("a follower")?;
+    let first = put(&http, &c.member(leader).url("/v1/kv/w/start"), "0").await?;
+    let start = first["header"]["revision"].as_i64().context("rev")? + 1;
+    let resp = http
+        .get(c.member(follower).url(&format!("/v1/watch/w/?prefix=true&start_revision={start}")))
+        .send()
+        .await?;
+    ensure!(resp.status() == 200);
+    let writer = {
+        let http = http.clone();
+        let urls: Vec<String> = (1..=3).map(|i| c.member(i).url("")).collect();
+        tokio::spawn(async move {
+            for i in 0..50usize {
+                put(&http, &format!("{}/v1/kv/w/{}", urls[i % 3], i % 7), &i.to_string()).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let msgs = read_sse(resp, 50, Duration::from_secs(30)).await?;
+    writer.await??;
+    let revs: Vec<i64> = msgs.iter().map(|(id, _)| *id).collect();
+    let expected: Vec<i64> = (start..start + 50).collect();
+    ensure!(revs == expected, "revisions seen {revs:?}");
+    for (id, m) in &msgs {
+        ensure!(m["header"]["revision"] == *id);
+        ensure!(m["events"][0]["kv"]["mod_revision"] == *id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_watch_resumes_across_a_member_kill_without_gaps() -> Result<()> {
+    let mut c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    // The watching client prefers member 3 (first endpoint); kill it mid-stream.
+    let mut endpoints = c.endpoints();
+    endpoints.rotate_left(2);
+    let client = StoreClient::new(endpoints)?;
+    let base = put(&http, &c.member(1).url("/v1/kv/r/base"), "0").await?;
+    let start = base["header"]["revision"].as_i64().context("rev")? + 1;
+    let mut watch = client.watch(
+        b"r/",
+        WatchOptions { prefix: true, start_revision: start, ..Default::default() },
+    );
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        put(&http, &c.member(1).url(&format!("/v1/kv/r/{i}")), "v").await?;
+    }
+    while seen.len() < 10 {
+        let m = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?.context("ended")??;
+        if !m.events.is_empty() {
+            seen.push(m.header.revision);
+        }
+    }
+    c.kill(3);
+    for i in 20..40 {
+        put(&http, &c.member(1 + i % 2).url(&format!("/v1/kv/r/{i}")), "v").await?;
+    }
+    while seen.len() < 40 {
+        let m = tokio::time::timeout(Duration::from_secs(20), watch.next()).await?.context("ended")??;
+        if !m.events.is_empty() {
+            seen.push(m.header.revision);
+        }
+    }
+    let expected: Vec<i64> = (start..start + 40).collect();
+    ensure!(seen == expected, "revisions seen {seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_expiry_deletes_keys_with_delete_events() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let grant: Value = http
+        .post(c.member(2).url("/v1/lease"))
+        .json(&json!({"ttl": 2}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = grant["id"].as_i64().context("lease id")?;
+    let r = put(&http, &c.member(3).url(&format!("/v1/kv/l/a?lease={id}")), "1").await?;
+    put(&http, &c.member(3).url(&format!("/v1/kv/l/b?lease={id}")), "2").await?;
+    let (_, ttl) = get_json(&http, &c.member(1).url(&format!("/v1/lease/{id}"))).await?;
+    ensure!(ttl["keys"].as_array().map(Vec::len) == Some(2), "{ttl}");
+    let start = r["header"]["revision"].as_i64().context("rev")? + 2;
+    let resp = http
+        .get(c.member(1).url(&format!("/v1/watch/l/?prefix=true&start_revision={start}")))
+        .send()
+        .await?;
+    // Both keys vanish in ONE revision, as one message with two DELETE events.
+    let msgs = read_sse(resp, 1, Duration::from_secs(15)).await?;
+    let events = msgs[0].1["events"].as_array().context("events")?;
+    ensure!(events.len() == 2, "{events:?}");
+    ensure!(events.iter().all(|e| e["type"] == "DELETE"));
+    let (_, v) = get_json(&http, &c.member(2).url("/v1/kv/l/?prefix=true")).await?;
+    ensure!(v["count"] == 0, "{v}");
+    let (status, _) = get_json(&http, &c.member(2).url(&format!("/v1/lease/{id}"))).await?;
+    ensure!(status == 404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compaction_answers_410_for_old_reads_and_watches() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let mut last = 0;
+    for i in 0..5 {
+        last = put(&http, &c.member(1).url("/v1/kv/c"), &i.to_string()).await?["header"]["revision"]
+            .as_i64()
+            .context("rev")?;
+    }
+    let resp = http
+        .post(c.member(2).url("/v1/compact"))
+        .json(&json!({"revision": last - 1}))
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "compact: {}", resp.status());
+    let (status, v) = get_json(&http, &c.member(3).url(&format!("/v1/kv/c?revision={}", last - 3))).await?;
+    ensure!(status == 410 && v["error"] == "compacted" && v["compact_revision"] == last - 1, "{status} {v}");
+    let resp = http
+        .get(c.member(3).url(&format!("/v1/watch/c?start_revision={}", last - 3)))
+        .send()
+        .await?;
+    ensure!(resp.status() == 410, "watch below compaction: {}", resp.status());
+    // At and above the compact revision, history still answers.
+    let (status, v) = get_json(&http, &c.member(3).url(&format!("/v1/kv/c?revision={}", last - 1))).await?;
+    ensure!(status == 200 && value_of(&v).as_deref() == Some("3"), "{status} {v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_is_atomic_and_one_revision() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let base = put(&http, &c.member(1).url("/v1/kv/t/x"), "0").await?;
+    let start = base["header"]["revision"].as_i64().context("rev")? + 1;
+    let txn = json!({
+        "compare": [{"key": "t/x", "target": "value", "result": "=", "value": "0"}],
+        "success": [
+            {"put": {"key": "t/x", "value": "1"}},
+            {"put": {"key": "t/y", "value": "1"}},
+            {"range": {"key": "t/", "prefix": true}}
+        ],
+        "failure": [{"range": {"key": "t/x"}}]
+    });
+    let resp: Value = http.post(c.member(2).url("/v1/txn")).json(&txn).send().await?.json().await?;
+    ensure!(resp["succeeded"] == true, "{resp}");
+    ensure!(resp["header"]["revision"] == start, "one revision: {resp}");
+    ensure!(resp["responses"][2]["range"]["count"] == 2, "range sees own writes: {resp}");
+    // The same transaction again fails its compare and writes nothing.
+    let again: Value = http.post(c.member(3).url("/v1/txn")).json(&txn).send().await?.json().await?;
+    ensure!(again["succeeded"] == false && again["header"]["revision"] == start, "{again}");
+    let watch = http
+        .get(c.member(3).url(&format!("/v1/watch/t/?prefix=true&start_revision={start}")))
+        .send()
+        .await?;
+    let msgs = read_sse(watch, 1, Duration::from_secs(10)).await?;
+    ensure!(msgs[0].0 == start && msgs[0].1["events"].as_array().map(Vec::len) == Some(2), "{msgs:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let m = c.member(1);
+    let before = get_json(&http, &m.url("/v1/kv/%00?range_end=%00&count_only=true")).await?.1["header"]["revision"].clone();
+    let big = "x".repeat(2 * 1024 * 1024);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (http.put(m.url("/v1/kv/")).body("v"), 400, "empty key"),
+        (http.put(m.url(&format!("/v1/kv/{}", "k".repeat(5000)))).body("v"), 413, "key too large"),
+        (http.put(m.url("/v1/kv/big")).body(big.clone()), 413, "value too large"),
+        (http.put(m.url("/v1/kv/a?lease=999999")).body("v"), 404, "unknown lease"),
+        (http.put(m.url("/v1/kv/a?lease=abc")).body("v"), 400, "lease not a number"),
+        (http.get(m.url("/v1/kv/a?revision=-1")), 400, "negative revision"),
+        (http.get(m.url("/v1/kv/a?revision=999999")), 400, "future revision"),
+        (http.get(m.url("/v1/kv/a?limit=-5")), 400, "negative limit"),
+        (http.post(m.url("/v1/txn")).header("content-type", "application/json").body("{not json"), 400, "malformed json"),
+        (http.post(m.url("/v1/txn")).json(&json!({"compare": [], "bogus": 1})), 400, "unknown field"),
+        (http.post(m.url("/v1/txn")).json(&json!({"compare": [{"key": "a", "target": "colour", "result": "=", "value": 1}]})), 400, "unknown compare target"),
+        (http.post(m.url("/v1/txn")).json(&json!({"compare": [{"key": "a", "target": "version", "result": "~", "value": 1}]})), 400, "unknown compare result"),
+        (http.post(m.url("/v1/txn")).json(&json!({"success": (0..129).map(|i| json!({"put": {"key": format!("k{i}"), "value": "v"}})).collect::<Vec<_>>()})), 400, "too many ops"),
+        (http.post(m.url("/v1/lease")).json(&json!({"ttl": -1})), 400, "negative ttl"),
+        (http.post(m.url("/v1/lease/12345/keepalive")), 404, "keepalive unknown lease"),
+        (http.delete(m.url("/v1/lease/12345")), 404, "revoke unknown lease"),
+        (http.post(m.url("/v1/compact")).json(&json!({"revision": -3})), 400, "negative compact"),
+        (http.get(m.url("/v1/nothing-here")), 404, "unknown route"),
+    ];
+    for (req, want, what) in cases {
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body: Value = serde_json::from_str(&text).with_context(|| format!("{what}: body is not JSON: {text}"))?;
+        ensure!(status == want, "{what}: expected {want}, got {status}: {body}");
+        ensure!(body["error"].is_string() && body["message"].is_string(), "{what}: {body}");
+    }
+    let after = get_json(&http, &m.url("/v1/kv/%00?range_end=%00&count_only=true")).await?.1["header"]["revision"].clone();
+    ensure!(before == after, "bad input changed the store: {before} -> {after}");
+    Ok(())
+}
