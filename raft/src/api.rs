@@ -406,7 +406,10 @@ mod tests {
 
     #[test]
     fn bin_is_text_when_utf8_and_base64_otherwise() {
-        assert_eq!(serde_json::to_string(&Bin::from("hi")).ok(), Some("\"hi\"".into()));
+        assert_eq!(
+            serde_json::to_string(&Bin::from("hi")).ok(),
+            Some("\"hi\"".into())
+        );
         let raw = Bin(vec![0xff, 0x00, 0x01]);
         let json = serde_json::to_string(&raw).unwrap_or_default();
         assert_eq!(json, r#"{"base64":"/wAB"}"#);

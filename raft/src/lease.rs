@@ -75,10 +75,9 @@ impl LeaseClock {
         let term = self
             .leading_term()
             .ok_or_else(|| StoreError::Unavailable("not the leader".into()))?;
-        let lease = self
-            .mvcc
-            .lease(id)
-            .ok_or(StoreError::Rejected(crate::types::CommandError::LeaseNotFound(id)))?;
+        let lease = self.mvcc.lease(id).ok_or(StoreError::Rejected(
+            crate::types::CommandError::LeaseNotFound(id),
+        ))?;
         self.with_state(term, |s| {
             s.deadlines
                 .insert(id, Instant::now() + ttl_duration(lease.ttl));
@@ -91,10 +90,9 @@ impl LeaseClock {
         let term = self
             .leading_term()
             .ok_or_else(|| StoreError::Unavailable("not the leader".into()))?;
-        let lease = self
-            .mvcc
-            .lease(id)
-            .ok_or(StoreError::Rejected(crate::types::CommandError::LeaseNotFound(id)))?;
+        let lease = self.mvcc.lease(id).ok_or(StoreError::Rejected(
+            crate::types::CommandError::LeaseNotFound(id),
+        ))?;
         let now = Instant::now();
         let deadline = self.with_state(term, |s| {
             *s.deadlines

@@ -77,10 +77,12 @@ pub struct StoreNode {
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr).await.map_err(|e| NodeError::Listen {
-        addr: addr.to_string(),
-        message: e.to_string(),
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| NodeError::Listen {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })
 }
 
 impl StoreNode {
@@ -92,6 +94,7 @@ impl StoreNode {
         })?;
         let db = sled::Config::new()
             .path(config.data_dir.join("db"))
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|e| NodeError::DataDir {
                 path: config.data_dir.display().to_string(),
@@ -99,9 +102,10 @@ impl StoreNode {
             })?;
 
         let metrics = Metrics::new();
-        let (log_store, state_machine, mvcc, hub) =
-            crate::storage::open(db, &config.data_dir, metrics.clone())
-                .await
+        let mvcc = MvccStore::open(&db).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let hub = WatchHub::new(mvcc.clone(), config.limits.max_watchers);
+        let (log_store, state_machine) =
+            crate::storage::open_stores(db, &config.data_dir, mvcc.clone(), Arc::new(hub.clone()))
                 .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         let raft_config = openraft::Config {
@@ -139,7 +143,12 @@ impl StoreNode {
             config.request_timeout,
             config.max_batch_commands,
         );
-        let reads = ReadIndexer::start(config.id, raft.clone(), peers.clone(), config.request_timeout);
+        let reads = ReadIndexer::start(
+            config.id,
+            raft.clone(),
+            peers.clone(),
+            config.request_timeout,
+        );
         let leases = LeaseClock::new(config.id, raft.clone(), mvcc.clone());
 
         let peer_listener = bind(&config.peer_addr).await?;
@@ -148,10 +157,12 @@ impl StoreNode {
             addr: config.peer_addr.clone(),
             message: e.to_string(),
         })?;
-        let client_addr = client_listener.local_addr().map_err(|e| NodeError::Listen {
-            addr: config.client_addr.clone(),
-            message: e.to_string(),
-        })?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|e| NodeError::Listen {
+                addr: config.client_addr.clone(),
+                message: e.to_string(),
+            })?;
 
         let handle = StoreHandle {
             inner: Arc::new(NodeInner {
@@ -180,7 +191,10 @@ impl StoreNode {
             stopped.clone(),
         ));
         tasks.push(tokio::spawn(leases.run(proposer)));
-        tasks.push(tokio::spawn(watch_leadership(raft.clone(), handle.metrics().clone())));
+        tasks.push(tokio::spawn(watch_leadership(
+            raft.clone(),
+            handle.metrics().clone(),
+        )));
 
         let initialized = raft
             .is_initialized()
@@ -242,7 +256,11 @@ impl StoreNode {
     }
 }
 
-fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -401,7 +419,9 @@ impl StoreHandle {
     }
 
     pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
-        self.leader_call(PeerRequest::RemoveMember(id)).await.map(|_| ())
+        self.leader_call(PeerRequest::RemoveMember(id))
+            .await
+            .map(|_| ())
     }
 
     /// Runs `req` on the leader: here when this member leads, else forwarded, retrying
@@ -459,7 +479,9 @@ impl StoreHandle {
                 raft.ensure_linearizable()
                     .await
                     .map_err(|_| PeerError::NotLeader(None))?;
-                Ok(PeerResponse::LeaseKeepAlive(self.inner.leases.keepalive(id)?))
+                Ok(PeerResponse::LeaseKeepAlive(
+                    self.inner.leases.keepalive(id)?,
+                ))
             }
             PeerRequest::LeaseTimeToLive(id) => {
                 raft.ensure_linearizable()
@@ -480,27 +502,49 @@ impl StoreHandle {
                 if id == 0 {
                     return Err(StoreError::InvalidArgument("member id must be >= 1".into()).into());
                 }
-                let exists = raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+                let exists = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .is_some();
                 if exists {
-                    return Err(StoreError::InvalidArgument(format!("member {id} already exists")).into());
+                    return Err(
+                        StoreError::InvalidArgument(format!("member {id} already exists")).into(),
+                    );
                 }
                 raft.add_learner(id, MemberNode { addr: peer_addr }, true)
                     .await
                     .map_err(|e| StoreError::Unavailable(format!("adding learner {id}: {e}")))?;
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
-                    .map_err(|e| StoreError::Unavailable(format!("promoting {id} to voter: {e}")))?;
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("promoting {id} to voter: {e}"))
+                    })?;
                 Ok(PeerResponse::Done)
             }
             PeerRequest::RemoveMember(id) => {
-                let known = raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+                let known = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .is_some();
                 if !known {
                     return Err(StoreError::NotFound(format!("member {id} not found")).into());
                 }
                 raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                     .await
                     .map_err(|e| StoreError::InvalidArgument(format!("removing {id}: {e}")))?;
-                let still_learner = raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+                let still_learner = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .is_some();
                 if still_learner {
                     raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                         .await

@@ -263,7 +263,8 @@ impl ProposerLoop {
                                 "leader answered a forward with {other:?}"
                             )))
                         }
-                        Ok(Err(PeerError::NotLeader(_))) | Err(TransportError::Unreachable { .. }) => {
+                        Ok(Err(PeerError::NotLeader(_)))
+                        | Err(TransportError::Unreachable { .. }) => {
                             // Nothing was proposed: wait for a (new) leader and retry.
                             let until = deadline.min(Instant::now() + Duration::from_millis(200));
                             wait_for_leader(&self.raft, Some(l), until).await;
@@ -384,14 +385,16 @@ pub(crate) async fn obtain_read_index(
                     }
                 }
             }
-            (Some(l), Some(addr)) => match peers.call(&addr, &PeerRequest::ReadIndex, remaining).await {
-                Ok(Ok(PeerResponse::ReadIndex(i))) => return Ok(i),
-                Ok(Err(PeerError::Store(e))) => return Err(e),
-                _ => {
-                    let until = deadline.min(Instant::now() + Duration::from_millis(200));
-                    wait_for_leader(raft, Some(l), until).await;
+            (Some(l), Some(addr)) => {
+                match peers.call(&addr, &PeerRequest::ReadIndex, remaining).await {
+                    Ok(Ok(PeerResponse::ReadIndex(i))) => return Ok(i),
+                    Ok(Err(PeerError::Store(e))) => return Err(e),
+                    _ => {
+                        let until = deadline.min(Instant::now() + Duration::from_millis(200));
+                        wait_for_leader(raft, Some(l), until).await;
+                    }
                 }
-            },
+            }
             (Some(l), None) => {
                 wait_for_leader(raft, Some(l), deadline).await;
             }

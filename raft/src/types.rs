@@ -67,11 +67,18 @@ pub enum Command {
     DeleteRange(DeleteOp),
     Txn(TxnOp),
     /// Grant a lease. `id == 0` lets the state machine pick the next free id.
-    LeaseGrant { id: i64, ttl: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
     /// Revoke a lease (by a client or by the leader's expiry): deletes its keys at one revision.
-    LeaseRevoke { id: i64 },
+    LeaseRevoke {
+        id: i64,
+    },
     /// Drop history below `revision`.
-    Compact { revision: i64 },
+    Compact {
+        revision: i64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -197,8 +204,13 @@ pub struct RangeResult {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ResponseOp {
     Range(RangeResult),
-    Put { prev_kv: Option<KeyValue> },
-    DeleteRange { deleted: i64, prev_kvs: Vec<KeyValue> },
+    Put {
+        prev_kv: Option<KeyValue>,
+    },
+    DeleteRange {
+        deleted: i64,
+        prev_kvs: Vec<KeyValue>,
+    },
 }
 
 /// The outcome of applying one [`Command`]. `revision` is always the store's revision right
@@ -266,6 +278,9 @@ pub enum CommandError {
     },
     #[error("revision {requested} is in the future (current revision {current})")]
     FutureRevision { requested: i64, current: i64 },
+    /// A local read failed in storage (never produced by applying a command).
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// A lease as the state machine keeps it. Expiry deadlines are not replicated: only the

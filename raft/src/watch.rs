@@ -20,18 +20,12 @@ pub trait ApplyListener: Send + Sync + 'static {
 pub struct WatchHub {}
 
 impl WatchHub {
-    pub fn new() -> Self {
-        todo!()
-    }
-
-    /// Called by the state machine after each applied batch, in revision order.
-    pub fn publish(&self, _events: Vec<RevisionEvents>) {
-        todo!()
+    pub fn new(_mvcc: crate::mvcc::MvccStore, _max_watchers: usize) -> Self {
+        WatchHub {}
     }
 }
 
-impl Default for WatchHub {
-    fn default() -> Self {
-        Self::new()
-    }
+impl ApplyListener for WatchHub {
+    fn applied(&self, _events: Vec<RevisionEvents>) {}
+    fn reset(&self, _current_revision: i64) {}
 }

@@ -12,8 +12,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -147,7 +147,8 @@ pub struct PeerConnection {
     addr: String,
 }
 
-type RaftRpcError<E = openraft::error::Infallible> = RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
+type RaftRpcError<E = openraft::error::Infallible> =
+    RPCError<NodeId, MemberNode, RaftError<NodeId, E>>;
 
 impl PeerConnection {
     async fn raft_rpc<Req, Resp, E>(
@@ -191,10 +192,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RaftRpcError<InstallSnapshotError>> {
         // Snapshots travel whole through `full_snapshot`; chunked transfer is not used.
-        Err(RPCError::Network(NetworkError::new(&TransportError::NoAnswer {
-            addr: self.addr.clone(),
-            message: "chunked snapshot transfer is not supported; use full_snapshot".into(),
-        })))
+        Err(RPCError::Network(NetworkError::new(
+            &TransportError::NoAnswer {
+                addr: self.addr.clone(),
+                message: "chunked snapshot transfer is not supported; use full_snapshot".into(),
+            },
+        )))
     }
 
     async fn vote(
@@ -218,10 +221,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         // A whole snapshot may be large: give it time proportional to its size.
         let timeout = Duration::from_secs(30 + (req.2.len() as u64 >> 20));
         let answer: Result<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>, _> =
-            self.client.post(&self.addr, paths::SNAPSHOT, &req, timeout).await;
+            self.client
+                .post(&self.addr, paths::SNAPSHOT, &req, timeout)
+                .await;
         match answer {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
+            Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(
+                self.target,
+                fatal,
+            ))),
             Err(e @ TransportError::Unreachable { .. }) => {
                 Err(StreamingError::Unreachable(Unreachable::new(&e)))
             }

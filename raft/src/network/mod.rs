@@ -24,7 +24,10 @@ pub enum PeerRequest {
     ReadIndex,
     LeaseKeepAlive(i64),
     LeaseTimeToLive(i64),
-    AddMember { id: NodeId, peer_addr: String },
+    AddMember {
+        id: NodeId,
+        peer_addr: String,
+    },
     RemoveMember(NodeId),
 }
 

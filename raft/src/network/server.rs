@@ -44,7 +44,11 @@ fn reply<T: serde::Serialize>(v: &T) -> Response {
 }
 
 fn bad_request(e: String) -> Response {
-    (StatusCode::BAD_REQUEST, format!("undecodable peer request: {e}")).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        format!("undecodable peer request: {e}"),
+    )
+        .into_response()
 }
 
 async fn append(State(s): State<PeerState>, body: Bytes) -> Response {

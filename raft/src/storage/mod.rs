@@ -1,17 +1,436 @@
-//! openraft's log store and state machine over sled (being written on the `engine` branch).
-use std::path::Path;
+//! openraft's storage over sled: the Raft log store ([`LogStore`]: trees `raft_log` and
+//! `raft_meta`) and the state machine ([`StateMachineStore`], over [`MvccStore`]), with
+//! snapshots kept in `snapshot.bin` in the data directory.
+//!
+//! Durability: `append` and `save_vote` return (or signal) only after `flush_async` has made
+//! them durable. The state machine's writes ride on the same sled database, so every later
+//! flush also persists them; `purge` flushes before dropping log entries, so the log is
+//! never shorter than what the durable state machine needs to replay.
+//!
+//! This is the only module that knows sled is under the Raft log; the state machine's own
+//! layout belongs to `mvcc`.
 
-use crate::metrics::Metrics;
-use crate::mvcc::MvccStore;
-use crate::watch::WatchHub;
+use std::fmt::Debug;
+use std::io::{Cursor, Write};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-pub struct LogStore;
-pub struct StateMachineStore;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, StorageIOError,
+};
 
-pub async fn open(
-    _db: sled::Db,
-    _dir: &Path,
-    _metrics: Metrics,
-) -> Result<(LogStore, StateMachineStore, MvccStore, WatchHub), String> {
-    todo!()
+use crate::mvcc::{MvccError, MvccStore};
+use crate::types::{
+    BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Vote,
+};
+use crate::watch::ApplyListener;
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_PURGED: &[u8] = b"last_purged";
+const KEY_COMMITTED: &[u8] = b"committed";
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
 }
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
+/// Opens the log store and the state machine. `mvcc` must be opened on the same `db`;
+/// `listener` (the watch hub) hears about every applied revision.
+pub fn open_stores(
+    db: sled::Db,
+    data_dir: &Path,
+    mvcc: MvccStore,
+    listener: Arc<dyn ApplyListener>,
+) -> Result<(LogStore, StateMachineStore), StorageError> {
+    let log = db
+        .open_tree("raft_log")
+        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+    let meta = db
+        .open_tree("raft_meta")
+        .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+    let sm = StateMachineStore {
+        db: db.clone(),
+        mvcc,
+        listener,
+        snapshot_path: data_dir.join(SNAPSHOT_FILE),
+    };
+    sm.recover_snapshot()?;
+    Ok((LogStore { db, log, meta }, sm))
+}
+
+/// The Raft log and vote.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl LogStore {
+    async fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush_async().await.map(|_| ())
+    }
+
+    fn meta_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self
+            .meta
+            .get(key)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?
+        {
+            Some(v) => decode(&v)
+                .map(Some)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e)),
+            None => Ok(None),
+        }
+    }
+
+    fn meta_put<T: serde::Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError> {
+        let bytes = encode(v).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self
+            .log
+            .last()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        {
+            Some((_, v)) => {
+                let e: Entry =
+                    decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                Ok(Some(e.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn index_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let iter = match range.end_bound() {
+            Bound::Included(i) => self.log.range(index_key(start)..=index_key(*i)),
+            Bound::Excluded(i) => self.log.range(index_key(start)..index_key(*i)),
+            Bound::Unbounded => self.log.range(index_key(start)..),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            let (_, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            out.push(decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.meta_get(KEY_PURGED)?;
+        let last = self.last_entry_id()?.or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.meta_put(KEY_VOTE, vote)?;
+        self.flush()
+            .await
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.meta_get(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: losing it only means re-applying from the last applied entry.
+        self.meta_put(KEY_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta_get::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry)
+                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let flushed = self.flush().await;
+        match flushed {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                callback.log_io_completed(Err(std::io::Error::other(msg.clone())));
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, msg))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..).keys() {
+            batch.remove(item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.flush()
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Make the state machine durable before the log behind it disappears.
+        self.flush()
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.meta_put(KEY_PURGED, &log_id)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)).keys() {
+            batch.remove(item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.flush()
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+/// The replicated state machine: applies entries to the MVCC store and tells the watch hub.
+pub struct StateMachineStore {
+    db: sled::Db,
+    mvcc: MvccStore,
+    listener: Arc<dyn ApplyListener>,
+    snapshot_path: PathBuf,
+}
+
+/// What `snapshot.bin` holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+fn sm_err(e: MvccError) -> StorageError {
+    io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e)
+}
+
+fn snapshot_err(e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
+}
+
+impl StateMachineStore {
+    fn read_snapshot_file(&self) -> Result<Option<SnapshotFile>, StorageError> {
+        match std::fs::read(&self.snapshot_path) {
+            Ok(bytes) => decode(&bytes)
+                .map(Some)
+                .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
+        }
+    }
+
+    /// Writes the snapshot file atomically (temp file, fsync, rename, fsync the directory).
+    fn write_snapshot_file(&self, file: &SnapshotFile) -> Result<(), StorageError> {
+        let bytes = encode(file).map_err(snapshot_err)?;
+        let tmp = self.snapshot_path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(snapshot_err)?;
+        f.write_all(&bytes).map_err(snapshot_err)?;
+        f.sync_all().map_err(snapshot_err)?;
+        std::fs::rename(&tmp, &self.snapshot_path).map_err(snapshot_err)?;
+        if let Some(dir) = self.snapshot_path.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// A crash between writing a received snapshot and importing it leaves the file ahead
+    /// of the state machine: finish the import at start.
+    fn recover_snapshot(&self) -> Result<(), StorageError> {
+        if let Some(file) = self.read_snapshot_file()? {
+            if file.meta.last_log_id > self.mvcc.last_applied() {
+                tracing::warn!(
+                    snapshot = ?file.meta.last_log_id,
+                    applied = ?self.mvcc.last_applied(),
+                    "state machine is behind its snapshot file; importing it"
+                );
+                self.mvcc
+                    .import(
+                        &file.data,
+                        file.meta.last_log_id,
+                        &file.meta.last_membership,
+                    )
+                    .map_err(sm_err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.mvcc.last_applied(), self.mvcc.last_membership()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let applied = match entry.payload {
+                EntryPayload::Blank => self.mvcc.apply_batch(log_id, &[], None),
+                EntryPayload::Normal(batch) => self.mvcc.apply_batch(log_id, &batch.commands, None),
+                EntryPayload::Membership(m) => {
+                    self.mvcc
+                        .apply_batch(log_id, &[], Some(StoredMembership::new(Some(log_id), m)))
+                }
+            }
+            .map_err(|e| io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;
+            if !applied.events.is_empty() {
+                self.listener.applied(applied.events);
+            }
+            out.push(BatchResult {
+                results: applied.results,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            mvcc: self.mvcc.clone(),
+            writer: StateMachineStore {
+                db: self.db.clone(),
+                mvcc: self.mvcc.clone(),
+                listener: self.listener.clone(),
+                snapshot_path: self.snapshot_path.clone(),
+            },
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        self.write_snapshot_file(&file)?;
+        let revision = self
+            .mvcc
+            .import(&file.data, meta.last_log_id, &meta.last_membership)
+            .map_err(sm_err)?;
+        self.db.flush_async().await.map_err(snapshot_err)?;
+        tracing::info!(snapshot = ?meta.last_log_id, revision, "installed a snapshot");
+        self.listener.reset(revision);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.read_snapshot_file()?.map(|f| Snapshot {
+            meta: f.meta,
+            snapshot: Box::new(Cursor::new(f.data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from a consistent export of the MVCC state.
+pub struct SnapshotBuilder {
+    mvcc: MvccStore,
+    writer: StateMachineStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (data, last_log_id, membership) = self.mvcc.export().map_err(sm_err)?;
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
+            None => format!("empty-{}", data.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let file = SnapshotFile { meta, data };
+        self.writer.write_snapshot_file(&file)?;
+        tracing::info!(snapshot = ?file.meta.last_log_id, bytes = file.data.len(), "built a snapshot");
+        Ok(Snapshot {
+            meta: file.meta,
+            snapshot: Box::new(Cursor::new(file.data)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
