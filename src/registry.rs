@@ -1,1 +1,446 @@
-//! TODO
+//! The registry: typed create/get/list/update/delete/watch of Miniku objects over the store
+//! client, and the one key layout (`/registry/<kind>/<name>`, values are JSON).
+//!
+//! Every write is conditional, so no component can clobber another's change:
+//! - create: a transaction that puts only if the key does not exist (`409` otherwise);
+//! - update and delete: a transaction comparing the key's `mod_revision` with the object's
+//!   `resourceVersion` (a stale one is a [`RegistryError::Conflict`]); 0 means "whatever is
+//!   there now, as long as it exists".
+//!
+//! An object's `resourceVersion` is its key's `mod_revision`, set on every read. This module
+//! knows nothing of HTTP or of what the objects mean.
+
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use miniku_store::api::{Bin, Compare, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest};
+use miniku_store::client::{ClientError, GetOptions, StoreClient, WatchOptions};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{Node, NodeLease, Pod, ReplicaSet};
+
+/// Root of every Miniku key in the store.
+pub const ROOT: &str = "/registry/";
+
+/// A kind of object the registry stores.
+pub trait Object: Serialize + DeserializeOwned + Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// Plural, lowercase: the key segment and the URL segment.
+    const KIND: &'static str;
+    fn name(&self) -> &str;
+    fn resource_version(&self) -> i64;
+    fn set_resource_version(&mut self, rv: i64);
+}
+
+impl Object for ReplicaSet {
+    const KIND: &'static str = "replicasets";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn resource_version(&self) -> i64 {
+        self.resource_version
+    }
+    fn set_resource_version(&mut self, rv: i64) {
+        self.resource_version = rv;
+    }
+}
+
+impl Object for Pod {
+    const KIND: &'static str = "pods";
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+    fn resource_version(&self) -> i64 {
+        self.resource_version
+    }
+    fn set_resource_version(&mut self, rv: i64) {
+        self.resource_version = rv;
+    }
+}
+
+impl Object for Node {
+    const KIND: &'static str = "nodes";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn resource_version(&self) -> i64 {
+        self.resource_version
+    }
+    fn set_resource_version(&mut self, rv: i64) {
+        self.resource_version = rv;
+    }
+}
+
+impl Object for NodeLease {
+    const KIND: &'static str = "nodeleases";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn resource_version(&self) -> i64 {
+        self.resource_version
+    }
+    fn set_resource_version(&mut self, rv: i64) {
+        self.resource_version = rv;
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{kind} `{name}` not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} `{name}` already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} `{name}` was changed by someone else (resourceVersion {expected} is stale)")]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        expected: i64,
+    },
+    /// A watch could not resume: history before this revision is gone. List again.
+    #[error("history before revision {0} was compacted")]
+    Compacted(i64),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store's answer was not understood: {0}")]
+    Decode(String),
+}
+
+impl From<ClientError> for RegistryError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Compacted { compact_revision } => RegistryError::Compacted(compact_revision),
+            ClientError::Decode(m) => RegistryError::Decode(m),
+            other => RegistryError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A change to one object, as a watch reports it.
+#[derive(Debug, Clone)]
+pub enum WatchEvent<T> {
+    Added(T),
+    Modified(T),
+    /// The object as it was last (its `resourceVersion` is the deletion's revision).
+    Deleted(T),
+    /// Everything up to this revision has been delivered.
+    Bookmark(i64),
+}
+
+impl<T> WatchEvent<T> {
+    pub fn revision(&self) -> i64
+    where
+        T: Object,
+    {
+        match self {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o.resource_version(),
+            WatchEvent::Bookmark(r) => *r,
+        }
+    }
+}
+
+pub type WatchEvents<T> = BoxStream<'static, Result<WatchEvent<T>, RegistryError>>;
+
+/// Typed access to objects in the store.
+#[derive(Clone)]
+pub struct Registry {
+    client: StoreClient,
+}
+
+/// The store key of object `name` of kind `T`.
+pub fn key_of<T: Object>(name: &str) -> String {
+    format!("{ROOT}{}/{name}", T::KIND)
+}
+
+fn prefix_of<T: Object>() -> String {
+    format!("{ROOT}{}/", T::KIND)
+}
+
+fn decode<T: Object>(value: &[u8], rv: i64) -> Result<T, RegistryError> {
+    let mut obj: T = serde_json::from_slice(value)
+        .map_err(|e| RegistryError::Decode(format!("{} value: {e}", T::KIND)))?;
+    obj.set_resource_version(rv);
+    Ok(obj)
+}
+
+fn encode<T: Object>(obj: &T) -> Result<Vec<u8>, RegistryError> {
+    let mut copy = obj.clone();
+    copy.set_resource_version(0);
+    serde_json::to_vec(&copy).map_err(|e| RegistryError::Decode(e.to_string()))
+}
+
+fn compare(key: &str, target: &str, result: &str, value: i64) -> Compare {
+    Compare {
+        key: Bin::from(key),
+        range_end: None,
+        target: target.into(),
+        result: result.into(),
+        value: serde_json::Value::from(value),
+    }
+}
+
+impl Registry {
+    pub fn new(client: StoreClient) -> Self {
+        Registry { client }
+    }
+
+    /// Connects to the store endpoints (`host:port`, comma-separated or several).
+    pub fn connect(endpoints: &[String]) -> Result<Self, RegistryError> {
+        let client = StoreClient::new(endpoints.to_vec())
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        Ok(Registry::new(client))
+    }
+
+    pub fn client(&self) -> &StoreClient {
+        &self.client
+    }
+
+    /// Stores a new object; fails with `AlreadyExists` if the name is taken.
+    pub async fn create<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
+        let key = key_of::<T>(obj.name());
+        let txn = TxnRequest {
+            compare: vec![compare(&key, "create_revision", "=", 0)],
+            success: vec![RequestOp::Put(PutRequest {
+                key: Bin::from(key.as_str()),
+                value: Bin(encode(obj)?),
+                ..Default::default()
+            })],
+            failure: vec![],
+        };
+        let resp = self.client.txn(&txn).await?;
+        if !resp.succeeded {
+            return Err(RegistryError::AlreadyExists {
+                kind: T::KIND,
+                name: obj.name().to_string(),
+            });
+        }
+        let mut out = obj.clone();
+        out.set_resource_version(resp.header.revision);
+        Ok(out)
+    }
+
+    pub async fn get<T: Object>(&self, name: &str) -> Result<T, RegistryError> {
+        let resp = self
+            .client
+            .get(key_of::<T>(name).as_bytes(), GetOptions::default())
+            .await?;
+        match resp.kvs.first() {
+            Some(kv) => decode(kv.value.as_bytes(), kv.mod_revision),
+            None => Err(RegistryError::NotFound {
+                kind: T::KIND,
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Every object of kind `T`, and the store revision the list reflects (watch from the
+    /// next one to miss nothing).
+    pub async fn list<T: Object>(&self) -> Result<(Vec<T>, i64), RegistryError> {
+        let prefix = prefix_of::<T>();
+        let mut out = Vec::new();
+        let mut start = prefix.clone().into_bytes();
+        let end = miniku_store::types::prefix_end(prefix.as_bytes());
+        let mut revision = 0;
+        // Paged, all pages at the first page's revision, so the list is one consistent cut.
+        loop {
+            let resp = self
+                .client
+                .get(
+                    &start,
+                    GetOptions {
+                        range_end: Some(end.clone()),
+                        limit: 1000,
+                        revision,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            if revision == 0 {
+                revision = resp.header.revision;
+            }
+            for kv in &resp.kvs {
+                out.push(decode(kv.value.as_bytes(), kv.mod_revision)?);
+            }
+            match (resp.more, resp.kvs.last()) {
+                (true, Some(last)) => {
+                    start = last.key.as_bytes().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok((out, revision))
+    }
+
+    /// Replaces an object if its `resourceVersion` still matches (0: if it exists at all).
+    pub async fn update<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
+        let key = key_of::<T>(obj.name());
+        let rv = obj.resource_version();
+        let cmp = if rv > 0 {
+            compare(&key, "mod_revision", "=", rv)
+        } else {
+            compare(&key, "version", ">", 0)
+        };
+        let txn = TxnRequest {
+            compare: vec![cmp],
+            success: vec![RequestOp::Put(PutRequest {
+                key: Bin::from(key.as_str()),
+                value: Bin(encode(obj)?),
+                ..Default::default()
+            })],
+            failure: vec![RequestOp::Range(RangeRequest {
+                key: Bin::from(key.as_str()),
+                keys_only: true,
+                ..Default::default()
+            })],
+        };
+        let resp = self.client.txn(&txn).await?;
+        if !resp.succeeded {
+            return Err(self.failed_precondition::<T>(obj.name(), rv, &resp.responses));
+        }
+        let mut out = obj.clone();
+        out.set_resource_version(resp.header.revision);
+        Ok(out)
+    }
+
+    fn failed_precondition<T: Object>(&self, name: &str, rv: i64, responses: &[ResponseOp]) -> RegistryError {
+        let exists = matches!(responses.first(), Some(ResponseOp::Range { count, .. }) if *count > 0);
+        if exists {
+            RegistryError::Conflict {
+                kind: T::KIND,
+                name: name.to_string(),
+                expected: rv,
+            }
+        } else {
+            RegistryError::NotFound {
+                kind: T::KIND,
+                name: name.to_string(),
+            }
+        }
+    }
+
+    /// Deletes an object if its `resourceVersion` matches `rv` (0: unconditionally). Returns
+    /// the object as it was.
+    pub async fn delete<T: Object>(&self, name: &str, rv: i64) -> Result<T, RegistryError> {
+        let key = key_of::<T>(name);
+        let cmp = if rv > 0 {
+            compare(&key, "mod_revision", "=", rv)
+        } else {
+            compare(&key, "version", ">", 0)
+        };
+        let txn = TxnRequest {
+            compare: vec![cmp],
+            success: vec![
+                RequestOp::Range(RangeRequest {
+                    key: Bin::from(key.as_str()),
+                    ..Default::default()
+                }),
+                RequestOp::Delete(miniku_store::api::DeleteRequest {
+                    key: Bin::from(key.as_str()),
+                    ..Default::default()
+                }),
+            ],
+            failure: vec![RequestOp::Range(RangeRequest {
+                key: Bin::from(key.as_str()),
+                keys_only: true,
+                ..Default::default()
+            })],
+        };
+        let resp = self.client.txn(&txn).await?;
+        if !resp.succeeded {
+            return Err(self.failed_precondition::<T>(name, rv, &resp.responses));
+        }
+        match resp.responses.first() {
+            Some(ResponseOp::Range { kvs, .. }) if !kvs.is_empty() => {
+                let mut obj: T = decode(kvs[0].value.as_bytes(), kvs[0].mod_revision)?;
+                obj.set_resource_version(resp.header.revision);
+                Ok(obj)
+            }
+            _ => Err(RegistryError::NotFound {
+                kind: T::KIND,
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Reads, changes and writes back an object, retrying on conflicts. `change` returns
+    /// `Ok(false)` to leave the object as it is.
+    pub async fn modify<T, F>(&self, name: &str, mut change: F) -> Result<T, RegistryError>
+    where
+        T: Object,
+        F: FnMut(&mut T) -> bool,
+    {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let mut obj: T = self.get(name).await?;
+            if !change(&mut obj) {
+                return Ok(obj);
+            }
+            match self.update(&obj).await {
+                Err(RegistryError::Conflict { .. }) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Every change to objects of kind `T` from revision `from` (inclusive). The stream
+    /// resumes by itself across store failures; it ends with `Err(Compacted)` when it cannot.
+    pub fn watch<T: Object>(&self, from: i64) -> WatchEvents<T> {
+        let prefix = prefix_of::<T>();
+        let stream = self.client.watch(
+            prefix.as_bytes(),
+            WatchOptions {
+                prefix: true,
+                start_revision: from,
+                prev_kv: true,
+                progress_notify: true,
+                ..Default::default()
+            },
+        );
+        stream
+            .flat_map(|item| {
+                let out: Vec<Result<WatchEvent<T>, RegistryError>> = match item {
+                    Err(e) => vec![Err(e.into())],
+                    Ok(msg) if msg.events.is_empty() => {
+                        if msg.canceled {
+                            vec![Err(match msg.compact_revision {
+                                Some(r) => RegistryError::Compacted(r),
+                                None => RegistryError::Unavailable(
+                                    msg.reason.unwrap_or_else(|| "watch canceled".into()),
+                                ),
+                            })]
+                        } else {
+                            vec![Ok(WatchEvent::Bookmark(msg.header.revision))]
+                        }
+                    }
+                    Ok(msg) => msg.events.into_iter().map(to_watch_event).collect(),
+                };
+                futures::stream::iter(out)
+            })
+            .boxed()
+    }
+}
+
+fn to_watch_event<T: Object>(e: miniku_store::api::Event) -> Result<WatchEvent<T>, RegistryError> {
+    use miniku_store::api::EventType;
+    match e.kind {
+        EventType::Put => {
+            let obj = decode(e.kv.value.as_bytes(), e.kv.mod_revision)?;
+            Ok(if e.kv.version == 1 {
+                WatchEvent::Added(obj)
+            } else {
+                WatchEvent::Modified(obj)
+            })
+        }
+        EventType::Delete => {
+            let prev = e
+                .prev_kv
+                .ok_or_else(|| RegistryError::Decode("delete event without prev_kv".into()))?;
+            let obj = decode(prev.value.as_bytes(), e.kv.mod_revision)?;
+            Ok(WatchEvent::Deleted(obj))
+        }
+    }
+}

@@ -209,3 +209,35 @@ pub struct Node {
     #[serde(rename = "resourceVersion", default)]
     pub resource_version: i64,
 }
+
+/// A node's heartbeat: the kubelet keeps this object alive through a store lease of
+/// `ttl_seconds`, renewed every `renew_seconds`. When the kubelet stops renewing, the store
+/// deletes it, and the node lifecycle controller marks the node NotReady.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeLease {
+    pub name: String,
+    /// The store lease the object is attached to.
+    pub lease_id: i64,
+    pub ttl_seconds: i64,
+    pub renew_seconds: i64,
+    #[serde(rename = "resourceVersion", default)]
+    pub resource_version: i64,
+}
+
+impl Pod {
+    /// A Failed pod that no kubelet will retry (no retry pending): its ReplicaSet replaces it.
+    pub fn is_terminal(&self) -> bool {
+        match self.status {
+            PodPhase::Succeeded => true,
+            PodPhase::Failed => self.next_retry_at == zero_time(),
+            _ => false,
+        }
+    }
+
+    /// Whether every `selector` label is on the pod with the same value.
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(k, v)| self.spec.labels.get(k) == Some(v))
+    }
+}

@@ -1,1 +1,301 @@
-//! TODO
+//! The API server: Miniku's front door for people and curl. Stateless; every object lives in
+//! the store and is reached through the [`Registry`].
+//!
+//! - `POST /replicasets`, `GET /replicasets`, `GET|PUT|DELETE /replicasets/{name}`
+//! - `GET /pods` (filters `node=`, `selector=k=v,k2=v2`), `GET|DELETE /pods/{name}`
+//! - `GET /nodes`, `GET /nodes/{name}`
+//! - `?watch=true&resourceVersion=RV` on each list: Server-Sent Events, see [`watch`].
+//! - `GET /health`
+//!
+//! Input is validated here (shapes in [`input`], rules in [`crate::api::validation`]);
+//! every error is one JSON body made in [`error`]. This module does not decide what a
+//! controller does.
+
+pub mod error;
+pub mod input;
+pub mod watch;
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::api::validation::{validate_name, validate_replicaset, MAX_NAME_LEN};
+use crate::api::{Node, Pod, ReplicaSet};
+use crate::registry::{Object, Registry, RegistryError};
+use error::ApiError;
+use input::{parse_body, ReplicaSetInput};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+}
+
+pub fn router(registry: Registry) -> Router {
+    Router::new()
+        .route("/replicasets", get(list_replicasets).post(create_replicaset))
+        .route(
+            "/replicasets/{name}",
+            get(get_replicaset).put(update_replicaset).delete(delete_replicaset),
+        )
+        .route("/pods", get(list_pods))
+        .route("/pods/{name}", get(get_pod).delete(delete_pod))
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/{name}", get(get_node))
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::not_found_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(AppState { registry })
+}
+
+/// Query parameters of the list endpoints.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub watch: Option<String>,
+    #[serde(default, rename = "resourceVersion")]
+    pub resource_version: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub selector: Option<String>,
+}
+
+impl ListQuery {
+    fn watching(&self) -> Result<bool, ApiError> {
+        match self.watch.as_deref() {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::invalid("watch", format!("`{other}` is not true or false"))),
+        }
+    }
+
+    fn resource_version(&self) -> Result<i64, ApiError> {
+        match self.resource_version.as_deref() {
+            None | Some("") => Ok(0),
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| ApiError::invalid("resourceVersion", format!("`{s}` is not a non-negative integer"))),
+        }
+    }
+
+    fn selector(&self) -> Result<BTreeMap<String, String>, ApiError> {
+        parse_selector(self.selector.as_deref().unwrap_or(""))
+    }
+}
+
+/// Parses `k=v,k2=v2`.
+pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| ApiError::invalid("selector", format!("`{part}` is not key=value")))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(ApiError::invalid("selector", format!("`{part}` has an empty key")));
+        }
+        out.insert(k.to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+fn query<T: serde::de::DeserializeOwned + Default>(raw: Option<Query<T>>) -> T {
+    raw.map(|Query(q)| q).unwrap_or_default()
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    match s.registry.client().cluster().await {
+        Ok(c) if c.leader_id.is_some() => {
+            Json(serde_json::json!({"health": "ok", "store_leader": c.leader_id})).into_response()
+        }
+        Ok(_) => ApiError::unavailable("the store has no leader").into_response(),
+        Err(e) => ApiError::unavailable(e.to_string()).into_response(),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    validate_name("name", name, MAX_NAME_LEN).map_err(ApiError::from)
+}
+
+async fn get_one<T: Object>(registry: &Registry, name: &str) -> Result<Json<T>, ApiError> {
+    check_name(name)?;
+    Ok(Json(registry.get::<T>(name).await?))
+}
+
+fn parse_query<T: serde::de::DeserializeOwned + Default>(
+    raw: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    match raw {
+        Ok(q) => Ok(query(Some(q))),
+        Err(e) => Err(ApiError::invalid("query", e.body_text())),
+    }
+}
+
+async fn list_replicasets(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = parse_query(q)?;
+    if q.node.is_some() || q.selector.is_some() {
+        return Err(ApiError::invalid("query", "replicasets take no node or selector filter"));
+    }
+    if q.watching()? {
+        return watch::serve::<ReplicaSet>(s.registry, q.resource_version()?, |_| true).await;
+    }
+    let (items, _) = s.registry.list::<ReplicaSet>().await?;
+    Ok(Json(items).into_response())
+}
+
+async fn create_replicaset(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let input: ReplicaSetInput = parse_body(&headers, body).await?;
+    if input.resource_version != 0 {
+        return Err(ApiError::invalid("resourceVersion", "must not be set when creating"));
+    }
+    let rs = input.into_replicaset(crate::controllers::replicaset::random_hex(16))?;
+    validate_replicaset(&rs)?;
+    let created = s.registry.create(&rs).await?;
+    tracing::info!(replicaset = %created.name, desired = created.desired_count, "created");
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn get_replicaset(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<ReplicaSet>, ApiError> {
+    get_one(&s.registry, &name).await
+}
+
+/// Replaces `desiredCount`, `selector` and `template`; the rest is kept. With a
+/// `resourceVersion` in the body, a stale one answers 409.
+async fn update_replicaset(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ReplicaSet>, ApiError> {
+    check_name(&name)?;
+    let input: ReplicaSetInput = parse_body(&headers, body).await?;
+    if !input.name.is_empty() && input.name != name {
+        return Err(ApiError::invalid(
+            "name",
+            format!("`{}` does not match the URL's `{name}` (renaming is not supported)", input.name),
+        ));
+    }
+    let precondition = input.resource_version;
+    loop {
+        let current: ReplicaSet = s.registry.get(&name).await?;
+        if precondition != 0 && precondition != current.resource_version {
+            return Err(RegistryError::Conflict {
+                kind: "replicasets",
+                name,
+                expected: precondition,
+            }
+            .into());
+        }
+        let mut next = input.clone().into_replicaset(current.uid.clone())?;
+        next.name = name.clone();
+        next.current_count = current.current_count;
+        next.ready_count = current.ready_count;
+        next.resource_version = current.resource_version;
+        validate_replicaset(&next)?;
+        match s.registry.update(&next).await {
+            Ok(updated) => return Ok(Json(updated)),
+            // Someone else (the controller's status write) got in between: try again unless
+            // the user asked for a precise version.
+            Err(RegistryError::Conflict { .. }) if precondition == 0 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: Option<i64>,
+}
+
+async fn delete_replicaset(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ReplicaSet>, ApiError> {
+    check_name(&name)?;
+    let q = parse_query(q)?;
+    let deleted = s
+        .registry
+        .delete::<ReplicaSet>(&name, q.resource_version.unwrap_or(0).max(0))
+        .await?;
+    tracing::info!(replicaset = %name, "deleted; its pods follow");
+    Ok(Json(deleted))
+}
+
+fn pod_filter(q: &ListQuery) -> Result<impl Fn(&Pod) -> bool + Send + Sync + 'static, ApiError> {
+    let node = q.node.clone();
+    let selector = q.selector()?;
+    Ok(move |p: &Pod| node.as_ref().is_none_or(|n| &p.spec.node_name == n) && p.matches(&selector))
+}
+
+async fn list_pods(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = parse_query(q)?;
+    let keep = pod_filter(&q)?;
+    if q.watching()? {
+        return watch::serve::<Pod>(s.registry, q.resource_version()?, keep).await;
+    }
+    let (mut items, _) = s.registry.list::<Pod>().await?;
+    items.retain(|p| keep(p));
+    Ok(Json(items).into_response())
+}
+
+async fn get_pod(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Pod>, ApiError> {
+    get_one(&s.registry, &name).await
+}
+
+async fn delete_pod(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Pod>, ApiError> {
+    check_name(&name)?;
+    let q = parse_query(q)?;
+    Ok(Json(
+        s.registry
+            .delete::<Pod>(&name, q.resource_version.unwrap_or(0).max(0))
+            .await?,
+    ))
+}
+
+async fn list_nodes(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = parse_query(q)?;
+    if q.node.is_some() || q.selector.is_some() {
+        return Err(ApiError::invalid("query", "nodes take no node or selector filter"));
+    }
+    if q.watching()? {
+        return watch::serve::<Node>(s.registry, q.resource_version()?, |_| true).await;
+    }
+    let (items, _) = s.registry.list::<Node>().await?;
+    Ok(Json(items).into_response())
+}
+
+async fn get_node(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Node>, ApiError> {
+    get_one(&s.registry, &name).await
+}

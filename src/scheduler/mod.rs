@@ -1,1 +1,323 @@
-//! TODO
+//! The scheduler: binds each pending pod without a node to a Ready node.
+//!
+//! - Filter: node Ready and schedulable; every `node_selector` label present on the node;
+//!   the pod's cpu/memory requests fit in the node's capacity minus what is bound to it;
+//!   fewer than `max_pods` pods.
+//! - Score: least allocated (the emptier node wins, counting pods, cpu and memory); ties are
+//!   broken at random.
+//! - Bind: a compare-and-swap on the pod's revision that sets only `spec.node_name`; a
+//!   conflict means the pod changed, and its event brings it back.
+//! - Assume: the chosen binding is recorded locally at once, so a burst of pods is spread
+//!   before the store echoes the bindings back.
+//! - A pod that fits nowhere gets the reason `Unschedulable` and a message, and is tried
+//!   again when a node or a pod changes (never on a timer).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::api::{Node, NodeStatus, Pod, PodPhase};
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::{run_workers, Change, Informer, Next, WorkQueue};
+
+/// What a node has left, as the scheduler sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub pods: u32,
+    pub cpu: u64,
+    pub memory: u64,
+}
+
+/// Why a node was filtered out, for the Unschedulable message.
+fn filter(node: &Node, used: &Usage, pod: &Pod) -> Result<(), &'static str> {
+    if node.status != NodeStatus::Ready {
+        return Err("not ready");
+    }
+    if node.unschedulable {
+        return Err("unschedulable");
+    }
+    if !pod
+        .spec
+        .node_selector
+        .iter()
+        .all(|(k, v)| node.labels.get(k) == Some(v))
+    {
+        return Err("node selector does not match");
+    }
+    if used.pods >= node.max_pods {
+        return Err("too many pods");
+    }
+    let req = &pod.spec.resources;
+    if used.cpu + req.cpu > node.capacity.cpu {
+        return Err("insufficient cpu");
+    }
+    if used.memory + req.memory > node.capacity.memory {
+        return Err("insufficient memory");
+    }
+    Ok(())
+}
+
+/// Higher is better: the mean free fraction of pods, cpu and memory after placing the pod.
+fn score(node: &Node, used: &Usage, pod: &Pod) -> f64 {
+    let free = |cap: f64, used: f64| if cap <= 0.0 { 1.0 } else { (cap - used) / cap };
+    let req = &pod.spec.resources;
+    let pods = free(node.max_pods as f64, used.pods as f64 + 1.0);
+    let cpu = free(node.capacity.cpu as f64, (used.cpu + req.cpu) as f64);
+    let mem = free(node.capacity.memory as f64, (used.memory + req.memory) as f64);
+    (pods + cpu + mem) / 3.0
+}
+
+/// Picks a node for `pod`, or explains why none fits.
+pub fn pick_node(nodes: &[Node], usage: &HashMap<String, Usage>, pod: &Pod) -> Result<String, String> {
+    let zero = Usage::default();
+    let mut best: Vec<(&Node, f64)> = Vec::new();
+    let mut reasons: BTreeMap<&'static str, u32> = BTreeMap::new();
+    for node in nodes {
+        let used = usage.get(&node.name).unwrap_or(&zero);
+        match filter(node, used, pod) {
+            Ok(()) => best.push((node, score(node, used, pod))),
+            Err(why) => *reasons.entry(why).or_default() += 1,
+        }
+    }
+    let Some(top) = best.iter().map(|(_, s)| *s).reduce(f64::max) else {
+        let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        return Err(if nodes.is_empty() {
+            "no nodes are registered".to_string()
+        } else {
+            format!("0/{} nodes fit: {}", nodes.len(), detail.join(", "))
+        });
+    };
+    let ties: Vec<&Node> = best
+        .iter()
+        .filter(|(_, s)| (top - s).abs() < 1e-9)
+        .map(|(n, _)| *n)
+        .collect();
+    let i = rand::random_range(0..ties.len());
+    Ok(ties[i].name.clone())
+}
+
+fn needs_binding(p: &Pod) -> bool {
+    p.spec.node_name.is_empty() && p.status == PodPhase::Pending
+}
+
+#[derive(Clone)]
+pub struct Scheduler {
+    registry: Registry,
+    pods: Informer<Pod>,
+    nodes: Informer<Node>,
+    /// Pods bound by us that the cache may not show yet: pod → node.
+    assumed: Arc<Mutex<HashMap<String, String>>>,
+    /// Pods that fit nowhere, waiting for a change in the cluster.
+    unschedulable: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Scheduler {
+    pub async fn run(registry: Registry, workers: usize) -> anyhow::Result<()> {
+        let (pods, mut pod_changes) = Informer::<Pod>::start(registry.clone());
+        let (nodes, mut node_changes) = Informer::<Node>::start(registry.clone());
+        pods.wait_synced().await;
+        nodes.wait_synced().await;
+        let sched = Scheduler {
+            registry,
+            pods: pods.clone(),
+            nodes,
+            assumed: Arc::new(Mutex::new(HashMap::new())),
+            unschedulable: Arc::new(Mutex::new(HashSet::new())),
+        };
+        let queue = WorkQueue::default();
+        for p in pods.list() {
+            if needs_binding(&p) {
+                queue.add(&p.spec.name);
+            }
+        }
+        let q = queue.clone();
+        let s = sched.clone();
+        tokio::spawn(async move {
+            while let Some(ch) = pod_changes.recv().await {
+                match &ch {
+                    Change::Upsert { old, new } => {
+                        if needs_binding(new) {
+                            q.add(&new.spec.name);
+                        } else {
+                            s.lock_assumed().remove(&new.spec.name);
+                            s.lock_unschedulable().remove(&new.spec.name);
+                        }
+                        // A pod leaving a node frees room.
+                        let freed = old.as_ref().is_some_and(|o| !o.spec.node_name.is_empty())
+                            && new.is_terminal();
+                        if freed {
+                            s.retry_unschedulable(&q);
+                        }
+                    }
+                    Change::Deleted(p) => {
+                        s.lock_assumed().remove(&p.spec.name);
+                        s.lock_unschedulable().remove(&p.spec.name);
+                        if !p.spec.node_name.is_empty() {
+                            s.retry_unschedulable(&q);
+                        }
+                    }
+                }
+            }
+        });
+        let q = queue.clone();
+        let s = sched.clone();
+        tokio::spawn(async move {
+            while node_changes.recv().await.is_some() {
+                s.retry_unschedulable(&q);
+            }
+        });
+        tracing::info!("scheduler running");
+        run_workers(queue, workers, move |name| {
+            let s = sched.clone();
+            async move { s.schedule(&name).await }
+        })
+        .await;
+        Ok(())
+    }
+
+    fn lock_assumed(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.assumed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_unschedulable(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.unschedulable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn retry_unschedulable(&self, q: &WorkQueue) {
+        let waiting: Vec<String> = self.lock_unschedulable().drain().collect();
+        for p in waiting {
+            q.add(&p);
+        }
+    }
+
+    /// What every node has bound, from the cache plus our assumptions.
+    fn usage(&self) -> HashMap<String, Usage> {
+        let assumed = self.lock_assumed().clone();
+        let mut usage: HashMap<String, Usage> = HashMap::new();
+        let mut add = |node: &str, p: &Pod| {
+            let u = usage.entry(node.to_string()).or_default();
+            u.pods += 1;
+            u.cpu += p.spec.resources.cpu;
+            u.memory += p.spec.resources.memory;
+        };
+        self.pods.for_each(|p| {
+            if p.is_terminal() {
+                return;
+            }
+            if !p.spec.node_name.is_empty() {
+                add(&p.spec.node_name, p);
+            } else if let Some(node) = assumed.get(&p.spec.name) {
+                add(node, p);
+            }
+        });
+        usage
+    }
+
+    pub async fn schedule(&self, name: &str) -> anyhow::Result<Next> {
+        let Some(pod) = self.pods.get(name) else {
+            return Ok(Next::Done);
+        };
+        if !needs_binding(&pod) || self.lock_assumed().contains_key(name) {
+            return Ok(Next::Done);
+        }
+        let nodes = self.nodes.list();
+        match pick_node(&nodes, &self.usage(), &pod) {
+            Ok(node) => {
+                self.lock_assumed().insert(name.to_string(), node.clone());
+                let mut bound = pod.clone();
+                bound.spec.node_name = node.clone();
+                if bound.reason == "Unschedulable" {
+                    bound.reason.clear();
+                    bound.message.clear();
+                }
+                match self.registry.update(&bound).await {
+                    Ok(_) => {
+                        tracing::debug!(pod = name, node = %node, "bound");
+                        Ok(Next::Done)
+                    }
+                    Err(e) => {
+                        self.lock_assumed().remove(name);
+                        match e {
+                            // Changed or gone meanwhile: its event brings it back if needed.
+                            RegistryError::Conflict { .. } | RegistryError::NotFound { .. } => Ok(Next::Done),
+                            other => Err(other.into()),
+                        }
+                    }
+                }
+            }
+            Err(why) => {
+                self.lock_unschedulable().insert(name.to_string());
+                if pod.reason != "Unschedulable" || pod.message != why {
+                    let mut marked = pod.clone();
+                    marked.reason = "Unschedulable".into();
+                    marked.message = why.clone();
+                    match self.registry.update(&marked).await {
+                        Ok(_) | Err(RegistryError::Conflict { .. }) | Err(RegistryError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    tracing::info!(pod = name, reason = %why, "unschedulable");
+                }
+                Ok(Next::Done)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Resources;
+
+    fn node(name: &str, cpu: u64) -> Node {
+        Node {
+            name: name.into(),
+            labels: Default::default(),
+            capacity: Resources { cpu, memory: 1 << 30 },
+            max_pods: 110,
+            status: NodeStatus::Ready,
+            unschedulable: false,
+            reason: String::new(),
+            resource_version: 0,
+        }
+    }
+
+    fn pod(cpu: u64) -> Pod {
+        let mut p = crate::controllers::replicaset::new_pod(&crate::api::ReplicaSet {
+            name: "r".into(),
+            desired_count: 1,
+            current_count: 0,
+            ready_count: 0,
+            selector: Default::default(),
+            template: Default::default(),
+            resource_version: 0,
+            uid: String::new(),
+        });
+        p.spec.resources.cpu = cpu;
+        p
+    }
+
+    #[test]
+    fn spreads_by_least_allocated() {
+        let nodes = vec![node("a", 4000), node("b", 4000)];
+        let usage = HashMap::from([("a".to_string(), Usage { pods: 3, cpu: 0, memory: 0 })]);
+        assert_eq!(pick_node(&nodes, &usage, &pod(0)), Ok("b".to_string()));
+    }
+
+    #[test]
+    fn filters_say_why_nothing_fits() {
+        let mut nodes = vec![node("a", 1000), node("b", 1000)];
+        nodes[1].status = NodeStatus::NotReady;
+        let err = pick_node(&nodes, &HashMap::new(), &pod(2000)).err().unwrap_or_default();
+        assert!(err.contains("0/2 nodes fit"), "{err}");
+        assert!(err.contains("insufficient cpu") && err.contains("not ready"), "{err}");
+        assert_eq!(pick_node(&nodes, &HashMap::new(), &pod(500)), Ok("a".to_string()));
+    }
+
+    #[test]
+    fn node_selector_must_match() {
+        let mut nodes = vec![node("a", 1000), node("b", 1000)];
+        nodes[1].labels.insert("disk".into(), "ssd".into());
+        let mut p = pod(0);
+        p.spec.node_selector.insert("disk".into(), "ssd".into());
+        assert_eq!(pick_node(&nodes, &HashMap::new(), &p), Ok("b".to_string()));
+    }
+}

@@ -1,0 +1,160 @@
+//! The node lifecycle controller: a node is Ready while its heartbeat object (a
+//! [`NodeLease`], kept alive by the kubelet through a store lease) exists. When the store
+//! deletes the heartbeat (the lease expired), the node becomes NotReady (the scheduler stops
+//! binding to it); after `eviction_timeout` more without a heartbeat, its pods are marked
+//! Failed with reason `NodeLost`, and the ReplicaSet controller replaces them elsewhere.
+//!
+//! Driven by informers on nodes, heartbeats and pods; the only timer is the eviction
+//! deadline of a NotReady node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use crate::api::{zero_time, Node, NodeLease, NodeStatus, Pod, PodPhase};
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::{run_workers, Informer, Next, WorkQueue};
+
+#[derive(Clone)]
+pub struct NodeLifecycleController {
+    registry: Registry,
+    nodes: Informer<Node>,
+    heartbeats: Informer<NodeLease>,
+    pods: Informer<Pod>,
+    eviction_timeout: Duration,
+    /// When each node was first seen without a heartbeat (by this process).
+    missing_since: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl NodeLifecycleController {
+    pub async fn run(registry: Registry, eviction_timeout: Duration) -> anyhow::Result<()> {
+        let (nodes, mut node_changes) = Informer::<Node>::start(registry.clone());
+        let (heartbeats, mut hb_changes) = Informer::<NodeLease>::start(registry.clone());
+        let (pods, mut pod_changes) = Informer::<Pod>::start(registry.clone());
+        nodes.wait_synced().await;
+        heartbeats.wait_synced().await;
+        pods.wait_synced().await;
+        let queue = WorkQueue::default();
+        for n in nodes.list() {
+            queue.add(&n.name);
+        }
+        let q = queue.clone();
+        tokio::spawn(async move {
+            while let Some(ch) = node_changes.recv().await {
+                q.add(ch.name());
+            }
+        });
+        let q = queue.clone();
+        tokio::spawn(async move {
+            while let Some(ch) = hb_changes.recv().await {
+                q.add(ch.name());
+            }
+        });
+        // Pods bound to a NotReady node that has passed its deadline must be handled too.
+        let q = queue.clone();
+        tokio::spawn(async move {
+            while let Some(ch) = pod_changes.recv().await {
+                if let crate::runtime::Change::Upsert { new, .. } = &ch {
+                    if !new.spec.node_name.is_empty() {
+                        q.add(&new.spec.node_name);
+                    }
+                }
+            }
+        });
+        let ctl = NodeLifecycleController {
+            registry,
+            nodes,
+            heartbeats,
+            pods,
+            eviction_timeout,
+            missing_since: Arc::new(Mutex::new(HashMap::new())),
+        };
+        tracing::info!(eviction_timeout = ?eviction_timeout, "node lifecycle controller running");
+        run_workers(queue, 2, move |name| {
+            let ctl = ctl.clone();
+            async move { ctl.reconcile(&name).await }
+        })
+        .await;
+        Ok(())
+    }
+
+    fn set_missing(&self, name: &str, missing: bool) -> Instant {
+        let mut m = self.missing_since.lock().unwrap_or_else(|p| p.into_inner());
+        if missing {
+            *m.entry(name.to_string()).or_insert_with(Instant::now)
+        } else {
+            m.remove(name);
+            Instant::now()
+        }
+    }
+
+    pub async fn reconcile(&self, name: &str) -> anyhow::Result<Next> {
+        let Some(node) = self.nodes.get(name) else {
+            self.set_missing(name, false);
+            return Ok(Next::Done);
+        };
+        let alive = self.heartbeats.get(name).is_some();
+        if alive {
+            self.set_missing(name, false);
+            if node.status != NodeStatus::Ready {
+                self.set_status(&node, NodeStatus::Ready, "").await?;
+                tracing::info!(node = name, "node is Ready again");
+            }
+            return Ok(Next::Done);
+        }
+        let since = self.set_missing(name, true);
+        if node.status == NodeStatus::Ready {
+            self.set_status(&node, NodeStatus::NotReady, "NodeLeaseExpired").await?;
+            tracing::warn!(node = name, "node heartbeat expired; node is NotReady");
+        }
+        let deadline = since + self.eviction_timeout;
+        let now = Instant::now();
+        if now < deadline {
+            return Ok(Next::After(deadline - now));
+        }
+        let mut victims = Vec::new();
+        self.pods.for_each(|p| {
+            if p.spec.node_name == name && !(p.status == PodPhase::Failed && p.reason == "NodeLost") {
+                victims.push(p.spec.name.clone());
+            }
+        });
+        for pod in victims {
+            let result = self
+                .registry
+                .modify::<Pod, _>(&pod, |p| {
+                    if p.spec.node_name != name || (p.status == PodPhase::Failed && p.reason == "NodeLost") {
+                        return false;
+                    }
+                    p.status = PodPhase::Failed;
+                    p.reason = "NodeLost".into();
+                    p.message = format!("node {name} stopped sending heartbeats");
+                    p.next_retry_at = zero_time();
+                    p.finished_at = Some(Utc::now());
+                    true
+                })
+                .await;
+            match result {
+                Ok(_) | Err(RegistryError::NotFound { .. }) => {
+                    tracing::warn!(node = name, pod = %pod, "pod lost with its node")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Next::Done)
+    }
+
+    async fn set_status(&self, node: &Node, status: NodeStatus, reason: &str) -> anyhow::Result<()> {
+        let mut n = node.clone();
+        n.status = status;
+        n.reason = reason.to_string();
+        match self.registry.update(&n).await {
+            Ok(_) | Err(RegistryError::NotFound { .. }) => Ok(()),
+            // Changed meanwhile (the kubelet re-registered): its event queues us again.
+            Err(RegistryError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The ReplicaSet controller: keeps exactly `desiredCount` active pods per ReplicaSet.
+//!
+//! Driven by two informers (ReplicaSets and pods); a change to a ReplicaSet or to a pod it
+//! owns queues the ReplicaSet's name. Reconciling one:
+//! - ReplicaSet gone: delete the pods it owned (cascade);
+//! - pods whose labels no longer match the selector are released (owner cleared);
+//! - terminal pods (Succeeded, or Failed with no retry pending, e.g. `NodeLost`) are deleted
+//!   and so replaced;
+//! - too few active pods: create `<rs>-<8 hex>` pods with create-only transactions, in
+//!   slow-start batches (1, 2, 4, …);
+//! - too many: delete the least valuable first (unscheduled, pending, not running, newest);
+//! - `currentCount` / `readyCount` are written from the observed pods, with a revision
+//!   precondition.
+//!
+//! The guard against double creation from a stale cache ("expectations"): after writing pods
+//! for a ReplicaSet the controller remembers the highest revision it wrote, and does not
+//! reconcile that ReplicaSet again until its pod cache has caught up to that revision (the
+//! pod events it is waiting for queue the ReplicaSet again).
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::api::{zero_time, OwnerReference, Pod, PodPhase, ReplicaSet};
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::{run_workers, Change, Informer, Next, WorkQueue};
+
+/// How often every ReplicaSet is reconciled even without a change (a safety net only).
+pub const RESYNC_PERIOD: Duration = Duration::from_secs(300);
+
+#[derive(Clone)]
+pub struct ReplicaSetController {
+    registry: Registry,
+    replicasets: Informer<ReplicaSet>,
+    pods: Informer<Pod>,
+    /// ReplicaSet name → the pod-cache revision its last writes need.
+    expectations: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+fn owner_of(pod: &Pod) -> Option<&str> {
+    pod.owner
+        .as_ref()
+        .filter(|o| o.kind == "ReplicaSet")
+        .map(|o| o.name.as_str())
+}
+
+/// Random lowercase hex of `n` digits.
+pub fn random_hex(n: usize) -> String {
+    (0..n)
+        .map(|_| char::from_digit(rand::random_range(0..16u32), 16).unwrap_or('0'))
+        .collect()
+}
+
+/// A new pod for `rs`, named `<rs>-<8 hex>`.
+pub fn new_pod(rs: &ReplicaSet) -> Pod {
+    let mut spec = rs.template.clone();
+    spec.name = format!("{}-{}", rs.name, random_hex(8));
+    for (k, v) in &rs.selector {
+        spec.labels.insert(k.clone(), v.clone());
+    }
+    spec.node_name.clear();
+    Pod {
+        spec,
+        status: PodPhase::Pending,
+        retry_count: 0,
+        next_retry_at: zero_time(),
+        resource_version: 0,
+        uid: random_hex(16),
+        owner: Some(OwnerReference {
+            kind: "ReplicaSet".into(),
+            name: rs.name.clone(),
+            uid: rs.uid.clone(),
+        }),
+        reason: String::new(),
+        message: String::new(),
+        container_id: String::new(),
+        created_at: Some(Utc::now()),
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+    }
+}
+
+/// Scale-down order: the first pods are the least valuable.
+fn deletion_rank(p: &Pod) -> (bool, u8, Reverse<i64>) {
+    let phase = match p.status {
+        PodPhase::Pending => 0,
+        PodPhase::Failed | PodPhase::Succeeded => 1,
+        PodPhase::Running => 2,
+    };
+    let created = p.created_at.map_or(0, |t| t.timestamp_micros());
+    (!p.spec.node_name.is_empty(), phase, Reverse(created))
+}
+
+impl ReplicaSetController {
+    /// Starts the informers and runs the controller until aborted.
+    pub async fn run(registry: Registry, workers: usize) -> anyhow::Result<()> {
+        let (replicasets, mut rs_changes) = Informer::<ReplicaSet>::start(registry.clone());
+        let (pods, mut pod_changes) = Informer::<Pod>::start(registry.clone());
+        replicasets.wait_synced().await;
+        pods.wait_synced().await;
+        let ctl = ReplicaSetController {
+            registry,
+            replicasets: replicasets.clone(),
+            pods: pods.clone(),
+            expectations: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let queue = WorkQueue::default();
+        for rs in replicasets.list() {
+            queue.add(&rs.name);
+        }
+        let q = queue.clone();
+        tokio::spawn(async move {
+            while let Some(ch) = rs_changes.recv().await {
+                q.add(ch.name());
+            }
+        });
+        let q = queue.clone();
+        tokio::spawn(async move {
+            while let Some(ch) = pod_changes.recv().await {
+                match &ch {
+                    Change::Upsert { old, new } => {
+                        if let Some(o) = old.as_ref().and_then(owner_of) {
+                            q.add(o);
+                        }
+                        if let Some(o) = owner_of(new) {
+                            q.add(o);
+                        }
+                    }
+                    Change::Deleted(p) => {
+                        if let Some(o) = owner_of(p) {
+                            q.add(o);
+                        }
+                    }
+                }
+            }
+        });
+        let q = queue.clone();
+        let rs_cache = replicasets.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RESYNC_PERIOD);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                for rs in rs_cache.list() {
+                    q.add(&rs.name);
+                }
+            }
+        });
+        tracing::info!("replicaset controller running");
+        run_workers(queue, workers, move |name| {
+            let ctl = ctl.clone();
+            async move { ctl.reconcile(&name).await }
+        })
+        .await;
+        Ok(())
+    }
+
+    fn expect(&self, name: &str, revision: i64) {
+        let mut e = self.expectations.lock().unwrap_or_else(|p| p.into_inner());
+        let v = e.entry(name.to_string()).or_insert(0);
+        *v = (*v).max(revision);
+    }
+
+    fn satisfied(&self, name: &str) -> bool {
+        let e = self.expectations.lock().unwrap_or_else(|p| p.into_inner());
+        e.get(name).is_none_or(|r| self.pods.revision() >= *r)
+    }
+
+    fn owned_pods(&self, name: &str) -> Vec<Pod> {
+        let mut out = Vec::new();
+        self.pods.for_each(|p| {
+            if owner_of(p) == Some(name) {
+                out.push(p.clone());
+            }
+        });
+        out
+    }
+
+    /// Deletes a pod if it is unchanged; a pod already gone counts as deleted.
+    async fn delete_pod(&self, rs: &str, pod: &Pod) -> anyhow::Result<()> {
+        match self
+            .registry
+            .delete::<Pod>(&pod.spec.name, pod.resource_version)
+            .await
+        {
+            Ok(gone) => {
+                self.expect(rs, gone.resource_version);
+                Ok(())
+            }
+            Err(RegistryError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn reconcile(&self, name: &str) -> anyhow::Result<Next> {
+        if !self.satisfied(name) {
+            // Our own writes have not come back through the watch yet; their events will
+            // queue this ReplicaSet again.
+            return Ok(Next::Done);
+        }
+        let Some(rs) = self.replicasets.get(name) else {
+            for pod in self.owned_pods(name) {
+                self.delete_pod(name, &pod).await?;
+            }
+            self.expectations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
+            return Ok(Next::Done);
+        };
+        let mut active = Vec::new();
+        for pod in self.owned_pods(name) {
+            let same_owner = pod.owner.as_ref().is_some_and(|o| o.uid == rs.uid);
+            if !same_owner {
+                // Left over from an earlier ReplicaSet of the same name.
+                self.delete_pod(name, &pod).await?;
+            } else if !pod.matches(&rs.selector) {
+                tracing::info!(replicaset = name, pod = %pod.spec.name, "labels no longer match; releasing the pod");
+                let mut released = pod.clone();
+                released.owner = None;
+                match self.registry.update(&released).await {
+                    Ok(p) => self.expect(name, p.resource_version),
+                    Err(RegistryError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else if pod.is_terminal() {
+                tracing::info!(replicaset = name, pod = %pod.spec.name, reason = %pod.reason, "replacing a terminated pod");
+                self.delete_pod(name, &pod).await?;
+            } else {
+                active.push(pod);
+            }
+        }
+        let observed = active.len() as u32;
+        let ready = active
+            .iter()
+            .filter(|p| p.status == PodPhase::Running)
+            .count() as u32;
+        let desired = rs.desired_count;
+        if observed < desired {
+            let mut missing = (desired - observed) as usize;
+            let mut batch = 1usize;
+            while missing > 0 {
+                let n = batch.min(missing);
+                let creates = (0..n).map(|_| self.create_pod(&rs));
+                let results = futures::future::join_all(creates).await;
+                let mut failed = None;
+                for r in results {
+                    match r {
+                        Ok(rev) => self.expect(name, rev),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                missing -= n;
+                batch *= 2;
+            }
+            tracing::info!(replicaset = name, created = desired - observed, "created pods");
+        } else if observed > desired {
+            active.sort_by_key(deletion_rank);
+            let excess = (observed - desired) as usize;
+            for pod in active.iter().take(excess) {
+                self.delete_pod(name, pod).await?;
+            }
+            tracing::info!(replicaset = name, deleted = excess, "deleted surplus pods");
+        }
+        if rs.current_count != observed || rs.ready_count != ready {
+            let mut updated = rs.clone();
+            updated.current_count = observed;
+            updated.ready_count = ready;
+            match self.registry.update(&updated).await {
+                Ok(_) | Err(RegistryError::NotFound { .. }) => {}
+                Err(RegistryError::Conflict { .. }) => {
+                    // The user changed it meanwhile: that change queues us again.
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Next::Done)
+    }
+
+    /// Creates one pod; returns the revision of the write.
+    async fn create_pod(&self, rs: &ReplicaSet) -> anyhow::Result<i64> {
+        for _ in 0..5 {
+            match self.registry.create(&new_pod(rs)).await {
+                Ok(p) => return Ok(p.resource_version),
+                Err(RegistryError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("could not find a free pod name for {}", rs.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_pods_carry_the_selector_labels_and_an_owner() {
+        let rs = ReplicaSet {
+            name: "nginx".into(),
+            desired_count: 1,
+            current_count: 0,
+            ready_count: 0,
+            selector: [("app".to_string(), "nginx".to_string())].into(),
+            template: crate::api::PodSpec {
+                image: "nginx:latest".into(),
+                ..Default::default()
+            },
+            resource_version: 0,
+            uid: "u1".into(),
+        };
+        let p = new_pod(&rs);
+        assert!(p.spec.name.starts_with("nginx-") && p.spec.name.len() == "nginx-".len() + 8);
+        assert!(p.matches(&rs.selector));
+        assert_eq!(p.owner.as_ref().map(|o| o.uid.as_str()), Some("u1"));
+        assert_eq!(p.status, PodPhase::Pending);
+        assert_eq!(p.next_retry_at, zero_time());
+    }
+
+    #[test]
+    fn scale_down_removes_unscheduled_then_pending_then_newest() {
+        let rs_pod = |name: &str, node: &str, phase: PodPhase, age: i64| {
+            let mut p = new_pod(&ReplicaSet {
+                name: "r".into(),
+                desired_count: 0,
+                current_count: 0,
+                ready_count: 0,
+                selector: Default::default(),
+                template: Default::default(),
+                resource_version: 0,
+                uid: String::new(),
+            });
+            p.spec.name = name.into();
+            p.spec.node_name = node.into();
+            p.status = phase;
+            p.created_at = Some(Utc::now() - chrono::Duration::seconds(age));
+            p
+        };
+        let mut pods = [
+            rs_pod("old-running", "a", PodPhase::Running, 100),
+            rs_pod("new-running", "a", PodPhase::Running, 10),
+            rs_pod("bound-pending", "a", PodPhase::Pending, 50),
+            rs_pod("unscheduled", "", PodPhase::Pending, 200),
+        ];
+        pods.sort_by_key(deletion_rank);
+        let order: Vec<&str> = pods.iter().map(|p| p.spec.name.as_str()).collect();
+        assert_eq!(order, ["unscheduled", "bound-pending", "new-running", "old-running"]);
+    }
+}

@@ -1,0 +1,133 @@
+//! Leader election through a store lease: the leader holds the key
+//! `/registry/leaders/<component>`, attached to a lease it keeps alive. Others watch the key
+//! and try again when it disappears (the holder stopped, or its lease expired). A leader that
+//! cannot renew its lease before the TTL runs out stops leading (its work is cancelled), as
+//! Kubernetes' components do.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use miniku_store::api::{Bin, Compare, PutRequest, RequestOp, TxnRequest};
+use miniku_store::client::{StoreClient, WatchOptions};
+
+/// The key a component's leader holds.
+pub fn leader_key(component: &str) -> String {
+    format!("{}leaders/{component}", crate::registry::ROOT)
+}
+
+/// Runs `work` only while this process holds the lock for `component`. Returns when
+/// leadership is lost (an error) or `work` ends.
+pub async fn run_as_leader<F, Fut>(
+    client: StoreClient,
+    component: &str,
+    identity: &str,
+    ttl_secs: i64,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let key = leader_key(component);
+    let lease = loop {
+        match try_acquire(&client, &key, identity, ttl_secs).await {
+            Ok(Some(lease)) => break lease,
+            Ok(None) => {
+                tracing::info!(component, "another instance leads; standing by");
+                wait_for_release(&client, &key).await;
+            }
+            Err(e) => {
+                tracing::warn!(component, error = %e, "leader election: store unavailable");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tracing::info!(component, identity, lease, "became leader");
+    let renew = keep_alive(client.clone(), lease, ttl_secs);
+    tokio::select! {
+        r = work() => {
+            let _ = client.lease_revoke(lease).await;
+            r
+        }
+        e = renew => Err(anyhow::anyhow!("lost leadership of {component}: {e}")),
+    }
+}
+
+/// Grants a lease and puts the key if nobody holds it. Some(lease) when we won.
+async fn try_acquire(
+    client: &StoreClient,
+    key: &str,
+    identity: &str,
+    ttl_secs: i64,
+) -> anyhow::Result<Option<i64>> {
+    let lease = client.lease_grant(ttl_secs).await?.id;
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            key: Bin::from(key),
+            range_end: None,
+            target: "create_revision".into(),
+            result: "=".into(),
+            value: serde_json::Value::from(0),
+        }],
+        success: vec![RequestOp::Put(PutRequest {
+            key: Bin::from(key),
+            value: Bin::from(identity),
+            lease,
+            prev_kv: false,
+        })],
+        failure: vec![],
+    };
+    let won = client.txn(&txn).await?.succeeded;
+    if won {
+        Ok(Some(lease))
+    } else {
+        let _ = client.lease_revoke(lease).await;
+        Ok(None)
+    }
+}
+
+/// Returns once the key is deleted (or the watch breaks, to retry).
+async fn wait_for_release(client: &StoreClient, key: &str) {
+    let mut w = client.watch(key.as_bytes(), WatchOptions::default());
+    // A watch from "now" may miss a delete between our failed txn and its start: bound the
+    // wait so that case costs one TTL at most.
+    let wait = async {
+        while let Some(item) = w.next().await {
+            match item {
+                Ok(msg)
+                    if msg
+                        .events
+                        .iter()
+                        .any(|e| e.kind == miniku_store::api::EventType::Delete) =>
+                {
+                    return
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(15), wait).await;
+}
+
+/// Renews the lease every third of its TTL; returns an error once it could not be renewed
+/// in time.
+async fn keep_alive(client: StoreClient, lease: i64, ttl_secs: i64) -> String {
+    let ttl = Duration::from_secs(ttl_secs.max(1) as u64);
+    let every = ttl / 3;
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        match client.lease_keepalive(lease).await {
+            Ok(_) => last_ok = tokio::time::Instant::now(),
+            Err(e) if e.is_not_found() => return format!("lease {lease} expired"),
+            Err(e) => {
+                tracing::warn!(lease, error = %e, "could not renew the leader lease");
+                if last_ok.elapsed() >= ttl {
+                    return format!("lease {lease} not renewed for {ttl:?}: {e}");
+                }
+            }
+        }
+    }
+}
