@@ -13,8 +13,15 @@ struct Cli {
 enum Command {
     /// Run one member of the replicated key-value store.
     Store(store_cmd::StoreArgs),
+    /// Run the API server (/replicasets, /pods, /nodes) over the store.
+    Apiserver(control_cmd::ApiServerArgs),
+    /// Run the ReplicaSet and node lifecycle controllers (one active instance at a time).
+    ControllerManager(control_cmd::ControllerManagerArgs),
+    /// Run the scheduler (one active instance at a time).
+    Scheduler(control_cmd::SchedulerArgs),
 }
 
+mod control_cmd;
 mod store_cmd;
 
 #[tokio::main]
@@ -28,5 +35,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Store(args) => store_cmd::run(args).await,
+        Command::Apiserver(args) => control_cmd::run_apiserver(args).await,
+        Command::ControllerManager(args) => control_cmd::run_controller_manager(args).await,
+        Command::Scheduler(args) => control_cmd::run_scheduler(args).await,
     }
 }

@@ -324,10 +324,6 @@ impl StoreHandle {
         }
     }
 
-    fn is_leader(&self) -> bool {
-        leader_of(&self.inner.raft).0 == Some(self.id())
-    }
-
     /// Proposes a write through Raft (batched with others; forwarded when this node is not
     /// the leader) and returns its result once applied on this node. A command the state
     /// machine refused comes back as `Err(StoreError::Rejected)`.
