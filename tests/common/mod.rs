@@ -184,3 +184,111 @@ impl Drop for StoreCluster {
         }
     }
 }
+
+/// A component process of the control plane (api server, controller manager, scheduler,
+/// kubelet), killed when dropped.
+pub struct Component {
+    pub name: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Component {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A three-member store plus the API server, controller manager and scheduler, as real
+/// processes. Tests add kubelets or write nodes and heartbeats themselves.
+pub struct ControlPlane {
+    pub store: StoreCluster,
+    pub api_port: u16,
+    pub components: Vec<Component>,
+}
+
+impl ControlPlane {
+    /// Starts the store, the API server, one controller manager (with `cm_args`) and one
+    /// scheduler, and waits until the API answers.
+    pub async fn start(cm_args: &[&str]) -> Result<ControlPlane> {
+        let store = StoreCluster::start(3).await?;
+        let mut cp = ControlPlane {
+            store,
+            api_port: free_port(),
+            components: Vec::new(),
+        };
+        let listen = format!("127.0.0.1:{}", cp.api_port);
+        cp.spawn("apiserver", &["apiserver", "--listen", &listen])?;
+        let mut args = vec!["controller-manager", "--leader-lease-secs", "3"];
+        args.extend_from_slice(cm_args);
+        cp.spawn("controller-manager", &args)?;
+        cp.spawn("scheduler", &["scheduler", "--leader-lease-secs", "3"])?;
+        let http = reqwest::Client::new();
+        let url = cp.url("/health");
+        wait_until(Duration::from_secs(30), "the API server to answer", || {
+            let http = http.clone();
+            let url = url.clone();
+            async move { http.get(&url).send().await.ok()?.status().is_success().then_some(()) }
+        })
+        .await?;
+        Ok(cp)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.api_port, path)
+    }
+
+    pub fn store_arg(&self) -> String {
+        self.store.endpoints().join(",")
+    }
+
+    /// Starts `miniku <args> --store <all members>`; returns its index in `components`.
+    pub fn spawn(&mut self, name: &str, args: &[&str]) -> Result<usize> {
+        let log = self.store.tmp.path().join(format!("{name}-{}.log", self.components.len()));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new(BIN)
+            .args(args)
+            .args(["--store", &self.store_arg()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .with_context(|| format!("spawning miniku {name}"))?;
+        self.components.push(Component {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        });
+        Ok(self.components.len() - 1)
+    }
+
+    /// Every component's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for c in &self.components {
+            out.push_str(&format!("===== {} =====\n", c.name));
+            out.push_str(&std::fs::read_to_string(&c.log).unwrap_or_default());
+        }
+        out
+    }
+
+    /// GETs `path` from the API server as JSON.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let resp = reqwest::get(self.url(path)).await?;
+        let status = resp.status();
+        let v: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {v}");
+        }
+        Ok(v)
+    }
+}
