@@ -1,14 +1,23 @@
 //! [`StoreClient`]: the Rust client of the store's HTTP API, used by the whole control plane.
 //!
 //! Configured with every store endpoint; a request that meets a dead node (connection
-//! refused, timeout before sending) moves on to the next endpoint. Writes are never retried
-//! after they may have reached a node (that would risk applying them twice): such failures
-//! surface as [`ClientError::OutcomeUnknown`]. Watches resume from the last revision seen, on
-//! any endpoint, without gaps or duplicates.
+//! refused, timeout before sending) moves on to the next endpoint, and so does one that a
+//! member answers with 503 (no leader: nothing was written). Writes are never retried after
+//! they may have reached a node (that would risk applying them twice): such failures surface
+//! as [`ClientError::OutcomeUnknown`]. Watches resume from the last revision seen, on any
+//! endpoint, without gaps or duplicates.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use crate::api::*;
 
@@ -81,74 +90,476 @@ pub struct WatchOptions {
 /// itself: it reconnects (to any endpoint) from the last revision it delivered.
 pub type WatchStream = BoxStream<'static, Result<WatchMessage, ClientError>>;
 
+/// Everything but unreserved characters is percent-encoded in keys.
+const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A watch connection that has sent nothing for this long is considered dead (the server
+/// sends keep-alives every 15 s).
+const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
+
+fn encode_bytes(b: &[u8]) -> String {
+    // Keys are bytes: encode each byte, valid UTF-8 or not.
+    let mut out = String::with_capacity(b.len());
+    for &byte in b {
+        let c = [byte];
+        match std::str::from_utf8(&c) {
+            Ok(s) if byte.is_ascii() => out.extend(utf8_percent_encode(s, KEY_SET)),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    preferred: AtomicUsize,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
 #[derive(Clone)]
-pub struct StoreClient {}
+pub struct StoreClient {
+    inner: Arc<Inner>,
+}
+
+/// Query string builder.
+#[derive(Default)]
+struct Query(Vec<String>);
+
+impl Query {
+    fn flag(mut self, name: &str, on: bool) -> Self {
+        if on {
+            self.0.push(format!("{name}=true"));
+        }
+        self
+    }
+    fn num(mut self, name: &str, v: i64) -> Self {
+        if v != 0 {
+            self.0.push(format!("{name}={v}"));
+        }
+        self
+    }
+    fn bytes(mut self, name: &str, v: Option<&[u8]>) -> Self {
+        if let Some(v) = v {
+            self.0.push(format!("{name}={}", encode_bytes(v)));
+        }
+        self
+    }
+    fn finish(self) -> String {
+        if self.0.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", self.0.join("&"))
+        }
+    }
+}
+
+enum Safety {
+    /// May be sent again to another endpoint after any failure.
+    Retry,
+    /// Only retried when it certainly did not reach a server.
+    Once,
+}
 
 impl StoreClient {
     /// `endpoints` are `host:port` or `http://host:port` of store client APIs.
-    pub fn new(_endpoints: Vec<String>) -> Result<Self, ClientError> {
-        todo!()
+    pub fn new(endpoints: Vec<String>) -> Result<Self, ClientError> {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                if e.starts_with("http://") || e.starts_with("https://") {
+                    e
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::Config("no store endpoint given".into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(StoreClient {
+            inner: Arc::new(Inner {
+                endpoints,
+                preferred: AtomicUsize::new(0),
+                http,
+                timeout: Duration::from_secs(5),
+            }),
+        })
     }
 
     /// Per-request timeout (default 5 s; watches are exempt).
-    pub fn with_timeout(self, _timeout: Duration) -> Self {
-        todo!()
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        let inner = Inner {
+            endpoints: self.inner.endpoints.clone(),
+            preferred: AtomicUsize::new(self.inner.preferred.load(Ordering::Relaxed)),
+            http: self.inner.http.clone(),
+            timeout,
+        };
+        StoreClient {
+            inner: Arc::new(inner),
+        }
     }
 
-    pub async fn put(
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    async fn call<T: DeserializeOwned>(
         &self,
-        _key: &[u8],
-        _value: &[u8],
-        _opts: PutOptions,
-    ) -> Result<PutResponse, ClientError> {
-        todo!()
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+        safety: Safety,
+    ) -> Result<T, ClientError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.timeout;
+        let n = inner.endpoints.len();
+        let start = inner.preferred.load(Ordering::Relaxed);
+        let mut attempt = 0usize;
+        let mut last = String::from("no attempt made");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ClientError::Unreachable(last));
+            }
+            let i = (start + attempt) % n;
+            attempt += 1;
+            if attempt > 1 && (attempt - 1) % n == 0 {
+                // Every endpoint failed once: give the cluster a moment (an election).
+                let pause = Duration::from_millis(100).min(remaining);
+                tokio::time::sleep(pause).await;
+            }
+            let url = format!("{}{path}", inner.endpoints[i]);
+            let mut req = inner.http.request(method.clone(), &url).timeout(remaining);
+            if let Some((b, content_type)) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, *content_type)
+                    .body(b.clone());
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let bytes = match resp.bytes().await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            last = format!("{url}: reading the answer: {e}");
+                            match safety {
+                                Safety::Retry => continue,
+                                Safety::Once => return Err(ClientError::OutcomeUnknown(last)),
+                            }
+                        }
+                    };
+                    if status == 503 {
+                        // No leader / no quorum: nothing was written; try elsewhere.
+                        last = format!("{url}: 503 {}", String::from_utf8_lossy(&bytes));
+                        continue;
+                    }
+                    inner.preferred.store(i, Ordering::Relaxed);
+                    if (200..300).contains(&status) {
+                        return serde_json::from_slice(&bytes)
+                            .map_err(|e| ClientError::Decode(format!("{url}: {e}")));
+                    }
+                    let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                        error: "unknown".into(),
+                        message: String::from_utf8_lossy(&bytes).into_owned(),
+                        compact_revision: None,
+                        leader_id: None,
+                    });
+                    if status == 504 {
+                        return Err(ClientError::OutcomeUnknown(body.message));
+                    }
+                    return Err(ClientError::Api { status, body });
+                }
+                Err(e) => {
+                    last = format!("{url}: {e}");
+                    if e.is_connect() {
+                        continue;
+                    }
+                    match safety {
+                        Safety::Retry => continue,
+                        Safety::Once => return Err(ClientError::OutcomeUnknown(last)),
+                    }
+                }
+            }
+        }
     }
 
-    pub async fn get(&self, _key: &[u8], _opts: GetOptions) -> Result<RangeResponse, ClientError> {
-        todo!()
+    pub async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse, ClientError> {
+        let q = Query::default()
+            .num("lease", opts.lease)
+            .flag("prev_kv", opts.prev_kv)
+            .finish();
+        let path = format!("/v1/kv/{}{q}", encode_bytes(key));
+        let body = Some((Bytes::copy_from_slice(value), "application/octet-stream"));
+        self.call(Method::PUT, &path, body, Safety::Once).await
     }
 
-    pub async fn delete(
-        &self,
-        _key: &[u8],
-        _opts: DeleteOptions,
-    ) -> Result<DeleteResponse, ClientError> {
-        todo!()
+    pub async fn get(&self, key: &[u8], opts: GetOptions) -> Result<RangeResponse, ClientError> {
+        let range_end = opts
+            .range_end
+            .clone()
+            .or_else(|| opts.prefix.then(|| crate::types::prefix_end(key)));
+        let q = Query::default()
+            .bytes("range_end", range_end.as_deref())
+            .num("limit", opts.limit)
+            .num("revision", opts.revision)
+            .flag("keys_only", opts.keys_only)
+            .flag("count_only", opts.count_only)
+            .flag("serializable", opts.serializable)
+            .finish();
+        self.call(Method::GET, &format!("/v1/kv/{}{q}", encode_bytes(key)), None, Safety::Retry)
+            .await
     }
 
-    pub async fn txn(&self, _txn: &TxnRequest) -> Result<TxnResponse, ClientError> {
-        todo!()
+    pub async fn delete(&self, key: &[u8], opts: DeleteOptions) -> Result<DeleteResponse, ClientError> {
+        let range_end = opts
+            .range_end
+            .clone()
+            .or_else(|| opts.prefix.then(|| crate::types::prefix_end(key)));
+        let q = Query::default()
+            .bytes("range_end", range_end.as_deref())
+            .flag("prev_kv", opts.prev_kv)
+            .finish();
+        self.call(Method::DELETE, &format!("/v1/kv/{}{q}", encode_bytes(key)), None, Safety::Once)
+            .await
     }
 
-    pub async fn lease_grant(&self, _ttl_secs: i64) -> Result<LeaseGrantResponse, ClientError> {
-        todo!()
+    fn json(v: &impl serde::Serialize) -> Result<(Bytes, &'static str), ClientError> {
+        serde_json::to_vec(v)
+            .map(|b| (Bytes::from(b), "application/json"))
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    pub async fn lease_keepalive(&self, _id: i64) -> Result<LeaseKeepAliveResponse, ClientError> {
-        todo!()
+    pub async fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, ClientError> {
+        self.call(Method::POST, "/v1/txn", Some(Self::json(txn)?), Safety::Once)
+            .await
     }
 
-    pub async fn lease_revoke(&self, _id: i64) -> Result<LeaseRevokeResponse, ClientError> {
-        todo!()
+    pub async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseGrantResponse, ClientError> {
+        let req = LeaseGrantRequest { ttl: ttl_secs, id: 0 };
+        self.call(Method::POST, "/v1/lease", Some(Self::json(&req)?), Safety::Once)
+            .await
     }
 
-    pub async fn lease_time_to_live(
-        &self,
-        _id: i64,
-    ) -> Result<LeaseTimeToLiveResponse, ClientError> {
-        todo!()
+    pub async fn lease_keepalive(&self, id: i64) -> Result<LeaseKeepAliveResponse, ClientError> {
+        self.call(Method::POST, &format!("/v1/lease/{id}/keepalive"), None, Safety::Retry)
+            .await
     }
 
-    pub async fn compact(&self, _revision: i64) -> Result<CompactResponse, ClientError> {
-        todo!()
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/lease/{id}"), None, Safety::Once)
+            .await
+    }
+
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<LeaseTimeToLiveResponse, ClientError> {
+        self.call(Method::GET, &format!("/v1/lease/{id}"), None, Safety::Retry)
+            .await
+    }
+
+    pub async fn compact(&self, revision: i64) -> Result<CompactResponse, ClientError> {
+        let req = CompactRequest { revision };
+        self.call(Method::POST, "/v1/compact", Some(Self::json(&req)?), Safety::Once)
+            .await
     }
 
     pub async fn cluster(&self) -> Result<ClusterResponse, ClientError> {
-        todo!()
+        self.call(Method::GET, "/v1/cluster", None, Safety::Retry).await
     }
 
     /// Opens a resumable watch (see [`WatchStream`]).
-    pub fn watch(&self, _key: &[u8], _opts: WatchOptions) -> WatchStream {
-        todo!()
+    pub fn watch(&self, key: &[u8], opts: WatchOptions) -> WatchStream {
+        let state = WatchState {
+            client: self.clone(),
+            key: key.to_vec(),
+            range_end: opts
+                .range_end
+                .clone()
+                .or_else(|| opts.prefix.then(|| crate::types::prefix_end(key))),
+            prev_kv: opts.prev_kv,
+            progress_notify: opts.progress_notify,
+            next_revision: opts.start_revision,
+            endpoint: self.inner.preferred.load(Ordering::Relaxed),
+            conn: None,
+            buf: String::new(),
+            backoff: Duration::from_millis(50),
+            done: false,
+        };
+        futures::stream::unfold(state, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            let item = st.next_message().await;
+            if matches!(item, Err(ClientError::Compacted { .. }) | Err(ClientError::Api { .. })) {
+                st.done = true;
+            }
+            Some((item, st))
+        })
+        .boxed()
+    }
+}
+
+struct WatchState {
+    client: StoreClient,
+    key: Vec<u8>,
+    range_end: Option<Vec<u8>>,
+    prev_kv: bool,
+    progress_notify: bool,
+    /// The next revision to deliver (0 until known).
+    next_revision: i64,
+    endpoint: usize,
+    conn: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    buf: String,
+    backoff: Duration,
+    done: bool,
+}
+
+impl WatchState {
+    fn url(&self) -> String {
+        let q = Query::default()
+            .bytes("range_end", self.range_end.as_deref())
+            .num("start_revision", self.next_revision)
+            .flag("prev_kv", self.prev_kv)
+            .flag("progress_notify", self.progress_notify)
+            .finish();
+        let n = self.client.inner.endpoints.len();
+        format!(
+            "{}/v1/watch/{}{q}",
+            self.client.inner.endpoints[self.endpoint % n],
+            encode_bytes(&self.key)
+        )
+    }
+
+    /// Drops the connection and waits before the next endpoint.
+    async fn reconnect_later(&mut self, why: &str) {
+        tracing::debug!(reason = why, next_revision = self.next_revision, "watch reconnecting");
+        self.conn = None;
+        self.buf.clear();
+        self.endpoint += 1;
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+    }
+
+    async fn connect(&mut self) -> Result<(), ClientError> {
+        if self.next_revision == 0 {
+            // "From now" must mean the same thing after a reconnect: pin it.
+            let r = self.client.get(&self.key, GetOptions { count_only: true, ..Default::default() }).await?;
+            self.next_revision = r.header.revision + 1;
+        }
+        let url = self.url();
+        let resp = self.client.inner.http.get(&url).send().await;
+        match resp {
+            Ok(resp) if resp.status().is_success() => {
+                self.conn = Some(resp.bytes_stream().boxed());
+                Ok(())
+            }
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body: Option<ErrorBody> = resp.json().await.ok();
+                match (status, body) {
+                    (410, Some(b)) => Err(ClientError::Compacted {
+                        compact_revision: b.compact_revision.unwrap_or(0),
+                    }),
+                    (400..=499, Some(b)) if status != 429 => Err(ClientError::Api { status, body: b }),
+                    _ => {
+                        self.reconnect_later(&format!("{url}: {status}")).await;
+                        Ok(())
+                    }
+                }
+            }
+            Err(e) => {
+                self.reconnect_later(&format!("{url}: {e}")).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn next_message(&mut self) -> Result<WatchMessage, ClientError> {
+        loop {
+            // A whole SSE message in the buffer?
+            while let Some(pos) = self.buf.find("\n\n") {
+                let frame: String = self.buf.drain(..pos + 2).collect();
+                let Some(msg) = parse_frame(&frame)? else {
+                    continue;
+                };
+                if msg.canceled {
+                    if let Some(r) = msg.compact_revision {
+                        return Err(ClientError::Compacted { compact_revision: r });
+                    }
+                    self.reconnect_later("canceled by the server").await;
+                    break;
+                }
+                let rev = msg.header.revision;
+                if !msg.events.is_empty() {
+                    if rev < self.next_revision {
+                        continue; // already delivered before a reconnect
+                    }
+                    self.next_revision = rev + 1;
+                } else {
+                    self.next_revision = self.next_revision.max(rev + 1);
+                }
+                self.backoff = Duration::from_millis(50);
+                return Ok(msg);
+            }
+            if self.conn.is_none() {
+                self.connect().await?;
+                continue;
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                continue;
+            };
+            match tokio::time::timeout(WATCH_IDLE_TIMEOUT, conn.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(Err(e))) => self.reconnect_later(&e.to_string()).await,
+                Ok(None) => self.reconnect_later("stream ended").await,
+                Err(_) => self.reconnect_later("no data for too long").await,
+            }
+        }
+    }
+}
+
+/// Parses one SSE frame; None for comments and keep-alives.
+fn parse_frame(frame: &str) -> Result<Option<WatchMessage>, ClientError> {
+    let mut data = String::new();
+    for line in frame.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(d.strip_prefix(' ').unwrap_or(d));
+        }
+    }
+    if data.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&data)
+        .map(Some)
+        .map_err(|e| ClientError::Decode(format!("watch message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_encoded_byte_by_byte() {
+        assert_eq!(encode_bytes(b"/registry/pods/a-1"), "%2Fregistry%2Fpods%2Fa-1");
+        assert_eq!(encode_bytes(&[0xff, 0x00, b'a']), "%FF%00a");
+    }
+
+    #[test]
+    fn sse_frames_parse_and_comments_are_skipped() {
+        let frame = "id: 7\ndata: {\"header\":{\"revision\":7,\"raft_term\":1,\"member_id\":1},\"events\":[]}\n\n";
+        let msg = parse_frame(frame).ok().flatten();
+        assert_eq!(msg.map(|m| m.header.revision), Some(7));
+        assert!(matches!(parse_frame(":\n\n"), Ok(None)));
+        assert!(parse_frame("data: {oops\n\n").is_err());
     }
 }

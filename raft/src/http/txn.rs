@@ -1,0 +1,155 @@
+//! `POST /v1/txn`: etcd's compare / success / failure transaction, validated and turned into
+//! one [`Command::Txn`].
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::Json;
+
+use super::error::{invalid, too_large, HttpError};
+use super::kv::{page_limit, unexpected};
+use super::{check_key, json_body};
+use crate::api::{self, Bin, TxnRequest, TxnResponse};
+use crate::node::StoreHandle;
+use crate::types::{
+    prefix_end, Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteOp, PutOp, RangeOp,
+    RequestOp, ResponseOp, TxnOp,
+};
+
+fn range_end(key: &[u8], prefix: bool, end: Option<Bin>) -> Result<Vec<u8>, HttpError> {
+    match (prefix, end) {
+        (true, Some(_)) => Err(invalid("give either prefix or range_end, not both")),
+        (true, None) => Ok(prefix_end(key)),
+        (false, Some(e)) => Ok(e.0),
+        (false, None) => Ok(Vec::new()),
+    }
+}
+
+fn compare(c: api::Compare, h: &StoreHandle) -> Result<Compare, HttpError> {
+    check_key(c.key.as_bytes(), h)?;
+    let number = || {
+        c.value
+            .as_i64()
+            .ok_or_else(|| invalid(format!("compare on `{}` needs an integer value, not {}", c.target, c.value)))
+    };
+    let target = match c.target.as_str() {
+        "version" => CompareTarget::Version(number()?),
+        "create_revision" => CompareTarget::CreateRevision(number()?),
+        "mod_revision" => CompareTarget::ModRevision(number()?),
+        "lease" => CompareTarget::Lease(number()?),
+        "value" => {
+            let v: Bin = serde_json::from_value(c.value.clone())
+                .map_err(|e| invalid(format!("compare on value needs a string or {{\"base64\": ...}}: {e}")))?;
+            CompareTarget::Value(v.0)
+        }
+        other => {
+            return Err(invalid(format!(
+                "unknown compare target `{other}` (one of version, create_revision, mod_revision, value, lease)"
+            )))
+        }
+    };
+    let result = match c.result.as_str() {
+        "=" | "==" => CompareResult::Equal,
+        "!=" => CompareResult::NotEqual,
+        "<" => CompareResult::Less,
+        ">" => CompareResult::Greater,
+        other => return Err(invalid(format!("unknown compare result `{other}` (one of =, !=, <, >)"))),
+    };
+    Ok(Compare {
+        range_end: c.range_end.map(|b| b.0).unwrap_or_default(),
+        key: c.key.0,
+        target,
+        result,
+    })
+}
+
+fn op(o: api::RequestOp, h: &StoreHandle) -> Result<RequestOp, HttpError> {
+    Ok(match o {
+        api::RequestOp::Put(p) => {
+            check_key(p.key.as_bytes(), h)?;
+            let max = h.config().limits.max_value_bytes;
+            if p.value.0.len() > max {
+                return Err(too_large(format!("a value is {} bytes; the limit is {max}", p.value.0.len())));
+            }
+            if p.lease < 0 {
+                return Err(invalid("lease must not be negative"));
+            }
+            RequestOp::Put(PutOp {
+                key: p.key.0,
+                value: p.value.0,
+                lease: p.lease,
+                prev_kv: p.prev_kv,
+            })
+        }
+        api::RequestOp::Range(r) => {
+            check_key(r.key.as_bytes(), h)?;
+            if r.limit < 0 || r.revision < 0 {
+                return Err(invalid("limit and revision must not be negative"));
+            }
+            RequestOp::Range(RangeOp {
+                range_end: range_end(r.key.as_bytes(), r.prefix, r.range_end)?,
+                key: r.key.0,
+                limit: page_limit(r.limit),
+                revision: r.revision,
+                keys_only: r.keys_only,
+                count_only: r.count_only,
+            })
+        }
+        api::RequestOp::Delete(d) => {
+            check_key(d.key.as_bytes(), h)?;
+            RequestOp::DeleteRange(DeleteOp {
+                range_end: range_end(d.key.as_bytes(), d.prefix, d.range_end)?,
+                key: d.key.0,
+                prev_kv: d.prev_kv,
+            })
+        }
+    })
+}
+
+/// Converts and validates a request.
+pub fn to_txn(req: TxnRequest, h: &StoreHandle) -> Result<TxnOp, HttpError> {
+    let max = h.config().limits.max_txn_ops;
+    for (name, n) in [("compare", req.compare.len()), ("success", req.success.len()), ("failure", req.failure.len())] {
+        if n > max {
+            return Err(invalid(format!("{name} has {n} entries; the limit is {max}")));
+        }
+    }
+    Ok(TxnOp {
+        compare: req.compare.into_iter().map(|c| compare(c, h)).collect::<Result<_, _>>()?,
+        success: req.success.into_iter().map(|o| op(o, h)).collect::<Result<_, _>>()?,
+        failure: req.failure.into_iter().map(|o| op(o, h)).collect::<Result<_, _>>()?,
+    })
+}
+
+fn response_op(r: ResponseOp) -> api::ResponseOp {
+    match r {
+        ResponseOp::Range(r) => api::ResponseOp::Range {
+            kvs: r.kvs.into_iter().map(Into::into).collect(),
+            count: r.count,
+            more: r.more,
+        },
+        ResponseOp::Put { prev_kv } => api::ResponseOp::Put {
+            prev_kv: prev_kv.map(Into::into),
+        },
+        ResponseOp::DeleteRange { deleted, prev_kvs } => api::ResponseOp::Delete {
+            deleted,
+            prev_kvs: prev_kvs.into_iter().map(Into::into).collect(),
+        },
+    }
+}
+
+pub async fn txn(State(h): State<StoreHandle>, body: Body) -> Result<Json<TxnResponse>, HttpError> {
+    let req: TxnRequest = json_body(body, &h).await?;
+    let txn = to_txn(req, &h)?;
+    match h.write(Command::Txn(txn)).await? {
+        CommandResult::Txn {
+            revision,
+            succeeded,
+            responses,
+        } => Ok(Json(TxnResponse {
+            header: h.header(revision),
+            succeeded,
+            responses: responses.into_iter().map(response_op).collect(),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
