@@ -78,6 +78,8 @@ pub struct Resources {
 pub struct PodSpec {
     #[serde(default)]
     pub name: String,
+    /// Required; `#[serde(default)]` only so that validation can say so by field name.
+    #[serde(default)]
     pub image: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

@@ -90,13 +90,14 @@ pub async fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) ->
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path.is_empty() || path == "." { "body".to_string() } else { path };
-        let message = match inner.classify() {
+        match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                format!("malformed JSON: {inner}")
+                ApiError::invalid("body", format!("malformed JSON: {inner}"))
             }
-            _ => inner.to_string(),
-        };
-        ApiError::invalid(&field, message)
+            _ => {
+                let field = if path.is_empty() || path == "." { "body".to_string() } else { path };
+                ApiError::invalid(&field, inner.to_string())
+            }
+        }
     })
 }
