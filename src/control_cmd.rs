@@ -135,3 +135,102 @@ pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+#[derive(clap::ValueEnum, Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// The local Docker engine (DOCKER_HOST or the default socket).
+    Docker,
+    /// Pretend containers (hollow nodes) for benchmarks and scale tests.
+    Fake,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KubeletArgs {
+    /// This node's name (a DNS-1123 label); several kubelets may share one engine with
+    /// different names.
+    #[arg(long)]
+    pub node_name: String,
+    #[command(flatten)]
+    pub store: StoreEndpoints,
+    #[arg(long, value_enum, default_value = "docker")]
+    pub runtime: RuntimeKind,
+    /// CPU the node offers, in millicores.
+    #[arg(long, default_value_t = 4000)]
+    pub cpu_millis: u64,
+    /// Memory the node offers, in bytes.
+    #[arg(long, default_value_t = 8 << 30)]
+    pub memory_bytes: u64,
+    /// Most pods the node runs.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// Node labels, k=v,k2=v2 (for pods' node_selector).
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// Seconds the heartbeat lease lives without renewal (renewed every third of it). The
+    /// node turns NotReady this long after the kubelet stops.
+    #[arg(long, default_value_t = 15)]
+    pub lease_ttl_secs: u64,
+    /// First restart delay after a container fails, in milliseconds; doubles per failure.
+    #[arg(long, default_value_t = 10_000)]
+    pub backoff_initial_ms: u64,
+    /// Longest restart delay, in milliseconds.
+    #[arg(long, default_value_t = 300_000)]
+    pub backoff_max_ms: u64,
+    /// Seconds of healthy running after which the failure count resets.
+    #[arg(long, default_value_t = 600)]
+    pub backoff_reset_secs: u64,
+    /// Seconds between SIGTERM and SIGKILL when a pod's container is stopped.
+    #[arg(long, default_value_t = 10)]
+    pub stop_grace_secs: u64,
+    /// Seconds between safety-net resyncs of every pod.
+    #[arg(long, default_value_t = 300)]
+    pub resync_secs: u64,
+}
+
+pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
+    miniku::api::validation::validate_name("--node-name", &args.node_name, miniku::api::validation::MAX_NAME_LEN)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry = args.store.registry()?;
+    let mut config = miniku::kubelet::KubeletConfig::new(&args.node_name);
+    config.capacity = miniku::api::Resources {
+        cpu: args.cpu_millis,
+        memory: args.memory_bytes,
+    };
+    config.max_pods = args.max_pods;
+    config.labels = miniku::apiserver::parse_selector(&args.labels)
+        .map_err(|e| anyhow::anyhow!("--labels: {}", e.body.message))?;
+    config.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(2));
+    config.backoff = miniku::kubelet::sync::BackoffConfig {
+        initial: Duration::from_millis(args.backoff_initial_ms.max(1)),
+        max: Duration::from_millis(args.backoff_max_ms.max(args.backoff_initial_ms)),
+        reset_after: Duration::from_secs(args.backoff_reset_secs),
+    };
+    config.stop_grace = Duration::from_secs(args.stop_grace_secs);
+    config.resync = Duration::from_secs(args.resync_secs.max(1));
+    let work = async move {
+        match args.runtime {
+            RuntimeKind::Fake => miniku::kubelet::run(registry, miniku::kubelet::fake::FakeRuntime::new(), config).await,
+            RuntimeKind::Docker => {
+                let mut wait = Duration::from_secs(1);
+                let docker = loop {
+                    match miniku::kubelet::docker::DockerRuntime::connect().await {
+                        Ok(d) => break d,
+                        Err(e) => {
+                            tracing::error!(error = %e, retry_in = ?wait, "cannot reach the Docker engine (is it running? is DOCKER_HOST right?)");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                };
+                miniku::kubelet::run(registry, docker, config).await
+            }
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down; containers keep running and are adopted on restart");
+            Ok(())
+        }
+    }
+}

@@ -19,6 +19,8 @@ enum Command {
     ControllerManager(control_cmd::ControllerManagerArgs),
     /// Run the scheduler (one active instance at a time).
     Scheduler(control_cmd::SchedulerArgs),
+    /// Run a node agent: pods bound to this node become containers.
+    Kubelet(control_cmd::KubeletArgs),
 }
 
 mod control_cmd;
@@ -38,5 +40,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Apiserver(args) => control_cmd::run_apiserver(args).await,
         Command::ControllerManager(args) => control_cmd::run_controller_manager(args).await,
         Command::Scheduler(args) => control_cmd::run_scheduler(args).await,
+        Command::Kubelet(args) => control_cmd::run_kubelet(args).await,
     }
 }

@@ -219,6 +219,22 @@ impl Registry {
         Ok(out)
     }
 
+    /// Writes an object unconditionally, attached to store lease `lease` (it disappears when
+    /// the lease expires). For objects only their owner writes, like node heartbeats.
+    pub async fn put_with_lease<T: Object>(&self, obj: &T, lease: i64) -> Result<T, RegistryError> {
+        let resp = self
+            .client
+            .put(
+                key_of::<T>(obj.name()).as_bytes(),
+                &encode(obj)?,
+                miniku_store::client::PutOptions { lease, prev_kv: false },
+            )
+            .await?;
+        let mut out = obj.clone();
+        out.set_resource_version(resp.header.revision);
+        Ok(out)
+    }
+
     pub async fn get<T: Object>(&self, name: &str) -> Result<T, RegistryError> {
         let resp = self
             .client

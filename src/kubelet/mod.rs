@@ -1,1 +1,352 @@
-//! TODO
+//! The kubelet: runs the pods bound to one node as containers and reports their status.
+//!
+//! - Registers its [`Node`] and keeps a heartbeat ([`NodeLease`]) alive through a store
+//!   lease (TTL `lease_ttl`, default 15 s, renewed every third of it); re-registers if the
+//!   lease was lost.
+//! - Watches pods through an informer and the engine's event stream (start, die, destroy,
+//!   oom); both queue the pod's name. A slow resync (default 5 min) is only a safety net.
+//! - For each pod, [`sync::decide`] says what to do; this module carries it out and writes
+//!   the pod's status with its revision as precondition, so it never clobbers the
+//!   scheduler's or the controller's writes.
+//! - On start it adopts the containers it finds, and removes those whose pod is gone.
+//! - If the engine is unreachable it says so and keeps retrying; if the store is unreachable
+//!   it leaves running containers alone and catches up when the store returns.
+//!
+//! Runtimes: [`docker`] (the real engine) and [`fake`] (hollow nodes for scale tests).
+
+pub mod docker;
+pub mod fake;
+pub mod runtime;
+pub mod sync;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+
+use crate::api::{Node, NodeLease, NodeStatus, Pod, Resources};
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::{run_workers, Change, Informer, Next, WorkQueue};
+use runtime::{Container, ContainerRuntime, RuntimeError};
+use sync::{decide, failed, running, BackoffConfig, Step};
+
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    pub node_name: String,
+    pub capacity: Resources,
+    pub max_pods: u32,
+    pub labels: BTreeMap<String, String>,
+    /// TTL of the heartbeat lease; renewed every third of it.
+    pub lease_ttl: Duration,
+    pub backoff: BackoffConfig,
+    /// Grace period between SIGTERM and SIGKILL when a pod's container is stopped.
+    pub stop_grace: Duration,
+    /// Safety-net resync of every pod (not how changes are found).
+    pub resync: Duration,
+    /// Pods synced at once.
+    pub workers: usize,
+}
+
+impl KubeletConfig {
+    pub fn new(node_name: &str) -> Self {
+        KubeletConfig {
+            node_name: node_name.to_string(),
+            capacity: Resources {
+                cpu: 4000,
+                memory: 8 << 30,
+            },
+            max_pods: 110,
+            labels: BTreeMap::new(),
+            lease_ttl: Duration::from_secs(15),
+            backoff: BackoffConfig::default(),
+            stop_grace: Duration::from_secs(10),
+            resync: Duration::from_secs(300),
+            workers: 8,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Kubelet<R> {
+    registry: Registry,
+    runtime: R,
+    pods: Informer<Pod>,
+    config: KubeletConfig,
+}
+
+/// Runs a kubelet until the task is aborted.
+pub async fn run<R: ContainerRuntime>(registry: Registry, runtime: R, config: KubeletConfig) -> anyhow::Result<()> {
+    let node = config.node_name.clone();
+    let mut wait = Duration::from_secs(1);
+    while let Err(e) = runtime.ping().await {
+        tracing::error!(node = %node, error = %e, retry_in = ?wait, "the container engine is not reachable; pods cannot run until it is");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+    let (pods, mut changes) = Informer::<Pod>::start(registry.clone());
+    pods.wait_synced().await;
+    tracing::info!(node = %node, "pods listed; registering the node");
+    tokio::spawn(heartbeat(registry.clone(), config.clone()));
+
+    let k = Kubelet {
+        registry,
+        runtime: runtime.clone(),
+        pods: pods.clone(),
+        config: config.clone(),
+    };
+    let queue = WorkQueue::default();
+    // What exists now: our pods and our containers (orphans included).
+    for p in pods.list() {
+        if p.spec.node_name == node {
+            queue.add(&p.spec.name);
+        }
+    }
+    match runtime.list(&node).await {
+        Ok(cs) => {
+            tracing::info!(node = %node, containers = cs.len(), "adopting existing containers");
+            for c in cs {
+                queue.add(&c.pod_name);
+            }
+        }
+        Err(e) => tracing::warn!(node = %node, error = %e, "cannot list containers"),
+    }
+    // Pod changes.
+    let q = queue.clone();
+    let me = node.clone();
+    tokio::spawn(async move {
+        while let Some(ch) = changes.recv().await {
+            let mine = match &ch {
+                Change::Upsert { old, new } => {
+                    new.spec.node_name == me || old.as_ref().is_some_and(|o| o.spec.node_name == me)
+                }
+                Change::Deleted(p) => p.spec.node_name == me,
+            };
+            if mine {
+                q.add(ch.name());
+            }
+        }
+    });
+    // Engine events; after a break, resync everything (events may have been missed).
+    let q = queue.clone();
+    let rt = runtime.clone();
+    let me = node.clone();
+    let cache = pods.clone();
+    tokio::spawn(async move {
+        loop {
+            let mut events = rt.events(&me);
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(ev) if !ev.pod_name.is_empty() => q.add(&ev.pod_name),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "engine event stream broke; reconnecting");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            enqueue_all(&q, &cache, &rt, &me).await;
+        }
+    });
+    // Safety net.
+    let q = queue.clone();
+    let rt = runtime.clone();
+    let every = config.resync;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            enqueue_all(&q, &pods, &rt, &node).await;
+        }
+    });
+    let workers = config.workers;
+    run_workers(queue, workers, move |name| {
+        let k = k.clone();
+        async move { k.sync(&name).await }
+    })
+    .await;
+    Ok(())
+}
+
+async fn enqueue_all<R: ContainerRuntime>(q: &WorkQueue, pods: &Informer<Pod>, rt: &R, node: &str) {
+    pods.for_each(|p| {
+        if p.spec.node_name == node {
+            q.add(&p.spec.name);
+        }
+    });
+    if let Ok(cs) = rt.list(node).await {
+        for c in cs {
+            q.add(&c.pod_name);
+        }
+    }
+}
+
+/// Registers the node and keeps its heartbeat alive; runs forever.
+async fn heartbeat(registry: Registry, config: KubeletConfig) {
+    let ttl = config.lease_ttl.as_secs().max(2) as i64;
+    let renew = Duration::from_secs(ttl as u64) / 3;
+    loop {
+        let lease = match register(&registry, &config, ttl).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(node = %config.node_name, error = %e, "cannot register the node; retrying");
+                tokio::time::sleep(renew.min(Duration::from_secs(2))).await;
+                continue;
+            }
+        };
+        tracing::info!(node = %config.node_name, lease, ttl, "node registered; heartbeat running");
+        loop {
+            tokio::time::sleep(renew).await;
+            match registry.client().lease_keepalive(lease).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {
+                    tracing::warn!(node = %config.node_name, "heartbeat lease expired; registering again");
+                    break;
+                }
+                Err(e) => tracing::warn!(node = %config.node_name, error = %e, "heartbeat failed; will retry"),
+            }
+        }
+    }
+}
+
+async fn register(registry: &Registry, config: &KubeletConfig, ttl: i64) -> anyhow::Result<i64> {
+    let lease = registry.client().lease_grant(ttl).await?.id;
+    let hb = NodeLease {
+        name: config.node_name.clone(),
+        lease_id: lease,
+        ttl_seconds: ttl,
+        renew_seconds: (ttl / 3).max(1),
+        resource_version: 0,
+    };
+    registry.put_with_lease(&hb, lease).await?;
+    let node = Node {
+        name: config.node_name.clone(),
+        labels: config.labels.clone(),
+        capacity: config.capacity.clone(),
+        max_pods: config.max_pods,
+        status: NodeStatus::Ready,
+        unschedulable: false,
+        reason: String::new(),
+        resource_version: 0,
+    };
+    match registry.create(&node).await {
+        Ok(_) => {}
+        Err(RegistryError::AlreadyExists { .. }) => {
+            registry
+                .modify::<Node, _>(&config.node_name, |n| {
+                    let want = Node {
+                        resource_version: n.resource_version,
+                        unschedulable: n.unschedulable,
+                        ..node.clone()
+                    };
+                    if *n == want {
+                        return false;
+                    }
+                    *n = want;
+                    true
+                })
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(lease)
+}
+
+impl<R: ContainerRuntime> Kubelet<R> {
+    fn node(&self) -> &str {
+        &self.config.node_name
+    }
+
+    /// Picks the pod's container; extra ones (which should not exist) are removed.
+    async fn container_of(&self, name: &str, pod: Option<&Pod>) -> Result<Option<Container>, RuntimeError> {
+        let mut found = self.runtime.find(self.node(), name).await?;
+        if found.len() <= 1 {
+            return Ok(found.pop());
+        }
+        // Keep a running one of the right pod, remove the rest.
+        let keep = found
+            .iter()
+            .position(|c| {
+                pod.is_some_and(|p| p.uid == c.pod_uid) && matches!(c.state, runtime::ContainerState::Running { .. })
+            })
+            .unwrap_or(0);
+        let kept = found.swap_remove(keep);
+        for c in found {
+            tracing::warn!(pod = name, container = %c.id, "removing a duplicate container");
+            self.runtime.remove(&c.id, self.config.stop_grace).await?;
+        }
+        Ok(Some(kept))
+    }
+
+    async fn sync(&self, name: &str) -> anyhow::Result<Next> {
+        let pod = self.pods.get(name).filter(|p| p.spec.node_name == self.node());
+        let container = self.container_of(name, pod.as_ref()).await?;
+        let now = Utc::now();
+        let d = decide(pod.as_ref(), container.as_ref(), now, &self.config.backoff);
+        match d.step {
+            Step::Nothing => {}
+            Step::Remove(id) => {
+                tracing::info!(pod = name, container = %id, "stopping and removing the container");
+                self.runtime.remove(&id, self.config.stop_grace).await?;
+            }
+            Step::Start { replace } => {
+                let Some(pod) = pod.as_ref() else {
+                    return Ok(Next::Done);
+                };
+                if let Some(old) = replace {
+                    self.runtime.remove(&old, Duration::ZERO).await?;
+                }
+                return self.start(pod).await;
+            }
+        }
+        if let Some(p) = d.write {
+            self.write(&p).await?;
+        }
+        Ok(match d.requeue {
+            Some(after) => Next::After(after),
+            None => Next::Done,
+        })
+    }
+
+    async fn start(&self, pod: &Pod) -> anyhow::Result<Next> {
+        let name = pod.spec.name.as_str();
+        let started = match self.runtime.ensure_image(&pod.spec.image).await {
+            Ok(()) => self.runtime.start(pod, self.node()).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(id) => {
+                tracing::info!(pod = name, container = %id, "container started");
+                self.write(&running(pod, &id, None, Utc::now())).await?;
+                Ok(Next::Done)
+            }
+            Err(RuntimeError::EngineUnreachable(e)) => Err(anyhow::anyhow!("the container engine is not reachable: {e}")),
+            Err(e) => {
+                let reason = match e {
+                    RuntimeError::ImagePull { .. } => "ImagePullError",
+                    _ => "StartError",
+                };
+                let (mut p, delay) = failed(pod, reason, e.to_string(), None, Utc::now(), &self.config.backoff);
+                if pod.status == crate::api::PodPhase::Pending {
+                    // Never ran: it stays Pending, waiting for the retry (Kubernetes'
+                    // ImagePullBackOff).
+                    p.status = crate::api::PodPhase::Pending;
+                }
+                tracing::warn!(pod = name, error = %e, retry_in = ?delay, "cannot start the container");
+                self.write(&p).await?;
+                Ok(Next::After(delay))
+            }
+        }
+    }
+
+    /// Writes a pod status with its revision as precondition. A conflict means the pod
+    /// changed; its event brings it back to us.
+    async fn write(&self, pod: &Pod) -> anyhow::Result<()> {
+        match self.registry.update(pod).await {
+            Ok(_) | Err(RegistryError::Conflict { .. }) | Err(RegistryError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! A fake container runtime, after Kubernetes' hollow nodes (kubemark): containers start at
+//! once and "run" in memory. For benchmarks and scale tests of the control plane only; the
+//! end-to-end tests use Docker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::runtime::{Container, ContainerRuntime, ContainerState, RuntimeError, RuntimeEvent};
+use crate::api::Pod;
+
+#[derive(Clone)]
+pub struct FakeRuntime {
+    containers: Arc<Mutex<HashMap<String, (String, Container)>>>,
+    events: broadcast::Sender<(String, RuntimeEvent)>,
+    next_id: Arc<Mutex<u64>>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(4096);
+        FakeRuntime {
+            containers: Arc::new(Mutex::new(HashMap::new())),
+            events,
+            next_id: Arc::new(Mutex::new(1)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Container)>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a pod's container exit with `code` (for tests).
+    pub fn exit(&self, pod_name: &str, code: i64) {
+        let mut node = None;
+        for (n, c) in self.lock().values_mut() {
+            if c.pod_name == pod_name {
+                c.state = ContainerState::Exited {
+                    exit_code: code,
+                    finished_at: Some(Utc::now()),
+                    oom_killed: false,
+                };
+                node = Some(n.clone());
+            }
+        }
+        if let Some(n) = node {
+            let _ = self.events.send((
+                n,
+                RuntimeEvent {
+                    pod_name: pod_name.to_string(),
+                    action: "die".into(),
+                },
+            ));
+        }
+    }
+}
+
+impl ContainerRuntime for FakeRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn ensure_image(&self, _image: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn start(&self, pod: &Pod, node: &str) -> Result<String, RuntimeError> {
+        let id = {
+            let mut n = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            format!("fake{:012x}", *n)
+        };
+        self.lock().insert(
+            id.clone(),
+            (
+                node.to_string(),
+                Container {
+                    id: id.clone(),
+                    pod_name: pod.spec.name.clone(),
+                    pod_uid: pod.uid.clone(),
+                    state: ContainerState::Running {
+                        started_at: Some(Utc::now()),
+                    },
+                },
+            ),
+        );
+        let _ = self.events.send((
+            node.to_string(),
+            RuntimeEvent {
+                pod_name: pod.spec.name.clone(),
+                action: "start".into(),
+            },
+        ));
+        Ok(id)
+    }
+
+    async fn list(&self, node: &str) -> Result<Vec<Container>, RuntimeError> {
+        Ok(self
+            .lock()
+            .values()
+            .filter(|(n, _)| n == node)
+            .map(|(_, c)| c.clone())
+            .collect())
+    }
+
+    async fn find(&self, node: &str, pod: &str) -> Result<Vec<Container>, RuntimeError> {
+        Ok(self
+            .lock()
+            .values()
+            .filter(|(n, c)| n == node && c.pod_name == pod)
+            .map(|(_, c)| c.clone())
+            .collect())
+    }
+
+    async fn remove(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        if let Some((node, c)) = self.lock().remove(id) {
+            let _ = self.events.send((
+                node,
+                RuntimeEvent {
+                    pod_name: c.pod_name,
+                    action: "destroy".into(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        let node = node.to_string();
+        BroadcastStream::new(self.events.subscribe())
+            .filter_map(move |item| {
+                let out = match item {
+                    Ok((n, ev)) if n == node => Some(Ok(ev)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(RuntimeError::Engine(format!("fake event stream lagged: {e}")))),
+                };
+                futures::future::ready(out)
+            })
+            .boxed()
+    }
+}

@@ -1,0 +1,86 @@
+//! What the kubelet needs from a container engine: the [`ContainerRuntime`] trait, the
+//! container states it reports and its errors. Implemented by `docker` (the real engine,
+//! through bollard) and `fake` (hollow nodes for scale tests). Every container a runtime
+//! creates carries the labels below; a runtime only ever lists or touches containers that
+//! carry `miniku=1` and its node's name.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+use crate::api::Pod;
+
+pub const LABEL_MARKER: &str = "miniku";
+pub const LABEL_POD: &str = "miniku.pod";
+pub const LABEL_POD_UID: &str = "miniku.pod-uid";
+pub const LABEL_NODE: &str = "miniku.node";
+
+/// The labels of a pod's container.
+pub fn labels_for(pod: &Pod, node: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_MARKER.to_string(), "1".to_string()),
+        (LABEL_POD.to_string(), pod.spec.name.clone()),
+        (LABEL_POD_UID.to_string(), pod.uid.clone()),
+        (LABEL_NODE.to_string(), node.to_string()),
+    ])
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Running {
+        started_at: Option<DateTime<Utc>>,
+    },
+    /// Created but never started, or exited.
+    Exited {
+        exit_code: i64,
+        finished_at: Option<DateTime<Utc>>,
+        oom_killed: bool,
+    },
+}
+
+/// One of our containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub state: ContainerState,
+}
+
+/// Something happened to one of our containers (start, die, destroy, oom...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    pub pod_name: String,
+    pub action: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the container engine is not reachable: {0}")]
+    EngineUnreachable(String),
+    #[error("cannot pull image `{image}`: {message}")]
+    ImagePull { image: String, message: String },
+    #[error("container engine: {0}")]
+    Engine(String),
+}
+
+/// A container engine, as the kubelet uses it.
+pub trait ContainerRuntime: Clone + Send + Sync + 'static {
+    /// Checks the engine answers.
+    fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Makes `image` available locally, pulling it if it is missing.
+    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Creates and starts the pod's container (named after the pod); returns its id.
+    fn start(&self, pod: &Pod, node: &str) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Every container of this node (running or not).
+    fn list(&self, node: &str) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
+    /// The containers of one pod on this node (normally none or one).
+    fn find(&self, node: &str, pod: &str) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
+    /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a container.
+    fn remove(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Changes to this node's containers, as they happen.
+    fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+}

@@ -1,0 +1,419 @@
+//! What the kubelet does for one pod: a pure function from (pod, container) to a
+//! [`Decision`], following the seed's "Kubelet Action" table and deciding the rows it leaves
+//! open. The caller carries the decision out (runtime calls, one conditional status write).
+//!
+//! | Pod status            | Container        | Action                                             |
+//! |-----------------------|------------------|----------------------------------------------------|
+//! | Pending               | doesn't exist    | create it, mark Running (seed); if `next_retry_at` is ahead, wait for it |
+//! | Pending               | running          | mark Running: adopt it (seed)                      |
+//! | Running               | running          | nothing (seed); after `reset_after` healthy, `retry_count` goes back to 0 |
+//! | Running or Pending    | exited           | mark Failed (seed) with exit code and reason, `retry_count + 1`, `next_retry_at = now + backoff` |
+//! | Running               | doesn't exist    | (seed: "weird") mark Failed, reason `ContainerMissing`, and recreate after the backoff, as Kubernetes recreates a missing container |
+//! | Failed, retry pending | exited / missing | when `next_retry_at` passes: remove the old container and start a new one, mark Running |
+//! | Failed, retry pending | running          | mark Running (a restart whose status write was lost) |
+//! | Failed, no retry (`NodeLost`) or Succeeded | any | remove the container; the ReplicaSet replaces the pod |
+//! | deleted               | any              | stop (grace period) and remove the container       |
+//! | any                   | of another pod uid | remove it, then handle the pod as if its container did not exist |
+//!
+//! Backoff: `initial` doubling per consecutive failure up to `max` (Kubernetes: 10 s to
+//! 300 s), reset after `reset_after` (10 min) of healthy running. From the second consecutive
+//! failure on, the reason is `CrashLoopBackOff`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::runtime::{Container, ContainerState};
+use crate::api::{zero_time, Pod, PodPhase};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffConfig {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            reset_after: Duration::from_secs(600),
+        }
+    }
+}
+
+impl BackoffConfig {
+    /// The wait before attempt `retry` (1 = the first retry).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(30));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// What to do with the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Nothing,
+    /// Create and start the pod's container (removing `replace` first, if any).
+    Start { replace: Option<String> },
+    /// Stop and remove this container.
+    Remove(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub step: Step,
+    /// The pod with its new status, to write with its revision as precondition.
+    pub write: Option<Pod>,
+    /// Look at the pod again after this long (a retry deadline, not polling).
+    pub requeue: Option<Duration>,
+}
+
+impl Decision {
+    fn nothing() -> Self {
+        Decision {
+            step: Step::Nothing,
+            write: None,
+            requeue: None,
+        }
+    }
+    fn step(step: Step) -> Self {
+        Decision {
+            step,
+            write: None,
+            requeue: None,
+        }
+    }
+    fn write(pod: Pod) -> Self {
+        Decision {
+            step: Step::Nothing,
+            write: Some(pod),
+            requeue: None,
+        }
+    }
+    fn wait(d: Duration) -> Self {
+        Decision {
+            step: Step::Nothing,
+            write: None,
+            requeue: Some(d),
+        }
+    }
+}
+
+fn until(now: DateTime<Utc>, t: DateTime<Utc>) -> Option<Duration> {
+    (t > now).then(|| (t - now).to_std().unwrap_or_default())
+}
+
+/// Marks `pod` Failed after its container stopped, scheduling the next attempt.
+pub fn failed(
+    pod: &Pod,
+    reason: &str,
+    message: String,
+    exit: Option<(i64, Option<DateTime<Utc>>)>,
+    now: DateTime<Utc>,
+    cfg: &BackoffConfig,
+) -> (Pod, Duration) {
+    let mut p = pod.clone();
+    p.retry_count = pod.retry_count.saturating_add(1);
+    let delay = cfg.delay(p.retry_count);
+    p.status = PodPhase::Failed;
+    p.reason = if p.retry_count >= 2 && reason == "Error" {
+        "CrashLoopBackOff".to_string()
+    } else {
+        reason.to_string()
+    };
+    p.message = format!(
+        "{message}; restarting in {}s (failure {})",
+        delay.as_secs_f64().ceil() as u64,
+        p.retry_count
+    );
+    p.next_retry_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+    if let Some((code, finished)) = exit {
+        p.exit_code = Some(code);
+        p.finished_at = finished.or(Some(now));
+    }
+    (p, delay)
+}
+
+/// Marks `pod` Running on container `id`.
+pub fn running(pod: &Pod, id: &str, started_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Pod {
+    let mut p = pod.clone();
+    p.status = PodPhase::Running;
+    p.container_id = id.to_string();
+    p.started_at = started_at.or(Some(now));
+    p.next_retry_at = zero_time();
+    p.reason.clear();
+    p.message = if pod.retry_count > 0 {
+        format!("restarted after {} failure(s)", pod.retry_count)
+    } else {
+        String::new()
+    };
+    p
+}
+
+/// Decides what to do with `pod` (None: deleted) and its `container` (None: none exists).
+pub fn decide(pod: Option<&Pod>, container: Option<&Container>, now: DateTime<Utc>, cfg: &BackoffConfig) -> Decision {
+    let Some(pod) = pod else {
+        return match container {
+            Some(c) => Decision::step(Step::Remove(c.id.clone())),
+            None => Decision::nothing(),
+        };
+    };
+    if let Some(c) = container {
+        if c.pod_uid != pod.uid {
+            return Decision {
+                step: Step::Remove(c.id.clone()),
+                write: None,
+                requeue: Some(Duration::ZERO),
+            };
+        }
+    }
+    if pod.is_terminal() {
+        return match container {
+            Some(c) => Decision::step(Step::Remove(c.id.clone())),
+            None => Decision::nothing(),
+        };
+    }
+    let state = container.map(|c| (&c.id, &c.state));
+    match (pod.status, state) {
+        (PodPhase::Pending, None) => match until(now, pod.next_retry_at) {
+            Some(d) => Decision::wait(d),
+            None => Decision::step(Step::Start { replace: None }),
+        },
+        (PodPhase::Pending, Some((id, ContainerState::Running { started_at })))
+        | (PodPhase::Failed, Some((id, ContainerState::Running { started_at }))) => {
+            Decision::write(running(pod, id, *started_at, now))
+        }
+        (
+            PodPhase::Pending | PodPhase::Running,
+            Some((
+                _,
+                ContainerState::Exited {
+                    exit_code,
+                    finished_at,
+                    oom_killed,
+                },
+            )),
+        ) => {
+            let reason = if *oom_killed { "OOMKilled" } else { "Error" };
+            let (p, delay) = failed(
+                pod,
+                reason,
+                format!("container exited with code {exit_code}"),
+                Some((*exit_code, *finished_at)),
+                now,
+                cfg,
+            );
+            Decision {
+                step: Step::Nothing,
+                write: Some(p),
+                requeue: Some(delay),
+            }
+        }
+        (PodPhase::Running, Some((id, ContainerState::Running { started_at }))) => {
+            if pod.container_id != *id {
+                let mut p = pod.clone();
+                p.container_id = id.clone();
+                return Decision::write(p);
+            }
+            if pod.retry_count > 0 {
+                let since = started_at.or(pod.started_at).unwrap_or(now);
+                let healthy_until = since + chrono::Duration::from_std(cfg.reset_after).unwrap_or_default();
+                return match until(now, healthy_until) {
+                    Some(d) => Decision::wait(d),
+                    None => {
+                        let mut p = pod.clone();
+                        p.retry_count = 0;
+                        p.message.clear();
+                        Decision::write(p)
+                    }
+                };
+            }
+            Decision::nothing()
+        }
+        (PodPhase::Running, None) => {
+            let (p, delay) = failed(
+                pod,
+                "ContainerMissing",
+                "the container disappeared".to_string(),
+                None,
+                now,
+                cfg,
+            );
+            Decision {
+                step: Step::Nothing,
+                write: Some(p),
+                requeue: Some(delay),
+            }
+        }
+        (PodPhase::Failed, other) => match until(now, pod.next_retry_at) {
+            Some(d) => Decision::wait(d),
+            None => Decision::step(Step::Start {
+                replace: other.map(|(id, _)| id.clone()),
+            }),
+        },
+        (PodPhase::Succeeded, _) => Decision::nothing(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PodSpec, ReplicaSet};
+
+    fn pod(status: PodPhase) -> Pod {
+        let mut p = crate::controllers::replicaset::new_pod(&ReplicaSet {
+            name: "web".into(),
+            desired_count: 1,
+            current_count: 0,
+            ready_count: 0,
+            selector: Default::default(),
+            template: PodSpec {
+                image: "img".into(),
+                ..Default::default()
+            },
+            resource_version: 7,
+            uid: "rs".into(),
+        });
+        p.status = status;
+        p.spec.node_name = "node-a".into();
+        p
+    }
+
+    fn container(p: &Pod, state: ContainerState) -> Container {
+        Container {
+            id: "c1".into(),
+            pod_name: p.spec.name.clone(),
+            pod_uid: p.uid.clone(),
+            state,
+        }
+    }
+
+    fn running_state() -> ContainerState {
+        ContainerState::Running { started_at: None }
+    }
+
+    fn exited(code: i64) -> ContainerState {
+        ContainerState::Exited {
+            exit_code: code,
+            finished_at: None,
+            oom_killed: false,
+        }
+    }
+
+    const CFG: BackoffConfig = BackoffConfig {
+        initial: Duration::from_secs(10),
+        max: Duration::from_secs(300),
+        reset_after: Duration::from_secs(600),
+    };
+
+    #[test]
+    fn pending_without_container_starts_one() {
+        let p = pod(PodPhase::Pending);
+        assert_eq!(decide(Some(&p), None, Utc::now(), &CFG).step, Step::Start { replace: None });
+    }
+
+    #[test]
+    fn pending_with_a_running_container_is_adopted() {
+        let p = pod(PodPhase::Pending);
+        let d = decide(Some(&p), Some(&container(&p, running_state())), Utc::now(), &CFG);
+        let w = d.write.expect("a status write");
+        assert_eq!((w.status, w.container_id.as_str()), (PodPhase::Running, "c1"));
+        assert_eq!(d.step, Step::Nothing);
+    }
+
+    #[test]
+    fn running_and_running_is_converged() {
+        let mut p = pod(PodPhase::Running);
+        p.container_id = "c1".into();
+        let d = decide(Some(&p), Some(&container(&p, running_state())), Utc::now(), &CFG);
+        assert_eq!(d, Decision::nothing());
+    }
+
+    #[test]
+    fn running_and_exited_fails_with_backoff_then_crash_loops() {
+        let now = Utc::now();
+        let p = pod(PodPhase::Running);
+        let d = decide(Some(&p), Some(&container(&p, exited(3))), now, &CFG);
+        let w = d.write.expect("a status write");
+        assert_eq!(w.status, PodPhase::Failed);
+        assert_eq!((w.retry_count, w.exit_code, w.reason.as_str()), (1, Some(3), "Error"));
+        assert_eq!(w.next_retry_at, now + chrono::Duration::seconds(10));
+        assert_eq!(d.requeue, Some(Duration::from_secs(10)));
+        // Restarted, failed again: CrashLoopBackOff, twice the wait.
+        let mut again = w.clone();
+        again.status = PodPhase::Running;
+        let d2 = decide(Some(&again), Some(&container(&again, exited(3))), now, &CFG);
+        let w2 = d2.write.expect("a status write");
+        assert_eq!((w2.retry_count, w2.reason.as_str()), (2, "CrashLoopBackOff"));
+        assert_eq!(d2.requeue, Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn failed_waits_for_its_retry_time_then_replaces_the_container() {
+        let now = Utc::now();
+        let p = pod(PodPhase::Running);
+        let (failed_pod, _) = failed(&p, "Error", "x".into(), Some((1, None)), now, &CFG);
+        let c = container(&failed_pod, exited(1));
+        let d = decide(Some(&failed_pod), Some(&c), now, &CFG);
+        assert_eq!(d.requeue, Some(Duration::from_secs(10)));
+        assert_eq!(d.step, Step::Nothing);
+        let later = now + chrono::Duration::seconds(11);
+        let d = decide(Some(&failed_pod), Some(&c), later, &CFG);
+        assert_eq!(
+            d.step,
+            Step::Start {
+                replace: Some("c1".into())
+            }
+        );
+    }
+
+    #[test]
+    fn running_without_container_is_failed_and_recreated() {
+        let p = pod(PodPhase::Running);
+        let d = decide(Some(&p), None, Utc::now(), &CFG);
+        let w = d.write.expect("a status write");
+        assert_eq!((w.status, w.reason.as_str()), (PodPhase::Failed, "ContainerMissing"));
+        assert!(d.requeue.is_some());
+    }
+
+    #[test]
+    fn deleted_and_terminal_pods_lose_their_containers() {
+        let p = pod(PodPhase::Running);
+        let c = container(&p, running_state());
+        assert_eq!(decide(None, Some(&c), Utc::now(), &CFG).step, Step::Remove("c1".into()));
+        let mut lost = p.clone();
+        lost.status = PodPhase::Failed;
+        lost.reason = "NodeLost".into();
+        assert_eq!(decide(Some(&lost), Some(&c), Utc::now(), &CFG).step, Step::Remove("c1".into()));
+        assert_eq!(decide(None, None, Utc::now(), &CFG), Decision::nothing());
+    }
+
+    #[test]
+    fn a_container_of_an_older_pod_with_the_same_name_is_removed() {
+        let p = pod(PodPhase::Pending);
+        let mut c = container(&p, running_state());
+        c.pod_uid = "someone-else".into();
+        assert_eq!(decide(Some(&p), Some(&c), Utc::now(), &CFG).step, Step::Remove("c1".into()));
+    }
+
+    #[test]
+    fn retry_count_resets_after_ten_minutes_of_health() {
+        let now = Utc::now();
+        let mut p = pod(PodPhase::Running);
+        p.container_id = "c1".into();
+        p.retry_count = 3;
+        let started = now - chrono::Duration::seconds(100);
+        let c = container(&p, ContainerState::Running { started_at: Some(started) });
+        assert_eq!(decide(Some(&p), Some(&c), now, &CFG).requeue, Some(Duration::from_secs(500)));
+        let d = decide(Some(&p), Some(&c), now + chrono::Duration::seconds(500), &CFG);
+        assert_eq!(d.write.map(|w| w.retry_count), Some(0));
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap() {
+        let delays: Vec<u64> = (1..=7).map(|n| CFG.delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![10, 20, 40, 80, 160, 300, 300]);
+    }
+}
