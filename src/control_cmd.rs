@@ -93,8 +93,13 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
     let eviction = Duration::from_secs(args.pod_eviction_timeout_secs);
     let workers = args.workers;
     let work = move || async move {
-        let rs = tokio::spawn(miniku::controllers::ReplicaSetController::run(registry.clone(), workers));
-        let nodes = tokio::spawn(miniku::controllers::NodeLifecycleController::run(registry, eviction));
+        let rs = tokio::spawn(miniku::controllers::ReplicaSetController::run(
+            registry.clone(),
+            workers,
+        ));
+        let nodes = tokio::spawn(miniku::controllers::NodeLifecycleController::run(
+            registry, eviction,
+        ));
         tokio::select! {
             r = rs => r.context("replicaset controller")?,
             r = nodes => r.context("node lifecycle controller")?,
@@ -188,8 +193,12 @@ pub struct KubeletArgs {
 }
 
 pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
-    miniku::api::validation::validate_name("--node-name", &args.node_name, miniku::api::validation::MAX_NAME_LEN)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    miniku::api::validation::validate_name(
+        "--node-name",
+        &args.node_name,
+        miniku::api::validation::MAX_NAME_LEN,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let registry = args.store.registry()?;
     let mut config = miniku::kubelet::KubeletConfig::new(&args.node_name);
     config.capacity = miniku::api::Resources {
@@ -209,7 +218,10 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
     config.resync = Duration::from_secs(args.resync_secs.max(1));
     let work = async move {
         match args.runtime {
-            RuntimeKind::Fake => miniku::kubelet::run(registry, miniku::kubelet::fake::FakeRuntime::new(), config).await,
+            RuntimeKind::Fake => {
+                miniku::kubelet::run(registry, miniku::kubelet::fake::FakeRuntime::new(), config)
+                    .await
+            }
             RuntimeKind::Docker => {
                 let mut wait = Duration::from_secs(1);
                 let docker = loop {

@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "miniku", version, about = "Miniku: a small Kubernetes over a Raft-replicated store")]
+#[command(
+    name = "miniku",
+    version,
+    about = "Miniku: a small Kubernetes over a Raft-replicated store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

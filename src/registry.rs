@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use miniku_store::api::{Bin, Compare, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest};
+use miniku_store::api::{
+    Bin, Compare, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest,
+};
 use miniku_store::client::{ClientError, GetOptions, StoreClient, WatchOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,7 +27,9 @@ use crate::api::{Node, NodeLease, Pod, ReplicaSet};
 pub const ROOT: &str = "/registry/";
 
 /// A kind of object the registry stores.
-pub trait Object: Serialize + DeserializeOwned + Clone + Send + Sync + std::fmt::Debug + 'static {
+pub trait Object:
+    Serialize + DeserializeOwned + Clone + Send + Sync + std::fmt::Debug + 'static
+{
     /// Plural, lowercase: the key segment and the URL segment.
     const KIND: &'static str;
     fn name(&self) -> &str;
@@ -109,7 +113,9 @@ pub enum RegistryError {
 impl From<ClientError> for RegistryError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Compacted { compact_revision } => RegistryError::Compacted(compact_revision),
+            ClientError::Compacted { compact_revision } => {
+                RegistryError::Compacted(compact_revision)
+            }
             ClientError::Decode(m) => RegistryError::Decode(m),
             other => RegistryError::Unavailable(other.to_string()),
         }
@@ -133,7 +139,9 @@ impl<T> WatchEvent<T> {
         T: Object,
     {
         match self {
-            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o.resource_version(),
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => {
+                o.resource_version()
+            }
             WatchEvent::Bookmark(r) => *r,
         }
     }
@@ -227,7 +235,10 @@ impl Registry {
             .put(
                 key_of::<T>(obj.name()).as_bytes(),
                 &encode(obj)?,
-                miniku_store::client::PutOptions { lease, prev_kv: false },
+                miniku_store::client::PutOptions {
+                    lease,
+                    prev_kv: false,
+                },
             )
             .await?;
         let mut out = obj.clone();
@@ -319,8 +330,14 @@ impl Registry {
         Ok(out)
     }
 
-    fn failed_precondition<T: Object>(&self, name: &str, rv: i64, responses: &[ResponseOp]) -> RegistryError {
-        let exists = matches!(responses.first(), Some(ResponseOp::Range { count, .. }) if *count > 0);
+    fn failed_precondition<T: Object>(
+        &self,
+        name: &str,
+        rv: i64,
+        responses: &[ResponseOp],
+    ) -> RegistryError {
+        let exists =
+            matches!(responses.first(), Some(ResponseOp::Range { count, .. }) if *count > 0);
         if exists {
             RegistryError::Conflict {
                 kind: T::KIND,

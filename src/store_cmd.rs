@@ -80,7 +80,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     config.max_batch_commands = args.max_batch;
     config.request_timeout = Duration::from_secs(args.request_timeout_secs);
 
-    let node = StoreNode::start(config).await.context("starting the store node")?;
+    let node = StoreNode::start(config)
+        .await
+        .context("starting the store node")?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     node.shutdown().await;

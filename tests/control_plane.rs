@@ -36,7 +36,12 @@ impl Drop for FakeNode {
     }
 }
 
-async fn register_node(client: &StoreClient, name: &str, cpu: u64, labels: &[(&str, &str)]) -> Result<FakeNode> {
+async fn register_node(
+    client: &StoreClient,
+    name: &str,
+    cpu: u64,
+    labels: &[(&str, &str)],
+) -> Result<FakeNode> {
     let ttl = 2;
     let lease = client.lease_grant(ttl).await?.id;
     let hb = NodeLease {
@@ -50,12 +55,18 @@ async fn register_node(client: &StoreClient, name: &str, cpu: u64, labels: &[(&s
         .put(
             format!("/registry/nodeleases/{name}").as_bytes(),
             &serde_json::to_vec(&hb)?,
-            PutOptions { lease, prev_kv: false },
+            PutOptions {
+                lease,
+                prev_kv: false,
+            },
         )
         .await?;
     let node = Node {
         name: name.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         capacity: Resources {
             cpu,
             memory: 8 << 30,
@@ -67,7 +78,11 @@ async fn register_node(client: &StoreClient, name: &str, cpu: u64, labels: &[(&s
         resource_version: 0,
     };
     client
-        .put(format!("/registry/nodes/{name}").as_bytes(), &serde_json::to_vec(&node)?, PutOptions::default())
+        .put(
+            format!("/registry/nodes/{name}").as_bytes(),
+            &serde_json::to_vec(&node)?,
+            PutOptions::default(),
+        )
         .await?;
     let c = client.clone();
     let heartbeat = tokio::spawn(async move {
@@ -80,13 +95,21 @@ async fn register_node(client: &StoreClient, name: &str, cpu: u64, labels: &[(&s
 }
 
 async fn post(cp: &ControlPlane, path: &str, body: &Value) -> Result<(u16, Value)> {
-    let resp = reqwest::Client::new().post(cp.url(path)).json(body).send().await?;
+    let resp = reqwest::Client::new()
+        .post(cp.url(path))
+        .json(body)
+        .send()
+        .await?;
     let status = resp.status().as_u16();
     Ok((status, resp.json().await?))
 }
 
 async fn put(cp: &ControlPlane, path: &str, body: &Value) -> Result<(u16, Value)> {
-    let resp = reqwest::Client::new().put(cp.url(path)).json(body).send().await?;
+    let resp = reqwest::Client::new()
+        .put(cp.url(path))
+        .json(body)
+        .send()
+        .await?;
     let status = resp.status().as_u16();
     Ok((status, resp.json().await?))
 }
@@ -97,11 +120,18 @@ fn rs_body(name: &str, count: i64) -> Value {
 
 async fn pods_of(cp: &ControlPlane, app: &str) -> Result<Vec<Value>> {
     let v = cp.get(&format!("/pods?selector=app={app}")).await?;
-    v.as_array().cloned().ok_or_else(|| anyhow!("not a list: {v}"))
+    v.as_array()
+        .cloned()
+        .ok_or_else(|| anyhow!("not a list: {v}"))
 }
 
 /// Waits until `check` holds on the pods of `app`.
-async fn wait_pods(cp: &ControlPlane, app: &str, what: &str, check: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
+async fn wait_pods(
+    cp: &ControlPlane,
+    app: &str,
+    what: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Result<Vec<Value>> {
     let r = wait_until(Duration::from_secs(40), what, || async {
         let pods = pods_of(cp, app).await.ok()?;
         check(&pods).then_some(pods)
@@ -122,35 +152,69 @@ async fn the_seed_transcript_works_with_its_json_shapes() -> Result<()> {
         .arg(r#"{"name":"nginx","desiredCount":3,"selector":{"app":"nginx"},"template":{"image":"nginx:latest"}}"#)
         .output()
         .context("running curl")?;
-    let created: Value = serde_json::from_slice(&out.stdout).with_context(|| String::from_utf8_lossy(&out.stdout).to_string())?;
+    let created: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stdout).to_string())?;
     // The seed's fields, exactly.
     ensure!(created["name"] == "nginx", "{created}");
-    ensure!(created["desiredCount"] == 3 && created["currentCount"] == 0, "{created}");
+    ensure!(
+        created["desiredCount"] == 3 && created["currentCount"] == 0,
+        "{created}"
+    );
     ensure!(created["selector"] == json!({"app": "nginx"}), "{created}");
-    ensure!(created["template"]["name"] == "" && created["template"]["image"] == "nginx:latest", "{created}");
-    ensure!(created["resourceVersion"].as_i64().is_some_and(|v| v > 0), "{created}");
+    ensure!(
+        created["template"]["name"] == "" && created["template"]["image"] == "nginx:latest",
+        "{created}"
+    );
+    ensure!(
+        created["resourceVersion"].as_i64().is_some_and(|v| v > 0),
+        "{created}"
+    );
 
-    wait_until(Duration::from_secs(30), "currentCount to reach 3", || async {
-        let list = cp.get("/replicasets").await.ok()?;
-        (list[0]["currentCount"] == 3).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "currentCount to reach 3",
+        || async {
+            let list = cp.get("/replicasets").await.ok()?;
+            (list[0]["currentCount"] == 3).then_some(())
+        },
+    )
     .await
     .map_err(|e| anyhow!("{e}\n{}", cp.logs()))?;
     let list = cp.get("/replicasets").await?;
     ensure!(list.as_array().map(Vec::len) == Some(1), "{list}");
-    ensure!(list[0]["name"] == "nginx" && list[0]["desiredCount"] == 3, "{list}");
+    ensure!(
+        list[0]["name"] == "nginx" && list[0]["desiredCount"] == 3,
+        "{list}"
+    );
 
     let pods = cp.get("/pods").await?;
     let pods = pods.as_array().context("pods list")?;
     ensure!(pods.len() == 3, "{pods:?}");
     for p in pods {
         let name = p["spec"]["name"].as_str().context("pod name")?;
-        ensure!(name.len() == "nginx-".len() + 8 && name.starts_with("nginx-"), "{name}");
-        ensure!(name["nginx-".len()..].chars().all(|c| c.is_ascii_hexdigit()), "{name}");
-        ensure!(p["spec"]["image"] == "nginx:latest" && p["spec"]["labels"] == json!({"app": "nginx"}), "{p}");
+        ensure!(
+            name.len() == "nginx-".len() + 8 && name.starts_with("nginx-"),
+            "{name}"
+        );
+        ensure!(
+            name["nginx-".len()..]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
+        ensure!(
+            p["spec"]["image"] == "nginx:latest" && p["spec"]["labels"] == json!({"app": "nginx"}),
+            "{p}"
+        );
         ensure!(p["status"] == "Pending", "{p}");
-        ensure!(p["retry_count"] == 0 && p["next_retry_at"] == "0001-01-01T00:00:00Z", "{p}");
-        ensure!(p["owner"]["name"] == "nginx" && p["resourceVersion"].is_i64(), "{p}");
+        ensure!(
+            p["retry_count"] == 0 && p["next_retry_at"] == "0001-01-01T00:00:00Z",
+            "{p}"
+        );
+        ensure!(
+            p["owner"]["name"] == "nginx" && p["resourceVersion"].is_i64(),
+            "{p}"
+        );
     }
     Ok(())
 }
@@ -162,7 +226,10 @@ async fn scale_up_down_and_cascading_delete() -> Result<()> {
     let _a = register_node(&c, "node-a", 4000, &[]).await?;
     let (status, _) = post(&cp, "/replicasets", &rs_body("web", 2)).await?;
     ensure!(status == 201);
-    wait_pods(&cp, "web", "2 bound pods", |p| p.len() == 2 && p.iter().all(|p| p["spec"]["node_name"] == "node-a")).await?;
+    wait_pods(&cp, "web", "2 bound pods", |p| {
+        p.len() == 2 && p.iter().all(|p| p["spec"]["node_name"] == "node-a")
+    })
+    .await?;
     let (status, v) = put(&cp, "/replicasets/web", &rs_body("web", 5)).await?;
     ensure!(status == 200 && v["desiredCount"] == 5, "{status} {v}");
     wait_pods(&cp, "web", "5 pods", |p| p.len() == 5).await?;
@@ -176,12 +243,24 @@ async fn scale_up_down_and_cascading_delete() -> Result<()> {
     wait_pods(&cp, "web", "1 pod", |p| p.len() == 1).await?;
     // A deleted pod is replaced.
     let pods = pods_of(&cp, "web").await?;
-    let victim = pods[0]["spec"]["name"].as_str().context("name")?.to_string();
-    let resp = reqwest::Client::new().delete(cp.url(&format!("/pods/{victim}"))).send().await?;
+    let victim = pods[0]["spec"]["name"]
+        .as_str()
+        .context("name")?
+        .to_string();
+    let resp = reqwest::Client::new()
+        .delete(cp.url(&format!("/pods/{victim}")))
+        .send()
+        .await?;
     ensure!(resp.status() == 200);
-    wait_pods(&cp, "web", "a replacement pod", |p| p.len() == 1 && p[0]["spec"]["name"] != victim.as_str()).await?;
+    wait_pods(&cp, "web", "a replacement pod", |p| {
+        p.len() == 1 && p[0]["spec"]["name"] != victim.as_str()
+    })
+    .await?;
     // Deleting the ReplicaSet deletes its pods.
-    let resp = reqwest::Client::new().delete(cp.url("/replicasets/web")).send().await?;
+    let resp = reqwest::Client::new()
+        .delete(cp.url("/replicasets/web"))
+        .send()
+        .await?;
     ensure!(resp.status() == 200);
     wait_pods(&cp, "web", "no pods", |p| p.is_empty()).await?;
     let resp = reqwest::get(cp.url("/replicasets/web")).await?;
@@ -192,10 +271,18 @@ async fn scale_up_down_and_cascading_delete() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_controller_managers_never_overshoot() -> Result<()> {
     let mut cp = ControlPlane::start(&[]).await?;
-    let second = cp.spawn("controller-manager-2", &["controller-manager", "--leader-lease-secs", "3"])?;
+    let second = cp.spawn(
+        "controller-manager-2",
+        &["controller-manager", "--leader-lease-secs", "3"],
+    )?;
     let c = client(&cp)?;
     // Count pods of the ReplicaSet at every event, from before it exists.
-    let start = c.get(b"/registry/", Default::default()).await?.header.revision + 1;
+    let start = c
+        .get(b"/registry/", Default::default())
+        .await?
+        .header
+        .revision
+        + 1;
     let mut watch = c.watch(
         b"/registry/pods/",
         miniku_store::client::WatchOptions {
@@ -214,7 +301,13 @@ async fn two_controller_managers_never_overshoot() -> Result<()> {
     while deletions < 6 {
         let msg = tokio::time::timeout_at(deadline, watch.next())
             .await
-            .map_err(|_| anyhow!("timed out after {deletions} deletions, {} live\n{}", live.len(), cp.logs()))?
+            .map_err(|_| {
+                anyhow!(
+                    "timed out after {deletions} deletions, {} live\n{}",
+                    live.len(),
+                    cp.logs()
+                )
+            })?
             .context("watch ended")??;
         for e in msg.events {
             let key = e.kv.key.to_string_lossy();
@@ -228,13 +321,29 @@ async fn two_controller_managers_never_overshoot() -> Result<()> {
             }
         }
         max_seen = max_seen.max(live.len());
-        ensure!(live.len() <= 10, "overshoot: {} pods at revision {}", live.len(), msg.header.revision);
+        ensure!(
+            live.len() <= 10,
+            "overshoot: {} pods at revision {}",
+            live.len(),
+            msg.header.revision
+        );
         if live.len() == 10 {
             // Converged: disturb it. Kill the leading controller manager once, midway.
             if deletions == 3 && !killed_leader {
-                let holder = c.get(b"/registry/leaders/controller-manager", Default::default()).await?;
-                let who = holder.kvs.first().context("a controller manager must hold the lock")?.value.to_string_lossy();
-                let pid: u32 = who.rsplit('-').next().and_then(|p| p.parse().ok()).context("identity ends with the pid")?;
+                let holder = c
+                    .get(b"/registry/leaders/controller-manager", Default::default())
+                    .await?;
+                let who = holder
+                    .kvs
+                    .first()
+                    .context("a controller manager must hold the lock")?
+                    .value
+                    .to_string_lossy();
+                let pid: u32 = who
+                    .rsplit('-')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .context("identity ends with the pid")?;
                 let leader = cp
                     .components
                     .iter()
@@ -251,7 +360,10 @@ async fn two_controller_managers_never_overshoot() -> Result<()> {
     }
     ensure!(max_seen == 10);
     // The standby took over: the set is whole again.
-    wait_pods(&cp, "ha", "10 pods after the leader died", |p| p.len() == 10).await?;
+    wait_pods(&cp, "ha", "10 pods after the leader died", |p| {
+        p.len() == 10
+    })
+    .await?;
     ensure!(second > 0);
     Ok(())
 }
@@ -263,15 +375,25 @@ async fn pods_of_a_lost_node_are_replaced_on_another() -> Result<()> {
     let a = register_node(&c, "node-a", 4000, &[]).await?;
     let (status, _) = post(&cp, "/replicasets", &rs_body("lost", 3)).await?;
     ensure!(status == 201);
-    wait_pods(&cp, "lost", "3 pods on node-a", |p| p.len() == 3 && p.iter().all(|p| p["spec"]["node_name"] == "node-a")).await?;
-    let _b = register_node(&c, "node-b", 4000, &[]).await?;
-    a.stop();
-    wait_until(Duration::from_secs(20), "node-a to become NotReady", || async {
-        let n = cp.get("/nodes/node-a").await.ok()?;
-        (n["status"] == "NotReady").then_some(())
+    wait_pods(&cp, "lost", "3 pods on node-a", |p| {
+        p.len() == 3 && p.iter().all(|p| p["spec"]["node_name"] == "node-a")
     })
     .await?;
-    wait_pods(&cp, "lost", "3 pods on node-b", |p| p.len() == 3 && p.iter().all(|p| p["spec"]["node_name"] == "node-b")).await?;
+    let _b = register_node(&c, "node-b", 4000, &[]).await?;
+    a.stop();
+    wait_until(
+        Duration::from_secs(20),
+        "node-a to become NotReady",
+        || async {
+            let n = cp.get("/nodes/node-a").await.ok()?;
+            (n["status"] == "NotReady").then_some(())
+        },
+    )
+    .await?;
+    wait_pods(&cp, "lost", "3 pods on node-b", |p| {
+        p.len() == 3 && p.iter().all(|p| p["spec"]["node_name"] == "node-b")
+    })
+    .await?;
     Ok(())
 }
 
@@ -291,21 +413,42 @@ async fn scheduler_spreads_evenly_and_waits_for_room() -> Result<()> {
     .await?;
     let mut per_node: HashMap<String, usize> = HashMap::new();
     for p in &pods {
-        *per_node.entry(p["spec"]["node_name"].as_str().unwrap_or("").to_string()).or_default() += 1;
+        *per_node
+            .entry(p["spec"]["node_name"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
     }
-    let (lo, hi) = (per_node.values().min().copied(), per_node.values().max().copied());
-    ensure!(per_node.len() == 5 && hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "uneven: {per_node:?}");
+    let (lo, hi) = (
+        per_node.values().min().copied(),
+        per_node.values().max().copied(),
+    );
+    ensure!(
+        per_node.len() == 5 && hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+        "uneven: {per_node:?}"
+    );
 
     // A pod asking for more cpu than any node has waits with a reason...
     let mut big = rs_body("big", 1);
     big["template"]["resources"] = json!({"cpu": 100_000});
     let (status, v) = post(&cp, "/replicasets", &big).await?;
     ensure!(status == 201, "{v}");
-    let pods = wait_pods(&cp, "big", "an Unschedulable reason", |p| p.len() == 1 && p[0]["reason"] == "Unschedulable").await?;
-    ensure!(pods[0]["spec"]["node_name"] == "" && pods[0]["message"].as_str().is_some_and(|m| m.contains("insufficient cpu")), "{:?}", pods[0]);
+    let pods = wait_pods(&cp, "big", "an Unschedulable reason", |p| {
+        p.len() == 1 && p[0]["reason"] == "Unschedulable"
+    })
+    .await?;
+    ensure!(
+        pods[0]["spec"]["node_name"] == ""
+            && pods[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("insufficient cpu")),
+        "{:?}",
+        pods[0]
+    );
     // ...and is bound as soon as a big enough node appears.
     let _huge = register_node(&c, "huge", 200_000, &[]).await?;
-    wait_pods(&cp, "big", "the big pod bound to the big node", |p| p.len() == 1 && p[0]["spec"]["node_name"] == "huge").await?;
+    wait_pods(&cp, "big", "the big pod bound to the big node", |p| {
+        p.len() == 1 && p[0]["spec"]["node_name"] == "huge"
+    })
+    .await?;
     Ok(())
 }
 
@@ -352,19 +495,36 @@ async fn a_watch_resumed_from_a_resource_version_sees_every_change_once() -> Res
         // Scaling creates pods; wait for the controller to settle so counts stay simple.
         wait_pods(&cp, "w", "pods", |p| p.len() == n as usize).await?;
     }
-    let resp = reqwest::get(cp.url(&format!("/replicasets?watch=true&resourceVersion={rv}"))).await?;
+    let resp =
+        reqwest::get(cp.url(&format!("/replicasets?watch=true&resourceVersion={rv}"))).await?;
     ensure!(resp.status() == 200);
     let events = read_events(resp, 3).await?;
     // Every change after rv, in order: the three scalings (and the controller's status
     // writes, which change currentCount) — each resourceVersion once, increasing.
-    let rvs: Vec<i64> = events.iter().filter_map(|(_, d)| d["object"]["resourceVersion"].as_i64()).collect();
-    ensure!(rvs.windows(2).all(|w| w[0] < w[1]) && rvs[0] > rv, "{events:?}");
-    ensure!(events.iter().all(|(e, d)| e == "MODIFIED" && d["type"] == "MODIFIED"), "{events:?}");
+    let rvs: Vec<i64> = events
+        .iter()
+        .filter_map(|(_, d)| d["object"]["resourceVersion"].as_i64())
+        .collect();
+    ensure!(
+        rvs.windows(2).all(|w| w[0] < w[1]) && rvs[0] > rv,
+        "{events:?}"
+    );
+    ensure!(
+        events
+            .iter()
+            .all(|(e, d)| e == "MODIFIED" && d["type"] == "MODIFIED"),
+        "{events:?}"
+    );
     // A compacted resourceVersion answers 410.
     let c = client(&cp)?;
-    let now = c.get(b"/registry/", Default::default()).await?.header.revision;
+    let now = c
+        .get(b"/registry/", Default::default())
+        .await?
+        .header
+        .revision;
     c.compact(now).await?;
-    let resp = reqwest::get(cp.url(&format!("/replicasets?watch=true&resourceVersion={rv}"))).await?;
+    let resp =
+        reqwest::get(cp.url(&format!("/replicasets?watch=true&resourceVersion={rv}"))).await?;
     ensure!(resp.status() == 410, "{}", resp.status());
     let body: Value = resp.json().await?;
     ensure!(body["error"] == "gone", "{body}");
@@ -406,9 +566,16 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() -> Result<()> {
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
-        let body: Value = serde_json::from_str(&text).with_context(|| format!("case {i}: not JSON: {text}"))?;
-        ensure!(status == want, "case {i}: expected {want}, got {status}: {body}");
-        ensure!(body["error"].is_string() && body["message"].is_string(), "case {i}: {body}");
+        let body: Value =
+            serde_json::from_str(&text).with_context(|| format!("case {i}: not JSON: {text}"))?;
+        ensure!(
+            status == want,
+            "case {i}: expected {want}, got {status}: {body}"
+        );
+        ensure!(
+            body["error"].is_string() && body["message"].is_string(),
+            "case {i}: {body}"
+        );
         if let Some(f) = field {
             ensure!(body["field"] == f, "case {i}: expected field {f}: {body}");
         }

@@ -21,16 +21,26 @@ const IMAGE: &str = "miniku/busybox:latest";
 
 /// Checks the engine and the image; Ok(false) means "skip" (outside CI only).
 fn docker_ready() -> Result<bool> {
-    let up = Command::new("docker").args(["info"]).output().is_ok_and(|o| o.status.success());
+    let up = Command::new("docker")
+        .args(["info"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !up {
         if std::env::var("CI").as_deref() == Ok("true") {
-            bail!("CI=true but the Docker engine is not reachable: the end-to-end tests cannot run");
+            bail!(
+                "CI=true but the Docker engine is not reachable: the end-to-end tests cannot run"
+            );
         }
         eprintln!("SKIPPED: the Docker engine is not reachable");
         return Ok(false);
     }
-    let image = Command::new("docker").args(["image", "inspect", IMAGE]).output()?;
-    ensure!(image.status.success(), "image {IMAGE} is missing: run scripts/test-image.sh");
+    let image = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()?;
+    ensure!(
+        image.status.success(),
+        "image {IMAGE} is missing: run scripts/test-image.sh"
+    );
     Ok(true)
 }
 
@@ -42,11 +52,19 @@ fn containers(nodes: &[String]) -> Result<Vec<(String, String, String)>> {
             .args(["ps", "-a", "--filter", &format!("label=miniku.node={n}")])
             .args(["--format", "{{.Names}} {{.ID}} {{.State}}"])
             .output()?;
-        ensure!(o.status.success(), "docker ps: {}", String::from_utf8_lossy(&o.stderr));
+        ensure!(
+            o.status.success(),
+            "docker ps: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let parts: Vec<&str> = line.split_whitespace().collect();
             if parts.len() == 3 {
-                out.push((parts[0].to_string(), parts[1].to_string(), parts[2].to_string()));
+                out.push((
+                    parts[0].to_string(),
+                    parts[1].to_string(),
+                    parts[2].to_string(),
+                ));
             }
         }
     }
@@ -78,7 +96,11 @@ impl Drop for Cluster {
         if let Ok(cs) = containers(&self.nodes) {
             let ids: Vec<String> = cs.into_iter().map(|(_, id, _)| id).collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
             }
         }
     }
@@ -108,7 +130,10 @@ impl Cluster {
     async fn start(tag: &str) -> Result<Cluster> {
         let cp = ControlPlane::start(&["--pod-eviction-timeout-secs", "3"]).await?;
         let suffix: String = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let nodes: Vec<String> = ["a", "b"].iter().map(|n| format!("{tag}-{suffix}-{n}")).collect();
+        let nodes: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|n| format!("{tag}-{suffix}-{n}"))
+            .collect();
         let mut c = Cluster {
             cp,
             nodes,
@@ -145,7 +170,13 @@ impl Cluster {
     {
         wait_until(Duration::from_secs(60), what, || check(self))
             .await
-            .map_err(|e| anyhow!("{e}\ncontainers: {:?}\n{}", containers(&self.nodes).ok(), self.cp.logs()))
+            .map_err(|e| {
+                anyhow!(
+                    "{e}\ncontainers: {:?}\n{}",
+                    containers(&self.nodes).ok(),
+                    self.cp.logs()
+                )
+            })
     }
 
     async fn pods(&self, app: &str) -> Result<Vec<Value>> {
@@ -161,9 +192,16 @@ impl Cluster {
             let running = running_names(&c.nodes).ok()?;
             let ok = pods.len() == n
                 && pods.iter().all(|p| {
-                    p["status"] == "Running" && p["spec"]["name"].as_str().is_some_and(|name| running.contains(name))
+                    p["status"] == "Running"
+                        && p["spec"]["name"]
+                            .as_str()
+                            .is_some_and(|name| running.contains(name))
                 })
-                && running.iter().filter(|r| r.starts_with(&format!("{app}-"))).count() == n;
+                && running
+                    .iter()
+                    .filter(|r| r.starts_with(&format!("{app}-")))
+                    .count()
+                    == n;
             ok.then_some(pods)
         })
         .await
@@ -175,19 +213,34 @@ impl Cluster {
             template["command"] = json!(cmd);
         }
         let body = json!({"name": name, "desiredCount": count, "selector": {"app": name}, "template": template});
-        let resp = reqwest::Client::new().post(self.cp.url("/replicasets")).json(&body).send().await?;
-        ensure!(resp.status() == 201, "POST: {} {}", resp.status(), resp.text().await?);
+        let resp = reqwest::Client::new()
+            .post(self.cp.url("/replicasets"))
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(
+            resp.status() == 201,
+            "POST: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
         Ok(())
     }
 
     async fn scale(&self, name: &str, count: u32) -> Result<()> {
-        let body = json!({"desiredCount": count, "selector": {"app": name}, "template": {"image": IMAGE}});
+        let body =
+            json!({"desiredCount": count, "selector": {"app": name}, "template": {"image": IMAGE}});
         let resp = reqwest::Client::new()
             .put(self.cp.url(&format!("/replicasets/{name}")))
             .json(&body)
             .send()
             .await?;
-        ensure!(resp.status() == 200, "PUT: {} {}", resp.status(), resp.text().await?);
+        ensure!(
+            resp.status() == 200,
+            "PUT: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
         Ok(())
     }
 }
@@ -206,17 +259,33 @@ async fn replicaset_runs_restarts_scales_and_deletes_real_containers() -> Result
     let c = Cluster::start("e2e1").await?;
     c.post_rs("web", 3, None).await?;
     let pods = c.wait_running("web", 3).await?;
-    let used: BTreeSet<&str> = pods.iter().filter_map(|p| p["spec"]["node_name"].as_str()).collect();
+    let used: BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|p| p["spec"]["node_name"].as_str())
+        .collect();
     ensure!(used.len() == 2, "spread over both nodes: {used:?}");
     for p in &pods {
-        ensure!(p["container_id"].as_str().is_some_and(|id| !id.is_empty()), "{p}");
-        ensure!(p["retry_count"] == 0 && p["next_retry_at"] == "0001-01-01T00:00:00Z", "{p}");
+        ensure!(
+            p["container_id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{p}"
+        );
+        ensure!(
+            p["retry_count"] == 0 && p["next_retry_at"] == "0001-01-01T00:00:00Z",
+            "{p}"
+        );
     }
 
     // docker kill → the kubelet restarts it after a backoff; retry_count goes up.
-    let victim = pods[0]["spec"]["name"].as_str().context("name")?.to_string();
+    let victim = pods[0]["spec"]["name"]
+        .as_str()
+        .context("name")?
+        .to_string();
     let out = Command::new("docker").args(["kill", &victim]).output()?;
-    ensure!(out.status.success(), "docker kill: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "docker kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     c.wait("the killed pod to restart", async |c| {
         let victim = victim.clone();
         {
@@ -233,13 +302,22 @@ async fn replicaset_runs_restarts_scales_and_deletes_real_containers() -> Result
     c.scale("web", 1).await?;
     let left = c.wait_running("web", 1).await?;
     let survivor = names(&left);
-    ensure!(running_names(&c.nodes)? == survivor, "containers {:?} vs pods {survivor:?}", running_names(&c.nodes)?);
+    ensure!(
+        running_names(&c.nodes)? == survivor,
+        "containers {:?} vs pods {survivor:?}",
+        running_names(&c.nodes)?
+    );
 
     // Delete the ReplicaSet: no containers left.
-    let resp = reqwest::Client::new().delete(c.cp.url("/replicasets/web")).send().await?;
-    ensure!(resp.status() == 200);
-    c.wait("no containers", async |c| { containers(&c.nodes).ok()?.is_empty().then_some(()) })
+    let resp = reqwest::Client::new()
+        .delete(c.cp.url("/replicasets/web"))
+        .send()
         .await?;
+    ensure!(resp.status() == 200);
+    c.wait("no containers", async |c| {
+        containers(&c.nodes).ok()?.is_empty().then_some(())
+    })
+    .await?;
     Ok(())
 }
 
@@ -250,7 +328,8 @@ async fn a_crashing_command_backs_off_with_a_reason() -> Result<()> {
     }
     let c = Cluster::start("e2e2").await?;
     let started = std::time::Instant::now();
-    c.post_rs("crash", 1, Some(&["sh", "-c", "sleep 0.2; exit 3"])).await?;
+    c.post_rs("crash", 1, Some(&["sh", "-c", "sleep 0.2; exit 3"]))
+        .await?;
     let pod = c
         .wait("three failures", async |c| {
             let pods = c.pods("crash").await.ok()?;
@@ -259,12 +338,27 @@ async fn a_crashing_command_backs_off_with_a_reason() -> Result<()> {
         })
         .await?;
     // Backoff 1 s, 2 s between the first three failures: no tight loop.
-    ensure!(started.elapsed() >= Duration::from_secs(3), "too fast: {:?}", started.elapsed());
-    ensure!(pod["reason"] == "CrashLoopBackOff" && pod["exit_code"] == 3, "{pod}");
-    ensure!(pod["message"].as_str().is_some_and(|m| m.contains("code 3")), "{pod}");
+    ensure!(
+        started.elapsed() >= Duration::from_secs(3),
+        "too fast: {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        pod["reason"] == "CrashLoopBackOff" && pod["exit_code"] == 3,
+        "{pod}"
+    );
+    ensure!(
+        pod["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("code 3")),
+        "{pod}"
+    );
     let next = pod["next_retry_at"].as_str().context("next_retry_at")?;
     let finished = pod["finished_at"].as_str().context("finished_at")?;
-    ensure!(next > finished, "next retry {next} must be after the failure {finished}");
+    ensure!(
+        next > finished,
+        "next retry {next} must be after the failure {finished}"
+    );
     Ok(())
 }
 
@@ -293,7 +387,10 @@ async fn kubelet_loss_moves_pods_and_restarts_adopt_containers() -> Result<()> {
     .await?;
     let after = c.wait_running("sticky", 4).await?;
     ensure!(names(&before) == names(&after));
-    ensure!(containers(&c.nodes)? == ids_before, "containers changed across a kubelet restart");
+    ensure!(
+        containers(&c.nodes)? == ids_before,
+        "containers changed across a kubelet restart"
+    );
 
     // Kill kubelet b for good: its node goes NotReady and its pods move to a.
     let b = c.kubelets[1];
@@ -315,14 +412,23 @@ async fn kubelet_loss_moves_pods_and_restarts_adopt_containers() -> Result<()> {
             let a = node_a.clone();
             {
                 let pods = c.pods("sticky").await.ok()?;
-                let ok = pods.len() == 4 && pods.iter().all(|p| p["status"] == "Running" && p["spec"]["node_name"] == a.as_str());
+                let ok = pods.len() == 4
+                    && pods
+                        .iter()
+                        .all(|p| p["status"] == "Running" && p["spec"]["node_name"] == a.as_str());
                 ok.then_some(pods)
             }
         })
         .await?;
-    ensure!(names(&moved).is_disjoint(&on_b), "b's pods were replaced, not reused");
+    ensure!(
+        names(&moved).is_disjoint(&on_b),
+        "b's pods were replaced, not reused"
+    );
     // b's old containers still run (nobody stops them while b is down)...
-    let leftovers: BTreeSet<String> = containers(&[node_b.clone()])?.into_iter().map(|(n, _, _)| n).collect();
+    let leftovers: BTreeSet<String> = containers(std::slice::from_ref(&node_b))?
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
     ensure!(leftovers == on_b, "{leftovers:?} vs {on_b:?}");
     // ...and b removes them as orphans when it returns.
     let b2 = c.spawn_kubelet(&node_b)?;

@@ -31,7 +31,11 @@ fn value_of(range: &Value) -> Option<String> {
 }
 
 /// Reads an SSE stream until `n` data messages arrived; returns them parsed.
-async fn read_sse(resp: reqwest::Response, n: usize, timeout: Duration) -> Result<Vec<(i64, Value)>> {
+async fn read_sse(
+    resp: reqwest::Response,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<(i64, Value)>> {
     let mut out = Vec::new();
     let mut buf = String::new();
     let mut stream = resp.bytes_stream();
@@ -70,7 +74,10 @@ async fn writes_replicate_to_every_member() -> Result<()> {
     let http = reqwest::Client::new();
     let r = put(&http, &c.member(2).url("/v1/kv/greeting"), "hello").await?;
     let rev = r["header"]["revision"].as_i64().context("revision")?;
-    ensure!(rev >= 2, "first write on a fresh store is revision 2, got {rev}");
+    ensure!(
+        rev >= 2,
+        "first write on a fresh store is revision 2, got {rev}"
+    );
     for id in 1..=3 {
         // Linearizable by default: every member must see the acknowledged write at once.
         let (status, v) = get_json(&http, &c.member(id).url("/v1/kv/greeting")).await?;
@@ -98,14 +105,18 @@ async fn leader_kill_elects_new_leader_and_the_old_one_catches_up() -> Result<()
     }
     c.spawn(leader)?;
     let url = c.member(leader).url("/v1/kv/a?serializable=true");
-    wait_until(Duration::from_secs(20), "the restarted member to catch up", || {
-        let http = http.clone();
-        let url = url.clone();
-        async move {
-            let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-            (value_of(&v).as_deref() == Some("after-1")).then_some(())
-        }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the restarted member to catch up",
+        || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                (value_of(&v).as_deref() == Some("after-1")).then_some(())
+            }
+        },
+    )
     .await?;
     Ok(())
 }
@@ -139,9 +150,19 @@ async fn full_cluster_kill_keeps_every_acknowledged_write() -> Result<()> {
         .as_array()
         .context("kvs")?
         .iter()
-        .filter_map(|kv| Some((kv["key"].as_str()?.to_string(), kv["value"].as_str()?.to_string())))
+        .filter_map(|kv| {
+            Some((
+                kv["key"].as_str()?.to_string(),
+                kv["value"].as_str()?.to_string(),
+            ))
+        })
         .collect();
-    ensure!(got == acked, "lost writes: {} acknowledged, {} found", acked.len(), got.len());
+    ensure!(
+        got == acked,
+        "lost writes: {} acknowledged, {} found",
+        acked.len(),
+        got.len()
+    );
     Ok(())
 }
 
@@ -155,22 +176,36 @@ async fn member_down_long_catches_up_through_a_snapshot() -> Result<()> {
     let alive: Vec<u64> = (1..=3).filter(|i| *i != lagger).collect();
     // Sequential writes: one Raft entry each, so the log passes several snapshots.
     for i in 0..300 {
-        put(&http, &c.member(alive[i % 2]).url(&format!("/v1/kv/s/{i}")), "x").await?;
+        put(
+            &http,
+            &c.member(alive[i % 2]).url(&format!("/v1/kv/s/{i}")),
+            "x",
+        )
+        .await?;
     }
     c.spawn(lagger)?;
-    let url = c.member(lagger).url("/v1/kv/s/?prefix=true&count_only=true&serializable=true");
-    wait_until(Duration::from_secs(30), "the lagging member to install a snapshot", || {
-        let http = http.clone();
-        let url = url.clone();
-        async move {
-            let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-            (v["count"] == 300).then_some(())
-        }
-    })
+    let url = c
+        .member(lagger)
+        .url("/v1/kv/s/?prefix=true&count_only=true&serializable=true");
+    wait_until(
+        Duration::from_secs(30),
+        "the lagging member to install a snapshot",
+        || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                (v["count"] == 300).then_some(())
+            }
+        },
+    )
     .await?;
     // History came along: a historical read on the lagger works like on the others.
     let (status, v) = get_json(&http, &c.member(lagger).url("/v1/kv/s/0?revision=2")).await?;
-    ensure!(status == 200 && value_of(&v).as_deref() == Some("x"), "{status} {v}");
+    ensure!(
+        status == 200 && value_of(&v).as_deref() == Some("x"),
+        "{status} {v}"
+    );
     Ok(())
 }
 
@@ -183,7 +218,10 @@ async fn watch_on_a_follower_sees_every_revision_once_in_order() -> Result<()> {
     let first = put(&http, &c.member(leader).url("/v1/kv/w/start"), "0").await?;
     let start = first["header"]["revision"].as_i64().context("rev")? + 1;
     let resp = http
-        .get(c.member(follower).url(&format!("/v1/watch/w/?prefix=true&start_revision={start}")))
+        .get(
+            c.member(follower)
+                .url(&format!("/v1/watch/w/?prefix=true&start_revision={start}")),
+        )
         .send()
         .await?;
     ensure!(resp.status() == 200);
@@ -192,7 +230,12 @@ async fn watch_on_a_follower_sees_every_revision_once_in_order() -> Result<()> {
         let urls: Vec<String> = (1..=3).map(|i| c.member(i).url("")).collect();
         tokio::spawn(async move {
             for i in 0..50usize {
-                put(&http, &format!("{}/v1/kv/w/{}", urls[i % 3], i % 7), &i.to_string()).await?;
+                put(
+                    &http,
+                    &format!("{}/v1/kv/w/{}", urls[i % 3], i % 7),
+                    &i.to_string(),
+                )
+                .await?;
             }
             anyhow::Ok(())
         })
@@ -221,24 +264,37 @@ async fn client_watch_resumes_across_a_member_kill_without_gaps() -> Result<()> 
     let start = base["header"]["revision"].as_i64().context("rev")? + 1;
     let mut watch = client.watch(
         b"r/",
-        WatchOptions { prefix: true, start_revision: start, ..Default::default() },
+        WatchOptions {
+            prefix: true,
+            start_revision: start,
+            ..Default::default()
+        },
     );
     let mut seen = Vec::new();
     for i in 0..20 {
         put(&http, &c.member(1).url(&format!("/v1/kv/r/{i}")), "v").await?;
     }
     while seen.len() < 10 {
-        let m = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?.context("ended")??;
+        let m = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await?
+            .context("ended")??;
         if !m.events.is_empty() {
             seen.push(m.header.revision);
         }
     }
     c.kill(3);
     for i in 20..40 {
-        put(&http, &c.member(1 + i % 2).url(&format!("/v1/kv/r/{i}")), "v").await?;
+        put(
+            &http,
+            &c.member(1 + i % 2).url(&format!("/v1/kv/r/{i}")),
+            "v",
+        )
+        .await?;
     }
     while seen.len() < 40 {
-        let m = tokio::time::timeout(Duration::from_secs(20), watch.next()).await?.context("ended")??;
+        let m = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await?
+            .context("ended")??;
         if !m.events.is_empty() {
             seen.push(m.header.revision);
         }
@@ -260,13 +316,26 @@ async fn lease_expiry_deletes_keys_with_delete_events() -> Result<()> {
         .json()
         .await?;
     let id = grant["id"].as_i64().context("lease id")?;
-    let r = put(&http, &c.member(3).url(&format!("/v1/kv/l/a?lease={id}")), "1").await?;
-    put(&http, &c.member(3).url(&format!("/v1/kv/l/b?lease={id}")), "2").await?;
+    let r = put(
+        &http,
+        &c.member(3).url(&format!("/v1/kv/l/a?lease={id}")),
+        "1",
+    )
+    .await?;
+    put(
+        &http,
+        &c.member(3).url(&format!("/v1/kv/l/b?lease={id}")),
+        "2",
+    )
+    .await?;
     let (_, ttl) = get_json(&http, &c.member(1).url(&format!("/v1/lease/{id}"))).await?;
     ensure!(ttl["keys"].as_array().map(Vec::len) == Some(2), "{ttl}");
     let start = r["header"]["revision"].as_i64().context("rev")? + 2;
     let resp = http
-        .get(c.member(1).url(&format!("/v1/watch/l/?prefix=true&start_revision={start}")))
+        .get(
+            c.member(1)
+                .url(&format!("/v1/watch/l/?prefix=true&start_revision={start}")),
+        )
         .send()
         .await?;
     // Both keys vanish in ONE revision, as one message with two DELETE events.
@@ -287,7 +356,8 @@ async fn compaction_answers_410_for_old_reads_and_watches() -> Result<()> {
     let http = reqwest::Client::new();
     let mut last = 0;
     for i in 0..5 {
-        last = put(&http, &c.member(1).url("/v1/kv/c"), &i.to_string()).await?["header"]["revision"]
+        last = put(&http, &c.member(1).url("/v1/kv/c"), &i.to_string()).await?["header"]
+            ["revision"]
             .as_i64()
             .context("rev")?;
     }
@@ -297,16 +367,37 @@ async fn compaction_answers_410_for_old_reads_and_watches() -> Result<()> {
         .send()
         .await?;
     ensure!(resp.status() == 200, "compact: {}", resp.status());
-    let (status, v) = get_json(&http, &c.member(3).url(&format!("/v1/kv/c?revision={}", last - 3))).await?;
-    ensure!(status == 410 && v["error"] == "compacted" && v["compact_revision"] == last - 1, "{status} {v}");
+    let (status, v) = get_json(
+        &http,
+        &c.member(3).url(&format!("/v1/kv/c?revision={}", last - 3)),
+    )
+    .await?;
+    ensure!(
+        status == 410 && v["error"] == "compacted" && v["compact_revision"] == last - 1,
+        "{status} {v}"
+    );
     let resp = http
-        .get(c.member(3).url(&format!("/v1/watch/c?start_revision={}", last - 3)))
+        .get(
+            c.member(3)
+                .url(&format!("/v1/watch/c?start_revision={}", last - 3)),
+        )
         .send()
         .await?;
-    ensure!(resp.status() == 410, "watch below compaction: {}", resp.status());
+    ensure!(
+        resp.status() == 410,
+        "watch below compaction: {}",
+        resp.status()
+    );
     // At and above the compact revision, history still answers.
-    let (status, v) = get_json(&http, &c.member(3).url(&format!("/v1/kv/c?revision={}", last - 1))).await?;
-    ensure!(status == 200 && value_of(&v).as_deref() == Some("3"), "{status} {v}");
+    let (status, v) = get_json(
+        &http,
+        &c.member(3).url(&format!("/v1/kv/c?revision={}", last - 1)),
+    )
+    .await?;
+    ensure!(
+        status == 200 && value_of(&v).as_deref() == Some("3"),
+        "{status} {v}"
+    );
     Ok(())
 }
 
@@ -325,19 +416,43 @@ async fn transaction_is_atomic_and_one_revision() -> Result<()> {
         ],
         "failure": [{"range": {"key": "t/x"}}]
     });
-    let resp: Value = http.post(c.member(2).url("/v1/txn")).json(&txn).send().await?.json().await?;
+    let resp: Value = http
+        .post(c.member(2).url("/v1/txn"))
+        .json(&txn)
+        .send()
+        .await?
+        .json()
+        .await?;
     ensure!(resp["succeeded"] == true, "{resp}");
     ensure!(resp["header"]["revision"] == start, "one revision: {resp}");
-    ensure!(resp["responses"][2]["range"]["count"] == 2, "range sees own writes: {resp}");
+    ensure!(
+        resp["responses"][2]["range"]["count"] == 2,
+        "range sees own writes: {resp}"
+    );
     // The same transaction again fails its compare and writes nothing.
-    let again: Value = http.post(c.member(3).url("/v1/txn")).json(&txn).send().await?.json().await?;
-    ensure!(again["succeeded"] == false && again["header"]["revision"] == start, "{again}");
+    let again: Value = http
+        .post(c.member(3).url("/v1/txn"))
+        .json(&txn)
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        again["succeeded"] == false && again["header"]["revision"] == start,
+        "{again}"
+    );
     let watch = http
-        .get(c.member(3).url(&format!("/v1/watch/t/?prefix=true&start_revision={start}")))
+        .get(
+            c.member(3)
+                .url(&format!("/v1/watch/t/?prefix=true&start_revision={start}")),
+        )
         .send()
         .await?;
     let msgs = read_sse(watch, 1, Duration::from_secs(10)).await?;
-    ensure!(msgs[0].0 == start && msgs[0].1["events"].as_array().map(Vec::len) == Some(2), "{msgs:?}");
+    ensure!(
+        msgs[0].0 == start && msgs[0].1["events"].as_array().map(Vec::len) == Some(2),
+        "{msgs:?}"
+    );
     Ok(())
 }
 
@@ -346,7 +461,10 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() -> Result<()> {
     let c = StoreCluster::start(3).await?;
     let http = reqwest::Client::new();
     let m = c.member(1);
-    let before = get_json(&http, &m.url("/v1/kv/%00?range_end=%00&count_only=true")).await?.1["header"]["revision"].clone();
+    let before = get_json(&http, &m.url("/v1/kv/%00?range_end=%00&count_only=true"))
+        .await?
+        .1["header"]["revision"]
+        .clone();
     let big = "x".repeat(2 * 1024 * 1024);
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (http.put(m.url("/v1/kv/")).body("v"), 400, "empty key"),
@@ -372,11 +490,24 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() -> Result<()> {
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
-        let body: Value = serde_json::from_str(&text).with_context(|| format!("{what}: body is not JSON: {text}"))?;
-        ensure!(status == want, "{what}: expected {want}, got {status}: {body}");
-        ensure!(body["error"].is_string() && body["message"].is_string(), "{what}: {body}");
+        let body: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{what}: body is not JSON: {text}"))?;
+        ensure!(
+            status == want,
+            "{what}: expected {want}, got {status}: {body}"
+        );
+        ensure!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{what}: {body}"
+        );
     }
-    let after = get_json(&http, &m.url("/v1/kv/%00?range_end=%00&count_only=true")).await?.1["header"]["revision"].clone();
-    ensure!(before == after, "bad input changed the store: {before} -> {after}");
+    let after = get_json(&http, &m.url("/v1/kv/%00?range_end=%00&count_only=true"))
+        .await?
+        .1["header"]["revision"]
+        .clone();
+    ensure!(
+        before == after,
+        "bad input changed the store: {before} -> {after}"
+    );
     Ok(())
 }

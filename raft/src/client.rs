@@ -91,7 +91,11 @@ pub struct WatchOptions {
 pub type WatchStream = BoxStream<'static, Result<WatchMessage, ClientError>>;
 
 /// Everything but unreserved characters is percent-encoded in keys.
-const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// A watch connection that has sent nothing for this long is considered dead (the server
 /// sends keep-alives every 15 s).
@@ -232,7 +236,7 @@ impl StoreClient {
             }
             let i = (start + attempt) % n;
             attempt += 1;
-            if attempt > 1 && (attempt - 1) % n == 0 {
+            if attempt > 1 && (attempt - 1).is_multiple_of(n) {
                 // Every endpoint failed once: give the cluster a moment (an election).
                 let pause = Duration::from_millis(100).min(remaining);
                 tokio::time::sleep(pause).await;
@@ -267,12 +271,13 @@ impl StoreClient {
                         return serde_json::from_slice(&bytes)
                             .map_err(|e| ClientError::Decode(format!("{url}: {e}")));
                     }
-                    let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                        error: "unknown".into(),
-                        message: String::from_utf8_lossy(&bytes).into_owned(),
-                        compact_revision: None,
-                        leader_id: None,
-                    });
+                    let body: ErrorBody =
+                        serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                            error: "unknown".into(),
+                            message: String::from_utf8_lossy(&bytes).into_owned(),
+                            compact_revision: None,
+                            leader_id: None,
+                        });
                     if status == 504 {
                         return Err(ClientError::OutcomeUnknown(body.message));
                     }
@@ -292,7 +297,12 @@ impl StoreClient {
         }
     }
 
-    pub async fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<PutResponse, ClientError> {
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        opts: PutOptions,
+    ) -> Result<PutResponse, ClientError> {
         let q = Query::default()
             .num("lease", opts.lease)
             .flag("prev_kv", opts.prev_kv)
@@ -315,11 +325,20 @@ impl StoreClient {
             .flag("count_only", opts.count_only)
             .flag("serializable", opts.serializable)
             .finish();
-        self.call(Method::GET, &format!("/v1/kv/{}{q}", encode_bytes(key)), None, Safety::Retry)
-            .await
+        self.call(
+            Method::GET,
+            &format!("/v1/kv/{}{q}", encode_bytes(key)),
+            None,
+            Safety::Retry,
+        )
+        .await
     }
 
-    pub async fn delete(&self, key: &[u8], opts: DeleteOptions) -> Result<DeleteResponse, ClientError> {
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        opts: DeleteOptions,
+    ) -> Result<DeleteResponse, ClientError> {
         let range_end = opts
             .range_end
             .clone()
@@ -328,8 +347,13 @@ impl StoreClient {
             .bytes("range_end", range_end.as_deref())
             .flag("prev_kv", opts.prev_kv)
             .finish();
-        self.call(Method::DELETE, &format!("/v1/kv/{}{q}", encode_bytes(key)), None, Safety::Once)
-            .await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/kv/{}{q}", encode_bytes(key)),
+            None,
+            Safety::Once,
+        )
+        .await
     }
 
     fn json(v: &impl serde::Serialize) -> Result<(Bytes, &'static str), ClientError> {
@@ -339,39 +363,71 @@ impl StoreClient {
     }
 
     pub async fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, ClientError> {
-        self.call(Method::POST, "/v1/txn", Some(Self::json(txn)?), Safety::Once)
-            .await
+        self.call(
+            Method::POST,
+            "/v1/txn",
+            Some(Self::json(txn)?),
+            Safety::Once,
+        )
+        .await
     }
 
     pub async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseGrantResponse, ClientError> {
-        let req = LeaseGrantRequest { ttl: ttl_secs, id: 0 };
-        self.call(Method::POST, "/v1/lease", Some(Self::json(&req)?), Safety::Once)
-            .await
+        let req = LeaseGrantRequest {
+            ttl: ttl_secs,
+            id: 0,
+        };
+        self.call(
+            Method::POST,
+            "/v1/lease",
+            Some(Self::json(&req)?),
+            Safety::Once,
+        )
+        .await
     }
 
     pub async fn lease_keepalive(&self, id: i64) -> Result<LeaseKeepAliveResponse, ClientError> {
-        self.call(Method::POST, &format!("/v1/lease/{id}/keepalive"), None, Safety::Retry)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/v1/lease/{id}/keepalive"),
+            None,
+            Safety::Retry,
+        )
+        .await
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/lease/{id}"), None, Safety::Once)
-            .await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/lease/{id}"),
+            None,
+            Safety::Once,
+        )
+        .await
     }
 
-    pub async fn lease_time_to_live(&self, id: i64) -> Result<LeaseTimeToLiveResponse, ClientError> {
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+    ) -> Result<LeaseTimeToLiveResponse, ClientError> {
         self.call(Method::GET, &format!("/v1/lease/{id}"), None, Safety::Retry)
             .await
     }
 
     pub async fn compact(&self, revision: i64) -> Result<CompactResponse, ClientError> {
         let req = CompactRequest { revision };
-        self.call(Method::POST, "/v1/compact", Some(Self::json(&req)?), Safety::Once)
-            .await
+        self.call(
+            Method::POST,
+            "/v1/compact",
+            Some(Self::json(&req)?),
+            Safety::Once,
+        )
+        .await
     }
 
     pub async fn cluster(&self) -> Result<ClusterResponse, ClientError> {
-        self.call(Method::GET, "/v1/cluster", None, Safety::Retry).await
+        self.call(Method::GET, "/v1/cluster", None, Safety::Retry)
+            .await
     }
 
     /// Opens a resumable watch (see [`WatchStream`]).
@@ -397,7 +453,10 @@ impl StoreClient {
                 return None;
             }
             let item = st.next_message().await;
-            if matches!(item, Err(ClientError::Compacted { .. }) | Err(ClientError::Api { .. })) {
+            if matches!(
+                item,
+                Err(ClientError::Compacted { .. }) | Err(ClientError::Api { .. })
+            ) {
                 st.done = true;
             }
             Some((item, st))
@@ -439,7 +498,11 @@ impl WatchState {
 
     /// Drops the connection and waits before the next endpoint.
     async fn reconnect_later(&mut self, why: &str) {
-        tracing::debug!(reason = why, next_revision = self.next_revision, "watch reconnecting");
+        tracing::debug!(
+            reason = why,
+            next_revision = self.next_revision,
+            "watch reconnecting"
+        );
         self.conn = None;
         self.buf.clear();
         self.endpoint += 1;
@@ -450,7 +513,16 @@ impl WatchState {
     async fn connect(&mut self) -> Result<(), ClientError> {
         if self.next_revision == 0 {
             // "From now" must mean the same thing after a reconnect: pin it.
-            let r = self.client.get(&self.key, GetOptions { count_only: true, ..Default::default() }).await?;
+            let r = self
+                .client
+                .get(
+                    &self.key,
+                    GetOptions {
+                        count_only: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
             self.next_revision = r.header.revision + 1;
         }
         let url = self.url();
@@ -467,7 +539,9 @@ impl WatchState {
                     (410, Some(b)) => Err(ClientError::Compacted {
                         compact_revision: b.compact_revision.unwrap_or(0),
                     }),
-                    (400..=499, Some(b)) if status != 429 => Err(ClientError::Api { status, body: b }),
+                    (400..=499, Some(b)) if status != 429 => {
+                        Err(ClientError::Api { status, body: b })
+                    }
                     _ => {
                         self.reconnect_later(&format!("{url}: {status}")).await;
                         Ok(())
@@ -491,7 +565,9 @@ impl WatchState {
                 };
                 if msg.canceled {
                     if let Some(r) = msg.compact_revision {
-                        return Err(ClientError::Compacted { compact_revision: r });
+                        return Err(ClientError::Compacted {
+                            compact_revision: r,
+                        });
                     }
                     self.reconnect_later("canceled by the server").await;
                     break;
@@ -550,7 +626,10 @@ mod tests {
 
     #[test]
     fn keys_are_percent_encoded_byte_by_byte() {
-        assert_eq!(encode_bytes(b"/registry/pods/a-1"), "%2Fregistry%2Fpods%2Fa-1");
+        assert_eq!(
+            encode_bytes(b"/registry/pods/a-1"),
+            "%2Fregistry%2Fpods%2Fa-1"
+        );
         assert_eq!(encode_bytes(&[0xff, 0x00, b'a']), "%FF%00a");
     }
 

@@ -35,9 +35,17 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", self.counts[i]);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+                self.counts[i]
+            );
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
@@ -115,20 +123,78 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        gauge(&mut out, "miniku_store_member_id", "This member's id.", g.member_id.to_string());
-        gauge(&mut out, "miniku_store_raft_term", "Current Raft term.", g.term.to_string());
-        gauge(&mut out, "miniku_store_is_leader", "1 if this member leads.", u8::from(g.is_leader).to_string());
-        gauge(&mut out, "miniku_store_applied_index", "Last applied log index.", g.applied_index.to_string());
-        gauge(&mut out, "miniku_store_revision", "Current store revision.", g.revision.to_string());
-        gauge(&mut out, "miniku_store_compact_revision", "Revisions below this are compacted.", g.compact_revision.to_string());
-        gauge(&mut out, "miniku_store_watchers", "Open watch streams on this member.", g.watchers.to_string());
+        gauge(
+            &mut out,
+            "miniku_store_member_id",
+            "This member's id.",
+            g.member_id.to_string(),
+        );
+        gauge(
+            &mut out,
+            "miniku_store_raft_term",
+            "Current Raft term.",
+            g.term.to_string(),
+        );
+        gauge(
+            &mut out,
+            "miniku_store_is_leader",
+            "1 if this member leads.",
+            u8::from(g.is_leader).to_string(),
+        );
+        gauge(
+            &mut out,
+            "miniku_store_applied_index",
+            "Last applied log index.",
+            g.applied_index.to_string(),
+        );
+        gauge(
+            &mut out,
+            "miniku_store_revision",
+            "Current store revision.",
+            g.revision.to_string(),
+        );
+        gauge(
+            &mut out,
+            "miniku_store_compact_revision",
+            "Revisions below this are compacted.",
+            g.compact_revision.to_string(),
+        );
+        gauge(
+            &mut out,
+            "miniku_store_watchers",
+            "Open watch streams on this member.",
+            g.watchers.to_string(),
+        );
         let i = &self.inner;
-        counter(&mut out, "miniku_store_leader_changes_total", "Leader changes seen.", i.leader_changes.load(Ordering::Relaxed));
-        counter(&mut out, "miniku_store_proposals_total", "Raft entries proposed by this member.", i.proposals.load(Ordering::Relaxed));
-        counter(&mut out, "miniku_store_proposed_commands_total", "Client commands in those entries.", i.proposed_commands.load(Ordering::Relaxed));
-        counter(&mut out, "miniku_store_watch_events_sent_total", "Watch messages sent.", i.watch_events_sent.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "miniku_store_leader_changes_total",
+            "Leader changes seen.",
+            i.leader_changes.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "miniku_store_proposals_total",
+            "Raft entries proposed by this member.",
+            i.proposals.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "miniku_store_proposed_commands_total",
+            "Client commands in those entries.",
+            i.proposed_commands.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "miniku_store_watch_events_sent_total",
+            "Watch messages sent.",
+            i.watch_events_sent.load(Ordering::Relaxed),
+        );
         let _ = writeln!(out, "# HELP miniku_store_proposal_seconds Time from proposal to commit.\n# TYPE miniku_store_proposal_seconds histogram");
         i.proposal_latency
             .lock()

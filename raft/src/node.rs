@@ -179,22 +179,20 @@ impl StoreNode {
         };
 
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        tasks.push(serve(
-            peer_listener,
-            crate::network::server::router(raft.clone(), handle.clone()),
-            stopped.clone(),
-        ));
-        tasks.push(serve(
-            client_listener,
-            crate::http::router(handle.clone()),
-            stopped.clone(),
-        ));
-        tasks.push(tokio::spawn(leases.run(proposer)));
-        tasks.push(tokio::spawn(watch_leadership(
-            raft.clone(),
-            handle.metrics().clone(),
-        )));
+        let tasks = vec![
+            serve(
+                peer_listener,
+                crate::network::server::router(raft.clone(), handle.clone()),
+                stopped.clone(),
+            ),
+            serve(
+                client_listener,
+                crate::http::router(handle.clone()),
+                stopped.clone(),
+            ),
+            tokio::spawn(leases.run(proposer)),
+            tokio::spawn(watch_leadership(raft.clone(), handle.metrics().clone())),
+        ];
 
         let initialized = raft
             .is_initialized()

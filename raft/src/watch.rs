@@ -73,7 +73,7 @@ fn filter(rev: &RevisionEvents, key: &[u8], range_end: &[u8]) -> Option<Revision
         .filter(|e| in_range(&e.kv.key, key, range_end))
         .cloned()
         .collect();
-    (!events.is_empty()).then(|| RevisionEvents {
+    (!events.is_empty()).then_some(RevisionEvents {
         revision: rev.revision,
         events,
     })
@@ -291,7 +291,11 @@ impl WatchSubscription {
             {
                 Ok(revs) => {
                     let last = revs.last().map_or(upto, |r| r.revision);
-                    let reached = if revs.len() < HISTORY_BATCH { upto } else { last };
+                    let reached = if revs.len() < HISTORY_BATCH {
+                        upto
+                    } else {
+                        last
+                    };
                     for r in &revs {
                         if let Some(mine) = filter(r, &self.key, &self.range_end) {
                             self.backlog.push_back(mine);

@@ -157,11 +157,23 @@ pub struct Pod {
     pub message: String,
     #[serde(default)]
     pub container_id: String,
-    #[serde(default, with = "opt_time_format", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "opt_time_format",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created_at: Option<DateTime<Utc>>,
-    #[serde(default, with = "opt_time_format", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "opt_time_format",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(default, with = "opt_time_format", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "opt_time_format",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,

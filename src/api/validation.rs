@@ -55,7 +55,10 @@ pub fn validate_name(field: &str, name: &str, max: usize) -> Result<(), FieldErr
         ));
     }
     if name.starts_with('-') || name.ends_with('-') {
-        return Err(err(field, format!("`{name}` must start and end with a letter or digit")));
+        return Err(err(
+            field,
+            format!("`{name}` must start and end with a letter or digit"),
+        ));
     }
     Ok(())
 }
@@ -68,8 +71,7 @@ fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(),
     }
     let ok = |s: &str| {
         s.len() <= 63
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     };
     for (k, v) in labels {
@@ -97,28 +99,46 @@ pub fn validate_template(t: &PodTemplate) -> Result<(), FieldError> {
     }
     let image = t.image.trim();
     if image.is_empty() {
-        return Err(err("template.image", "is required (for example `nginx:latest`)"));
+        return Err(err(
+            "template.image",
+            "is required (for example `nginx:latest`)",
+        ));
     }
     if image.len() > MAX_IMAGE_LEN || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err("template.image", format!("`{image}` is not a valid image reference")));
+        return Err(err(
+            "template.image",
+            format!("`{image}` is not a valid image reference"),
+        ));
     }
     if !t.node_name.is_empty() {
-        return Err(err("template.node_name", "must be empty: the scheduler binds pods"));
+        return Err(err(
+            "template.node_name",
+            "must be empty: the scheduler binds pods",
+        ));
     }
     validate_labels("template.labels", &t.labels)?;
     validate_labels("template.node_selector", &t.node_selector)?;
     if t.command.len() > MAX_ENTRIES {
-        return Err(err("template.command", format!("at most {MAX_ENTRIES} words")));
+        return Err(err(
+            "template.command",
+            format!("at most {MAX_ENTRIES} words"),
+        ));
     }
     if t.env.len() > MAX_ENTRIES {
-        return Err(err("template.env", format!("at most {MAX_ENTRIES} variables")));
+        return Err(err(
+            "template.env",
+            format!("at most {MAX_ENTRIES} variables"),
+        ));
     }
     for k in t.env.keys() {
         let valid = !k.is_empty()
             && !k.as_bytes()[0].is_ascii_digit()
             && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
-            return Err(err(format!("template.env.{k}"), "invalid environment variable name"));
+            return Err(err(
+                format!("template.env.{k}"),
+                "invalid environment variable name",
+            ));
         }
     }
     Ok(())
@@ -130,11 +150,17 @@ pub fn validate_replicaset(rs: &ReplicaSet) -> Result<(), FieldError> {
     if rs.desired_count > MAX_DESIRED_COUNT {
         return Err(err(
             "desiredCount",
-            format!("{} is above the limit of {MAX_DESIRED_COUNT}", rs.desired_count),
+            format!(
+                "{} is above the limit of {MAX_DESIRED_COUNT}",
+                rs.desired_count
+            ),
         ));
     }
     if rs.selector.is_empty() {
-        return Err(err("selector", "must name at least one label (for example {\"app\": \"nginx\"})"));
+        return Err(err(
+            "selector",
+            "must name at least one label (for example {\"app\": \"nginx\"})",
+        ));
     }
     validate_labels("selector", &rs.selector)?;
     validate_template(&rs.template)?;
@@ -184,14 +210,18 @@ mod tests {
         }
         let mut r = rs();
         r.name = "a".repeat(MAX_REPLICASET_NAME_LEN + 1);
-        assert_eq!(validate_replicaset(&r).map_err(|e| e.field), Err("name".into()));
+        assert_eq!(
+            validate_replicaset(&r).map_err(|e| e.field),
+            Err("name".into())
+        );
         r.name = "a".repeat(MAX_REPLICASET_NAME_LEN);
         assert!(validate_replicaset(&r).is_ok());
     }
 
     #[test]
     fn each_problem_names_its_field() {
-        let cases: Vec<(fn(&mut ReplicaSet), &str)> = vec![
+        type Change = fn(&mut ReplicaSet);
+        let cases: Vec<(Change, &str)> = vec![
             (|r| r.template.image = String::new(), "template.image"),
             (|r| r.desired_count = MAX_DESIRED_COUNT + 1, "desiredCount"),
             (|r| r.selector.clear(), "selector"),
@@ -212,7 +242,10 @@ mod tests {
         for (change, field) in cases {
             let mut r = rs();
             change(&mut r);
-            assert_eq!(validate_replicaset(&r).map_err(|e| e.field), Err(field.to_string()));
+            assert_eq!(
+                validate_replicaset(&r).map_err(|e| e.field),
+                Err(field.to_string())
+            );
         }
     }
 }

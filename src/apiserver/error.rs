@@ -27,7 +27,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: &'static str, message: impl Into<String>, field: Option<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        error: &'static str,
+        message: impl Into<String>,
+        field: Option<String>,
+    ) -> Self {
         ApiError {
             status,
             body: ErrorBody {
@@ -85,7 +90,12 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            message,
+            None,
+        )
     }
 }
 
@@ -99,10 +109,15 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let message = e.to_string();
         match e {
-            RegistryError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message, None),
-            RegistryError::AlreadyExists { .. } => {
-                Self::new(StatusCode::CONFLICT, "already_exists", message, Some("name".into()))
+            RegistryError::NotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", message, None)
             }
+            RegistryError::AlreadyExists { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                message,
+                Some("name".into()),
+            ),
             RegistryError::Conflict { .. } => Self::new(
                 StatusCode::CONFLICT,
                 "conflict",
@@ -115,7 +130,12 @@ impl From<RegistryError> for ApiError {
                 format!("{message}: list again and watch from the list's resourceVersion"),
                 Some("resourceVersion".into()),
             ),
-            RegistryError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None),
+            RegistryError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                message,
+                None,
+            ),
             RegistryError::Decode(_) => {
                 tracing::error!(error = %message, "stored data could not be read");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, None)

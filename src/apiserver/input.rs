@@ -43,13 +43,19 @@ impl ReplicaSetInput {
         if self.desired_count < 0 {
             return Err(ApiError::invalid(
                 "desiredCount",
-                format!("{} is negative; it must be 0..={MAX_DESIRED_COUNT}", self.desired_count),
+                format!(
+                    "{} is negative; it must be 0..={MAX_DESIRED_COUNT}",
+                    self.desired_count
+                ),
             ));
         }
         if self.desired_count > MAX_DESIRED_COUNT as i64 {
             return Err(ApiError::invalid(
                 "desiredCount",
-                format!("{} is above the limit of {MAX_DESIRED_COUNT}", self.desired_count),
+                format!(
+                    "{} is above the limit of {MAX_DESIRED_COUNT}",
+                    self.desired_count
+                ),
             ));
         }
         if self.resource_version < 0 {
@@ -69,10 +75,18 @@ impl ReplicaSetInput {
 }
 
 /// Checks the content type, reads at most the body limit and parses JSON strictly.
-pub async fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+pub async fn parse_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("(not text)");
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let json_like = essence == "application/json"
             || essence.ends_with("+json")
             || essence == "application/x-www-form-urlencoded";
@@ -95,7 +109,11 @@ pub async fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) ->
                 ApiError::invalid("body", format!("malformed JSON: {inner}"))
             }
             _ => {
-                let field = if path.is_empty() || path == "." { "body".to_string() } else { path };
+                let field = if path.is_empty() || path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
                 ApiError::invalid(&field, inner.to_string())
             }
         }

@@ -41,10 +41,15 @@ pub struct AppState {
 
 pub fn router(registry: Registry) -> Router {
     Router::new()
-        .route("/replicasets", get(list_replicasets).post(create_replicaset))
+        .route(
+            "/replicasets",
+            get(list_replicasets).post(create_replicaset),
+        )
         .route(
             "/replicasets/{name}",
-            get(get_replicaset).put(update_replicaset).delete(delete_replicaset),
+            get(get_replicaset)
+                .put(update_replicaset)
+                .delete(delete_replicaset),
         )
         .route("/pods", get(list_pods))
         .route("/pods/{name}", get(get_pod).delete(delete_pod))
@@ -75,18 +80,22 @@ impl ListQuery {
         match self.watch.as_deref() {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") | Some("") => Ok(true),
-            Some(other) => Err(ApiError::invalid("watch", format!("`{other}` is not true or false"))),
+            Some(other) => Err(ApiError::invalid(
+                "watch",
+                format!("`{other}` is not true or false"),
+            )),
         }
     }
 
     fn resource_version(&self) -> Result<i64, ApiError> {
         match self.resource_version.as_deref() {
             None | Some("") => Ok(0),
-            Some(s) => s
-                .parse::<i64>()
-                .ok()
-                .filter(|v| *v >= 0)
-                .ok_or_else(|| ApiError::invalid("resourceVersion", format!("`{s}` is not a non-negative integer"))),
+            Some(s) => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                ApiError::invalid(
+                    "resourceVersion",
+                    format!("`{s}` is not a non-negative integer"),
+                )
+            }),
         }
     }
 
@@ -104,7 +113,10 @@ pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
             .ok_or_else(|| ApiError::invalid("selector", format!("`{part}` is not key=value")))?;
         let k = k.trim();
         if k.is_empty() {
-            return Err(ApiError::invalid("selector", format!("`{part}` has an empty key")));
+            return Err(ApiError::invalid(
+                "selector",
+                format!("`{part}` has an empty key"),
+            ));
         }
         out.insert(k.to_string(), v.trim().to_string());
     }
@@ -149,7 +161,10 @@ async fn list_replicasets(
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
     if q.node.is_some() || q.selector.is_some() {
-        return Err(ApiError::invalid("query", "replicasets take no node or selector filter"));
+        return Err(ApiError::invalid(
+            "query",
+            "replicasets take no node or selector filter",
+        ));
     }
     if q.watching()? {
         return watch::serve::<ReplicaSet>(s.registry, q.resource_version()?, |_| true).await;
@@ -165,7 +180,10 @@ async fn create_replicaset(
 ) -> Result<Response, ApiError> {
     let input: ReplicaSetInput = parse_body(&headers, body).await?;
     if input.resource_version != 0 {
-        return Err(ApiError::invalid("resourceVersion", "must not be set when creating"));
+        return Err(ApiError::invalid(
+            "resourceVersion",
+            "must not be set when creating",
+        ));
     }
     let rs = input.into_replicaset(crate::controllers::replicaset::random_hex(16))?;
     validate_replicaset(&rs)?;
@@ -174,7 +192,10 @@ async fn create_replicaset(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-async fn get_replicaset(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<ReplicaSet>, ApiError> {
+async fn get_replicaset(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ReplicaSet>, ApiError> {
     get_one(&s.registry, &name).await
 }
 
@@ -191,7 +212,10 @@ async fn update_replicaset(
     if !input.name.is_empty() && input.name != name {
         return Err(ApiError::invalid(
             "name",
-            format!("`{}` does not match the URL's `{name}` (renaming is not supported)", input.name),
+            format!(
+                "`{}` does not match the URL's `{name}` (renaming is not supported)",
+                input.name
+            ),
         ));
     }
     let precondition = input.resource_version;
@@ -263,7 +287,10 @@ async fn list_pods(
     Ok(Json(items).into_response())
 }
 
-async fn get_pod(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Pod>, ApiError> {
+async fn get_pod(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Pod>, ApiError> {
     get_one(&s.registry, &name).await
 }
 
@@ -287,7 +314,10 @@ async fn list_nodes(
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
     if q.node.is_some() || q.selector.is_some() {
-        return Err(ApiError::invalid("query", "nodes take no node or selector filter"));
+        return Err(ApiError::invalid(
+            "query",
+            "nodes take no node or selector filter",
+        ));
     }
     if q.watching()? {
         return watch::serve::<Node>(s.registry, q.resource_version()?, |_| true).await;
@@ -296,6 +326,9 @@ async fn list_nodes(
     Ok(Json(items).into_response())
 }
 
-async fn get_node(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Node>, ApiError> {
+async fn get_node(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>, ApiError> {
     get_one(&s.registry, &name).await
 }

@@ -107,7 +107,8 @@ impl NodeLifecycleController {
         }
         let since = self.set_missing(name, true);
         if node.status == NodeStatus::Ready {
-            self.set_status(&node, NodeStatus::NotReady, "NodeLeaseExpired").await?;
+            self.set_status(&node, NodeStatus::NotReady, "NodeLeaseExpired")
+                .await?;
             tracing::warn!(node = name, "node heartbeat expired; node is NotReady");
         }
         let deadline = since + self.eviction_timeout;
@@ -117,7 +118,8 @@ impl NodeLifecycleController {
         }
         let mut victims = Vec::new();
         self.pods.for_each(|p| {
-            if p.spec.node_name == name && !(p.status == PodPhase::Failed && p.reason == "NodeLost") {
+            if p.spec.node_name == name && !(p.status == PodPhase::Failed && p.reason == "NodeLost")
+            {
                 victims.push(p.spec.name.clone());
             }
         });
@@ -125,7 +127,9 @@ impl NodeLifecycleController {
             let result = self
                 .registry
                 .modify::<Pod, _>(&pod, |p| {
-                    if p.spec.node_name != name || (p.status == PodPhase::Failed && p.reason == "NodeLost") {
+                    if p.spec.node_name != name
+                        || (p.status == PodPhase::Failed && p.reason == "NodeLost")
+                    {
                         return false;
                     }
                     p.status = PodPhase::Failed;
@@ -146,7 +150,12 @@ impl NodeLifecycleController {
         Ok(Next::Done)
     }
 
-    async fn set_status(&self, node: &Node, status: NodeStatus, reason: &str) -> anyhow::Result<()> {
+    async fn set_status(
+        &self,
+        node: &Node,
+        status: NodeStatus,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         let mut n = node.clone();
         n.status = status;
         n.reason = reason.to_string();

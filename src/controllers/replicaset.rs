@@ -260,7 +260,11 @@ impl ReplicaSetController {
                 missing -= n;
                 batch *= 2;
             }
-            tracing::info!(replicaset = name, created = desired - observed, "created pods");
+            tracing::info!(
+                replicaset = name,
+                created = desired - observed,
+                "created pods"
+            );
         } else if observed > desired {
             active.sort_by_key(deletion_rank);
             let excess = (observed - desired) as usize;
@@ -351,6 +355,9 @@ mod tests {
         ];
         pods.sort_by_key(deletion_rank);
         let order: Vec<&str> = pods.iter().map(|p| p.spec.name.as_str()).collect();
-        assert_eq!(order, ["unscheduled", "bound-pending", "new-running", "old-running"]);
+        assert_eq!(
+            order,
+            ["unscheduled", "bound-pending", "new-running", "old-running"]
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use chrono::{DateTime, Utc};
@@ -18,8 +18,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::runtime::{
-    labels_for, Container, ContainerRuntime, ContainerState, RuntimeError, RuntimeEvent, LABEL_MARKER, LABEL_NODE,
-    LABEL_POD, LABEL_POD_UID,
+    labels_for, Container, ContainerRuntime, ContainerState, RuntimeError, RuntimeEvent,
+    LABEL_MARKER, LABEL_NODE, LABEL_POD, LABEL_POD_UID,
 };
 use crate::api::Pod;
 
@@ -64,7 +64,11 @@ impl DockerRuntime {
     }
 
     async fn state_of(&self, id: &str) -> Result<ContainerState, RuntimeError> {
-        let info = self.docker.inspect_container(id, None).await.map_err(engine)?;
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(engine)?;
         let st = info.state.unwrap_or_default();
         Ok(if st.running.unwrap_or(false) {
             ContainerState::Running {
@@ -155,15 +159,22 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if is_status(&e, 409) => {
                 // A leftover container holds the name: remove it if it is ours, then retry.
                 let name = pod.spec.name.as_str();
-                let stale = self.docker.inspect_container(name, None).await.map_err(engine)?;
+                let stale = self
+                    .docker
+                    .inspect_container(name, None)
+                    .await
+                    .map_err(engine)?;
                 let labels = stale.config.and_then(|c| c.labels).unwrap_or_default();
                 if labels.get(LABEL_NODE).map(String::as_str) != Some(node) {
                     return Err(RuntimeError::Engine(format!(
                         "a container named `{name}` exists and is not this kubelet's"
                     )));
                 }
-                self.remove(&stale.id.unwrap_or_else(|| name.to_string()), Duration::from_secs(1))
-                    .await?;
+                self.remove(
+                    &stale.id.unwrap_or_else(|| name.to_string()),
+                    Duration::from_secs(1),
+                )
+                .await?;
                 self.create(pod, node).await.map_err(engine)?
             }
             Err(e) => return Err(engine(e)),
@@ -193,13 +204,21 @@ impl ContainerRuntime for DockerRuntime {
 }
 
 impl DockerRuntime {
-    async fn list_filtered(&self, node: &str, pod: Option<&str>) -> Result<Vec<Container>, RuntimeError> {
+    async fn list_filtered(
+        &self,
+        node: &str,
+        pod: Option<&str>,
+    ) -> Result<Vec<Container>, RuntimeError> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(Self::node_filters(node, pod)),
             ..Default::default()
         };
-        let summaries = self.docker.list_containers(Some(options)).await.map_err(engine)?;
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
         let mut out = Vec::new();
         for s in summaries {
             let Some(id) = s.id else { continue };
@@ -248,7 +267,9 @@ impl DockerRuntime {
         filters.insert("type".into(), vec!["container".into()]);
         filters.insert(
             "event".into(),
-            ["start", "die", "destroy", "oom", "stop", "kill"].map(String::from).to_vec(),
+            ["start", "die", "destroy", "oom", "stop", "kill"]
+                .map(String::from)
+                .to_vec(),
         );
         let options = EventsOptions {
             filters: Some(filters),

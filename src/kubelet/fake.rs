@@ -144,7 +144,9 @@ impl ContainerRuntime for FakeRuntime {
                 let out = match item {
                     Ok((n, ev)) if n == node => Some(Ok(ev)),
                     Ok(_) => None,
-                    Err(e) => Some(Err(RuntimeError::Engine(format!("fake event stream lagged: {e}")))),
+                    Err(e) => Some(Err(RuntimeError::Engine(format!(
+                        "fake event stream lagged: {e}"
+                    )))),
                 };
                 futures::future::ready(out)
             })

@@ -76,7 +76,11 @@ struct Kubelet<R> {
 }
 
 /// Runs a kubelet until the task is aborted.
-pub async fn run<R: ContainerRuntime>(registry: Registry, runtime: R, config: KubeletConfig) -> anyhow::Result<()> {
+pub async fn run<R: ContainerRuntime>(
+    registry: Registry,
+    runtime: R,
+    config: KubeletConfig,
+) -> anyhow::Result<()> {
     let node = config.node_name.clone();
     let mut wait = Duration::from_secs(1);
     while let Err(e) = runtime.ping().await {
@@ -205,7 +209,9 @@ async fn heartbeat(registry: Registry, config: KubeletConfig) {
                     tracing::warn!(node = %config.node_name, "heartbeat lease expired; registering again");
                     break;
                 }
-                Err(e) => tracing::warn!(node = %config.node_name, error = %e, "heartbeat failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(node = %config.node_name, error = %e, "heartbeat failed; will retry")
+                }
             }
         }
     }
@@ -260,7 +266,11 @@ impl<R: ContainerRuntime> Kubelet<R> {
     }
 
     /// Picks the pod's container; extra ones (which should not exist) are removed.
-    async fn container_of(&self, name: &str, pod: Option<&Pod>) -> Result<Option<Container>, RuntimeError> {
+    async fn container_of(
+        &self,
+        name: &str,
+        pod: Option<&Pod>,
+    ) -> Result<Option<Container>, RuntimeError> {
         let mut found = self.runtime.find(self.node(), name).await?;
         if found.len() <= 1 {
             return Ok(found.pop());
@@ -269,7 +279,8 @@ impl<R: ContainerRuntime> Kubelet<R> {
         let keep = found
             .iter()
             .position(|c| {
-                pod.is_some_and(|p| p.uid == c.pod_uid) && matches!(c.state, runtime::ContainerState::Running { .. })
+                pod.is_some_and(|p| p.uid == c.pod_uid)
+                    && matches!(c.state, runtime::ContainerState::Running { .. })
             })
             .unwrap_or(0);
         let kept = found.swap_remove(keep);
@@ -281,7 +292,10 @@ impl<R: ContainerRuntime> Kubelet<R> {
     }
 
     async fn sync(&self, name: &str) -> anyhow::Result<Next> {
-        let pod = self.pods.get(name).filter(|p| p.spec.node_name == self.node());
+        let pod = self
+            .pods
+            .get(name)
+            .filter(|p| p.spec.node_name == self.node());
         let container = self.container_of(name, pod.as_ref()).await?;
         let now = Utc::now();
         let d = decide(pod.as_ref(), container.as_ref(), now, &self.config.backoff);
@@ -322,13 +336,22 @@ impl<R: ContainerRuntime> Kubelet<R> {
                 self.write(&running(pod, &id, None, Utc::now())).await?;
                 Ok(Next::Done)
             }
-            Err(RuntimeError::EngineUnreachable(e)) => Err(anyhow::anyhow!("the container engine is not reachable: {e}")),
+            Err(RuntimeError::EngineUnreachable(e)) => Err(anyhow::anyhow!(
+                "the container engine is not reachable: {e}"
+            )),
             Err(e) => {
                 let reason = match e {
                     RuntimeError::ImagePull { .. } => "ImagePullError",
                     _ => "StartError",
                 };
-                let (mut p, delay) = failed(pod, reason, e.to_string(), None, Utc::now(), &self.config.backoff);
+                let (mut p, delay) = failed(
+                    pod,
+                    reason,
+                    e.to_string(),
+                    None,
+                    Utc::now(),
+                    &self.config.backoff,
+                );
                 if pod.status == crate::api::PodPhase::Pending {
                     // Never ran: it stays Pending, waiting for the retry (Kubernetes'
                     // ImagePullBackOff).
@@ -345,7 +368,9 @@ impl<R: ContainerRuntime> Kubelet<R> {
     /// changed; its event brings it back to us.
     async fn write(&self, pod: &Pod) -> anyhow::Result<()> {
         match self.registry.update(pod).await {
-            Ok(_) | Err(RegistryError::Conflict { .. }) | Err(RegistryError::NotFound { .. }) => Ok(()),
+            Ok(_) | Err(RegistryError::Conflict { .. }) | Err(RegistryError::NotFound { .. }) => {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }

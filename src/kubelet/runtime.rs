@@ -74,13 +74,26 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
     /// Makes `image` available locally, pulling it if it is missing.
     fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Creates and starts the pod's container (named after the pod); returns its id.
-    fn start(&self, pod: &Pod, node: &str) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    fn start(
+        &self,
+        pod: &Pod,
+        node: &str,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
     /// Every container of this node (running or not).
-    fn list(&self, node: &str) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
+    fn list(&self, node: &str)
+        -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
     /// The containers of one pod on this node (normally none or one).
-    fn find(&self, node: &str, pod: &str) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
+    fn find(
+        &self,
+        node: &str,
+        pod: &str,
+    ) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
     /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a container.
-    fn remove(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn remove(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Changes to this node's containers, as they happen.
     fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
 }

@@ -56,7 +56,9 @@ impl BackoffConfig {
 pub enum Step {
     Nothing,
     /// Create and start the pod's container (removing `replace` first, if any).
-    Start { replace: Option<String> },
+    Start {
+        replace: Option<String>,
+    },
     /// Stop and remove this container.
     Remove(String),
 }
@@ -153,7 +155,12 @@ pub fn running(pod: &Pod, id: &str, started_at: Option<DateTime<Utc>>, now: Date
 }
 
 /// Decides what to do with `pod` (None: deleted) and its `container` (None: none exists).
-pub fn decide(pod: Option<&Pod>, container: Option<&Container>, now: DateTime<Utc>, cfg: &BackoffConfig) -> Decision {
+pub fn decide(
+    pod: Option<&Pod>,
+    container: Option<&Container>,
+    now: DateTime<Utc>,
+    cfg: &BackoffConfig,
+) -> Decision {
     let Some(pod) = pod else {
         return match container {
             Some(c) => Decision::step(Step::Remove(c.id.clone())),
@@ -219,7 +226,8 @@ pub fn decide(pod: Option<&Pod>, container: Option<&Container>, now: DateTime<Ut
             }
             if pod.retry_count > 0 {
                 let since = started_at.or(pod.started_at).unwrap_or(now);
-                let healthy_until = since + chrono::Duration::from_std(cfg.reset_after).unwrap_or_default();
+                let healthy_until =
+                    since + chrono::Duration::from_std(cfg.reset_after).unwrap_or_default();
                 return match until(now, healthy_until) {
                     Some(d) => Decision::wait(d),
                     None => {
@@ -311,15 +319,26 @@ mod tests {
     #[test]
     fn pending_without_container_starts_one() {
         let p = pod(PodPhase::Pending);
-        assert_eq!(decide(Some(&p), None, Utc::now(), &CFG).step, Step::Start { replace: None });
+        assert_eq!(
+            decide(Some(&p), None, Utc::now(), &CFG).step,
+            Step::Start { replace: None }
+        );
     }
 
     #[test]
     fn pending_with_a_running_container_is_adopted() {
         let p = pod(PodPhase::Pending);
-        let d = decide(Some(&p), Some(&container(&p, running_state())), Utc::now(), &CFG);
+        let d = decide(
+            Some(&p),
+            Some(&container(&p, running_state())),
+            Utc::now(),
+            &CFG,
+        );
         let w = d.write.expect("a status write");
-        assert_eq!((w.status, w.container_id.as_str()), (PodPhase::Running, "c1"));
+        assert_eq!(
+            (w.status, w.container_id.as_str()),
+            (PodPhase::Running, "c1")
+        );
         assert_eq!(d.step, Step::Nothing);
     }
 
@@ -327,7 +346,12 @@ mod tests {
     fn running_and_running_is_converged() {
         let mut p = pod(PodPhase::Running);
         p.container_id = "c1".into();
-        let d = decide(Some(&p), Some(&container(&p, running_state())), Utc::now(), &CFG);
+        let d = decide(
+            Some(&p),
+            Some(&container(&p, running_state())),
+            Utc::now(),
+            &CFG,
+        );
         assert_eq!(d, Decision::nothing());
     }
 
@@ -338,7 +362,10 @@ mod tests {
         let d = decide(Some(&p), Some(&container(&p, exited(3))), now, &CFG);
         let w = d.write.expect("a status write");
         assert_eq!(w.status, PodPhase::Failed);
-        assert_eq!((w.retry_count, w.exit_code, w.reason.as_str()), (1, Some(3), "Error"));
+        assert_eq!(
+            (w.retry_count, w.exit_code, w.reason.as_str()),
+            (1, Some(3), "Error")
+        );
         assert_eq!(w.next_retry_at, now + chrono::Duration::seconds(10));
         assert_eq!(d.requeue, Some(Duration::from_secs(10)));
         // Restarted, failed again: CrashLoopBackOff, twice the wait.
@@ -346,7 +373,10 @@ mod tests {
         again.status = PodPhase::Running;
         let d2 = decide(Some(&again), Some(&container(&again, exited(3))), now, &CFG);
         let w2 = d2.write.expect("a status write");
-        assert_eq!((w2.retry_count, w2.reason.as_str()), (2, "CrashLoopBackOff"));
+        assert_eq!(
+            (w2.retry_count, w2.reason.as_str()),
+            (2, "CrashLoopBackOff")
+        );
         assert_eq!(d2.requeue, Some(Duration::from_secs(20)));
     }
 
@@ -374,7 +404,10 @@ mod tests {
         let p = pod(PodPhase::Running);
         let d = decide(Some(&p), None, Utc::now(), &CFG);
         let w = d.write.expect("a status write");
-        assert_eq!((w.status, w.reason.as_str()), (PodPhase::Failed, "ContainerMissing"));
+        assert_eq!(
+            (w.status, w.reason.as_str()),
+            (PodPhase::Failed, "ContainerMissing")
+        );
         assert!(d.requeue.is_some());
     }
 
@@ -382,11 +415,17 @@ mod tests {
     fn deleted_and_terminal_pods_lose_their_containers() {
         let p = pod(PodPhase::Running);
         let c = container(&p, running_state());
-        assert_eq!(decide(None, Some(&c), Utc::now(), &CFG).step, Step::Remove("c1".into()));
+        assert_eq!(
+            decide(None, Some(&c), Utc::now(), &CFG).step,
+            Step::Remove("c1".into())
+        );
         let mut lost = p.clone();
         lost.status = PodPhase::Failed;
         lost.reason = "NodeLost".into();
-        assert_eq!(decide(Some(&lost), Some(&c), Utc::now(), &CFG).step, Step::Remove("c1".into()));
+        assert_eq!(
+            decide(Some(&lost), Some(&c), Utc::now(), &CFG).step,
+            Step::Remove("c1".into())
+        );
         assert_eq!(decide(None, None, Utc::now(), &CFG), Decision::nothing());
     }
 
@@ -395,7 +434,10 @@ mod tests {
         let p = pod(PodPhase::Pending);
         let mut c = container(&p, running_state());
         c.pod_uid = "someone-else".into();
-        assert_eq!(decide(Some(&p), Some(&c), Utc::now(), &CFG).step, Step::Remove("c1".into()));
+        assert_eq!(
+            decide(Some(&p), Some(&c), Utc::now(), &CFG).step,
+            Step::Remove("c1".into())
+        );
     }
 
     #[test]
@@ -405,9 +447,22 @@ mod tests {
         p.container_id = "c1".into();
         p.retry_count = 3;
         let started = now - chrono::Duration::seconds(100);
-        let c = container(&p, ContainerState::Running { started_at: Some(started) });
-        assert_eq!(decide(Some(&p), Some(&c), now, &CFG).requeue, Some(Duration::from_secs(500)));
-        let d = decide(Some(&p), Some(&c), now + chrono::Duration::seconds(500), &CFG);
+        let c = container(
+            &p,
+            ContainerState::Running {
+                started_at: Some(started),
+            },
+        );
+        assert_eq!(
+            decide(Some(&p), Some(&c), now, &CFG).requeue,
+            Some(Duration::from_secs(500))
+        );
+        let d = decide(
+            Some(&p),
+            Some(&c),
+            now + chrono::Duration::seconds(500),
+            &CFG,
+        );
         assert_eq!(d.write.map(|w| w.retry_count), Some(0));
     }
 

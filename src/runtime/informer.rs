@@ -19,7 +19,10 @@ use crate::registry::{Object, Registry, RegistryError, WatchEvent};
 #[derive(Debug, Clone)]
 pub enum Change<T> {
     /// Created or changed (`old` is what the cache held before, if anything).
-    Upsert { old: Option<T>, new: T },
+    Upsert {
+        old: Option<T>,
+        new: T,
+    },
     Deleted(T),
 }
 
@@ -58,7 +61,13 @@ impl<T: Object> Informer<T> {
         let revision = Arc::new(AtomicI64::new(0));
         let (synced_tx, synced) = watch::channel(false);
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(registry, cache.clone(), revision.clone(), synced_tx, tx));
+        let task = tokio::spawn(run(
+            registry,
+            cache.clone(),
+            revision.clone(),
+            synced_tx,
+            tx,
+        ));
         (
             Informer {
                 cache,
@@ -89,7 +98,12 @@ impl<T: Object> Informer<T> {
 
     /// Calls `f` on every cached object without cloning them all.
     pub fn for_each(&self, mut f: impl FnMut(&T)) {
-        for v in self.cache.read().unwrap_or_else(|p| p.into_inner()).values() {
+        for v in self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             f(v);
         }
     }
@@ -189,7 +203,11 @@ async fn run<T: Object>(
                     continue;
                 }
                 Err(RegistryError::Compacted(r)) => {
-                    tracing::info!(kind = T::KIND, compact_revision = r, "watch compacted; listing again");
+                    tracing::info!(
+                        kind = T::KIND,
+                        compact_revision = r,
+                        "watch compacted; listing again"
+                    );
                     break;
                 }
                 Err(e) => {

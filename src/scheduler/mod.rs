@@ -62,12 +62,19 @@ fn score(node: &Node, used: &Usage, pod: &Pod) -> f64 {
     let req = &pod.spec.resources;
     let pods = free(node.max_pods as f64, used.pods as f64 + 1.0);
     let cpu = free(node.capacity.cpu as f64, (used.cpu + req.cpu) as f64);
-    let mem = free(node.capacity.memory as f64, (used.memory + req.memory) as f64);
+    let mem = free(
+        node.capacity.memory as f64,
+        (used.memory + req.memory) as f64,
+    );
     (pods + cpu + mem) / 3.0
 }
 
 /// Picks a node for `pod`, or explains why none fits.
-pub fn pick_node(nodes: &[Node], usage: &HashMap<String, Usage>, pod: &Pod) -> Result<String, String> {
+pub fn pick_node(
+    nodes: &[Node],
+    usage: &HashMap<String, Usage>,
+    pod: &Pod,
+) -> Result<String, String> {
     let zero = Usage::default();
     let mut best: Vec<(&Node, f64)> = Vec::new();
     let mut reasons: BTreeMap<&'static str, u32> = BTreeMap::new();
@@ -238,7 +245,9 @@ impl Scheduler {
                         self.lock_assumed().remove(name);
                         match e {
                             // Changed or gone meanwhile: its event brings it back if needed.
-                            RegistryError::Conflict { .. } | RegistryError::NotFound { .. } => Ok(Next::Done),
+                            RegistryError::Conflict { .. } | RegistryError::NotFound { .. } => {
+                                Ok(Next::Done)
+                            }
                             other => Err(other.into()),
                         }
                     }
@@ -251,7 +260,9 @@ impl Scheduler {
                     marked.reason = "Unschedulable".into();
                     marked.message = why.clone();
                     match self.registry.update(&marked).await {
-                        Ok(_) | Err(RegistryError::Conflict { .. }) | Err(RegistryError::NotFound { .. }) => {}
+                        Ok(_)
+                        | Err(RegistryError::Conflict { .. })
+                        | Err(RegistryError::NotFound { .. }) => {}
                         Err(e) => return Err(e.into()),
                     }
                     tracing::info!(pod = name, reason = %why, "unschedulable");
@@ -271,7 +282,10 @@ mod tests {
         Node {
             name: name.into(),
             labels: Default::default(),
-            capacity: Resources { cpu, memory: 1 << 30 },
+            capacity: Resources {
+                cpu,
+                memory: 1 << 30,
+            },
             max_pods: 110,
             status: NodeStatus::Ready,
             unschedulable: false,
@@ -298,7 +312,14 @@ mod tests {
     #[test]
     fn spreads_by_least_allocated() {
         let nodes = vec![node("a", 4000), node("b", 4000)];
-        let usage = HashMap::from([("a".to_string(), Usage { pods: 3, cpu: 0, memory: 0 })]);
+        let usage = HashMap::from([(
+            "a".to_string(),
+            Usage {
+                pods: 3,
+                cpu: 0,
+                memory: 0,
+            },
+        )]);
         assert_eq!(pick_node(&nodes, &usage, &pod(0)), Ok("b".to_string()));
     }
 
@@ -306,10 +327,18 @@ mod tests {
     fn filters_say_why_nothing_fits() {
         let mut nodes = vec![node("a", 1000), node("b", 1000)];
         nodes[1].status = NodeStatus::NotReady;
-        let err = pick_node(&nodes, &HashMap::new(), &pod(2000)).err().unwrap_or_default();
+        let err = pick_node(&nodes, &HashMap::new(), &pod(2000))
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("0/2 nodes fit"), "{err}");
-        assert!(err.contains("insufficient cpu") && err.contains("not ready"), "{err}");
-        assert_eq!(pick_node(&nodes, &HashMap::new(), &pod(500)), Ok("a".to_string()));
+        assert!(
+            err.contains("insufficient cpu") && err.contains("not ready"),
+            "{err}"
+        );
+        assert_eq!(
+            pick_node(&nodes, &HashMap::new(), &pod(500)),
+            Ok("a".to_string())
+        );
     }
 
     #[test]

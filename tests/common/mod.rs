@@ -126,7 +126,14 @@ impl StoreCluster {
             .args(["--client-addr", &format!("127.0.0.1:{}", m.client_port)])
             .args(["--peer-addr", &format!("127.0.0.1:{}", m.peer_port)])
             .args(["--initial-cluster", &initial])
-            .args(["--heartbeat-ms", "50", "--election-min-ms", "300", "--election-max-ms", "600"])
+            .args([
+                "--heartbeat-ms",
+                "50",
+                "--election-min-ms",
+                "300",
+                "--election-max-ms",
+                "600",
+            ])
             .args(&extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone()?))
@@ -148,23 +155,30 @@ impl StoreCluster {
     /// Waits until every member in `alive` reports the same leader; returns its id.
     pub async fn wait_leader(&self, alive: &[u64]) -> Result<u64> {
         let http = reqwest::Client::new();
-        let urls: Vec<String> = alive.iter().map(|id| self.member(*id).url("/v1/cluster")).collect();
-        wait_until(Duration::from_secs(30), "a leader all live members agree on", || {
-            let http = http.clone();
-            let urls = urls.clone();
-            async move {
-                let mut seen = None;
-                for u in &urls {
-                    let v: Value = http.get(u).send().await.ok()?.json().await.ok()?;
-                    let l = v.get("leader_id")?.as_u64()?;
-                    if seen.is_some() && seen != Some(l) {
-                        return None;
+        let urls: Vec<String> = alive
+            .iter()
+            .map(|id| self.member(*id).url("/v1/cluster"))
+            .collect();
+        wait_until(
+            Duration::from_secs(30),
+            "a leader all live members agree on",
+            || {
+                let http = http.clone();
+                let urls = urls.clone();
+                async move {
+                    let mut seen = None;
+                    for u in &urls {
+                        let v: Value = http.get(u).send().await.ok()?.json().await.ok()?;
+                        let l = v.get("leader_id")?.as_u64()?;
+                        if seen.is_some() && seen != Some(l) {
+                            return None;
+                        }
+                        seen = Some(l);
                     }
-                    seen = Some(l);
+                    seen.filter(|l| alive.contains(l))
                 }
-                seen.filter(|l| alive.contains(l))
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -237,7 +251,15 @@ impl ControlPlane {
         wait_until(Duration::from_secs(30), "the API server to answer", || {
             let http = http.clone();
             let url = url.clone();
-            async move { http.get(&url).send().await.ok()?.status().is_success().then_some(()) }
+            async move {
+                http.get(&url)
+                    .send()
+                    .await
+                    .ok()?
+                    .status()
+                    .is_success()
+                    .then_some(())
+            }
         })
         .await?;
         Ok(cp)
@@ -253,8 +275,15 @@ impl ControlPlane {
 
     /// Starts `miniku <args> --store <all members>`; returns its index in `components`.
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> Result<usize> {
-        let log = self.store.tmp.path().join(format!("{name}-{}.log", self.components.len()));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let log = self
+            .store
+            .tmp
+            .path()
+            .join(format!("{name}-{}.log", self.components.len()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(BIN)
             .args(args)
             .args(["--store", &self.store_arg()])

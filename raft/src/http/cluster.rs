@@ -18,19 +18,28 @@ pub async fn cluster(State(h): State<StoreHandle>) -> Json<ClusterResponse> {
     Json(h.cluster())
 }
 
-pub async fn add_member(State(h): State<StoreHandle>, body: Body) -> Result<Json<ClusterResponse>, HttpError> {
+pub async fn add_member(
+    State(h): State<StoreHandle>,
+    body: Body,
+) -> Result<Json<ClusterResponse>, HttpError> {
     let req: AddMemberRequest = json_body(body, &h).await?;
     if req.id == 0 {
         return Err(invalid("member id must be >= 1"));
     }
     if !req.peer_addr.contains(':') {
-        return Err(invalid(format!("peer_addr `{}` is not HOST:PORT", req.peer_addr)));
+        return Err(invalid(format!(
+            "peer_addr `{}` is not HOST:PORT",
+            req.peer_addr
+        )));
     }
     h.add_member(req.id, req.peer_addr).await?;
     Ok(Json(h.cluster()))
 }
 
-pub async fn remove_member(State(h): State<StoreHandle>, Path(id): Path<String>) -> Result<Json<ClusterResponse>, HttpError> {
+pub async fn remove_member(
+    State(h): State<StoreHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<ClusterResponse>, HttpError> {
     let id: u64 = id
         .parse()
         .ok()
@@ -49,7 +58,9 @@ pub async fn health(State(h): State<StoreHandle>) -> Result<Json<serde_json::Val
             "leader_id": l,
             "revision": h.mvcc().current_revision(),
         }))),
-        None => Err(HttpError(StoreError::Unavailable("no leader is known to this member".into()))),
+        None => Err(HttpError(StoreError::Unavailable(
+            "no leader is known to this member".into(),
+        ))),
     }
 }
 
@@ -57,7 +68,11 @@ pub async fn metrics(State(h): State<StoreHandle>) -> Response {
     let (term, leader, applied) = {
         let m = h.raft().metrics();
         let m = m.borrow();
-        (m.current_term, m.current_leader, m.last_applied.map_or(0, |l| l.index))
+        (
+            m.current_term,
+            m.current_leader,
+            m.last_applied.map_or(0, |l| l.index),
+        )
     };
     let text = h.metrics().render(&Gauges {
         member_id: h.id(),

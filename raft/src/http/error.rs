@@ -44,12 +44,16 @@ pub fn classify(e: &StoreError) -> (StatusCode, &'static str, Option<i64>) {
             CommandError::Compacted {
                 compact_revision, ..
             } => (StatusCode::GONE, "compacted", Some(*compact_revision)),
-            CommandError::FutureRevision { .. } => (StatusCode::BAD_REQUEST, "future_revision", None),
+            CommandError::FutureRevision { .. } => {
+                (StatusCode::BAD_REQUEST, "future_revision", None)
+            }
             CommandError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         },
         StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
         StoreError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", None),
-        StoreError::ResourceExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", None),
+        StoreError::ResourceExhausted(_) => {
+            (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", None)
+        }
         StoreError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
     }
 }

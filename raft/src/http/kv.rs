@@ -25,7 +25,11 @@ pub async fn empty_key() -> HttpError {
     invalid("the key is empty: use /v1/kv/{key}")
 }
 
-pub async fn put(State(h): State<StoreHandle>, uri: Uri, body: Body) -> Result<Json<PutResponse>, HttpError> {
+pub async fn put(
+    State(h): State<StoreHandle>,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<PutResponse>, HttpError> {
     let params = Params::parse(uri.query(), &["lease", "prev_kv"])?;
     let key = key_from_path(uri.path(), PREFIX, &h)?;
     let lease = params.non_negative("lease")?;
@@ -33,7 +37,10 @@ pub async fn put(State(h): State<StoreHandle>, uri: Uri, body: Body) -> Result<J
     let value = read_body(body, &h).await?;
     let max = h.config().limits.max_value_bytes;
     if value.len() > max {
-        return Err(too_large(format!("the value is {} bytes; the limit is {max}", value.len())));
+        return Err(too_large(format!(
+            "the value is {} bytes; the limit is {max}",
+            value.len()
+        )));
     }
     let op = PutOp {
         key,
@@ -62,7 +69,15 @@ pub fn page_limit(limit: i64) -> i64 {
 pub async fn get(State(h): State<StoreHandle>, uri: Uri) -> Result<Json<RangeResponse>, HttpError> {
     let params = Params::parse(
         uri.query(),
-        &["prefix", "range_end", "limit", "revision", "keys_only", "count_only", "serializable"],
+        &[
+            "prefix",
+            "range_end",
+            "limit",
+            "revision",
+            "keys_only",
+            "count_only",
+            "serializable",
+        ],
     )?;
     let key = key_from_path(uri.path(), PREFIX, &h)?;
     let op = RangeOp {
@@ -85,7 +100,10 @@ pub async fn get(State(h): State<StoreHandle>, uri: Uri) -> Result<Json<RangeRes
     }))
 }
 
-pub async fn delete(State(h): State<StoreHandle>, uri: Uri) -> Result<Json<DeleteResponse>, HttpError> {
+pub async fn delete(
+    State(h): State<StoreHandle>,
+    uri: Uri,
+) -> Result<Json<DeleteResponse>, HttpError> {
     let params = Params::parse(uri.query(), &["prefix", "range_end", "prev_kv"])?;
     let key = key_from_path(uri.path(), PREFIX, &h)?;
     let op = DeleteOp {
@@ -107,12 +125,23 @@ pub async fn delete(State(h): State<StoreHandle>, uri: Uri) -> Result<Json<Delet
     }
 }
 
-pub async fn compact(State(h): State<StoreHandle>, body: Body) -> Result<Json<CompactResponse>, HttpError> {
+pub async fn compact(
+    State(h): State<StoreHandle>,
+    body: Body,
+) -> Result<Json<CompactResponse>, HttpError> {
     let req: CompactRequest = json_body(body, &h).await?;
     if req.revision <= 0 {
-        return Err(invalid(format!("revision must be >= 1, not {}", req.revision)));
+        return Err(invalid(format!(
+            "revision must be >= 1, not {}",
+            req.revision
+        )));
     }
-    match h.write(Command::Compact { revision: req.revision }).await? {
+    match h
+        .write(Command::Compact {
+            revision: req.revision,
+        })
+        .await?
+    {
         CommandResult::Compact { revision } => Ok(Json(CompactResponse {
             header: h.header(revision),
         })),

@@ -9,7 +9,8 @@ use super::error::{invalid, HttpError};
 use super::json_body;
 use super::kv::unexpected;
 use crate::api::{
-    Bin, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+    Bin, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse,
+    LeaseTimeToLiveResponse,
 };
 use crate::node::StoreHandle;
 use crate::types::{Command, CommandResult};
@@ -24,15 +25,27 @@ fn lease_id(raw: &str) -> Result<i64, HttpError> {
         .ok_or_else(|| invalid(format!("lease id must be a positive integer, not `{raw}`")))
 }
 
-pub async fn grant(State(h): State<StoreHandle>, body: Body) -> Result<Json<LeaseGrantResponse>, HttpError> {
+pub async fn grant(
+    State(h): State<StoreHandle>,
+    body: Body,
+) -> Result<Json<LeaseGrantResponse>, HttpError> {
     let req: LeaseGrantRequest = json_body(body, &h).await?;
     if req.ttl < 1 || req.ttl > MAX_LEASE_TTL {
-        return Err(invalid(format!("ttl must be 1..={MAX_LEASE_TTL} seconds, not {}", req.ttl)));
+        return Err(invalid(format!(
+            "ttl must be 1..={MAX_LEASE_TTL} seconds, not {}",
+            req.ttl
+        )));
     }
     if req.id < 0 {
         return Err(invalid("id must not be negative (0 lets the store choose)"));
     }
-    match h.write(Command::LeaseGrant { id: req.id, ttl: req.ttl }).await? {
+    match h
+        .write(Command::LeaseGrant {
+            id: req.id,
+            ttl: req.ttl,
+        })
+        .await?
+    {
         CommandResult::LeaseGrant { revision, id, ttl } => Ok(Json(LeaseGrantResponse {
             header: h.header(revision),
             id,
@@ -42,7 +55,10 @@ pub async fn grant(State(h): State<StoreHandle>, body: Body) -> Result<Json<Leas
     }
 }
 
-pub async fn keepalive(State(h): State<StoreHandle>, Path(id): Path<String>) -> Result<Json<LeaseKeepAliveResponse>, HttpError> {
+pub async fn keepalive(
+    State(h): State<StoreHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseKeepAliveResponse>, HttpError> {
     let id = lease_id(&id)?;
     let ttl = h.lease_keepalive(id).await?;
     Ok(Json(LeaseKeepAliveResponse {
@@ -52,7 +68,10 @@ pub async fn keepalive(State(h): State<StoreHandle>, Path(id): Path<String>) -> 
     }))
 }
 
-pub async fn time_to_live(State(h): State<StoreHandle>, Path(id): Path<String>) -> Result<Json<LeaseTimeToLiveResponse>, HttpError> {
+pub async fn time_to_live(
+    State(h): State<StoreHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseTimeToLiveResponse>, HttpError> {
     let id = lease_id(&id)?;
     let s = h.lease_time_to_live(id).await?;
     Ok(Json(LeaseTimeToLiveResponse {
@@ -64,7 +83,10 @@ pub async fn time_to_live(State(h): State<StoreHandle>, Path(id): Path<String>) 
     }))
 }
 
-pub async fn revoke(State(h): State<StoreHandle>, Path(id): Path<String>) -> Result<Json<LeaseRevokeResponse>, HttpError> {
+pub async fn revoke(
+    State(h): State<StoreHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseRevokeResponse>, HttpError> {
     let id = lease_id(&id)?;
     match h.write(Command::LeaseRevoke { id }).await? {
         CommandResult::LeaseRevoke { revision } => Ok(Json(LeaseRevokeResponse {

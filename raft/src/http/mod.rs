@@ -28,12 +28,21 @@ use error::{invalid, too_large, HttpError};
 
 pub fn router(handle: StoreHandle) -> Router {
     Router::new()
-        .route("/v1/kv/", get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key))
-        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/",
+            get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/txn", post(txn::txn))
         .route("/v1/lease", post(lease::grant))
         .route("/v1/leases", get(lease::list))
-        .route("/v1/lease/{id}", get(lease::time_to_live).delete(lease::revoke))
+        .route(
+            "/v1/lease/{id}",
+            get(lease::time_to_live).delete(lease::revoke),
+        )
         .route("/v1/lease/{id}/keepalive", post(lease::keepalive))
         .route("/v1/compact", post(kv::compact))
         .route("/v1/watch/{*key}", get(watch::watch))
@@ -42,19 +51,29 @@ pub fn router(handle: StoreHandle) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/health", get(cluster::health))
         .route("/metrics", get(cluster::metrics))
-        .fallback(|| async { HttpError(crate::error::StoreError::NotFound("no such endpoint: see /v1/kv, /v1/txn, /v1/lease, /v1/watch, /v1/cluster".into())) })
+        .fallback(|| async {
+            HttpError(crate::error::StoreError::NotFound(
+                "no such endpoint: see /v1/kv, /v1/txn, /v1/lease, /v1/watch, /v1/cluster".into(),
+            ))
+        })
         .method_not_allowed_fallback(|| async {
             let mut r = invalid("this endpoint does not accept that method").into_response();
             *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
             r
         })
-        .layer(axum::middleware::from_fn_with_state(handle.clone(), observe))
+        .layer(axum::middleware::from_fn_with_state(
+            handle.clone(),
+            observe,
+        ))
         .with_state(handle)
 }
 
 /// Records every request's endpoint, status and latency.
 async fn observe(State(handle): State<StoreHandle>, req: Request, next: Next) -> Response {
-    let endpoint = endpoint_name(req.extensions().get::<MatchedPath>().map(|p| p.as_str()), req.method());
+    let endpoint = endpoint_name(
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str()),
+        req.method(),
+    );
     let started = Instant::now();
     let resp = next.run(req).await;
     handle
@@ -74,7 +93,9 @@ fn endpoint_name(path: Option<&str>, method: &axum::http::Method) -> &'static st
         (Some("/v1/lease/{id}/keepalive"), _) => "lease_keepalive",
         (Some("/v1/compact"), _) => "compact",
         (Some("/v1/watch/{*key}"), _) => "watch",
-        (Some("/v1/cluster"), _) | (Some("/v1/cluster/members"), _) | (Some("/v1/cluster/members/{id}"), _) => "cluster",
+        (Some("/v1/cluster"), _)
+        | (Some("/v1/cluster/members"), _)
+        | (Some("/v1/cluster/members/{id}"), _) => "cluster",
         (Some("/health"), _) => "health",
         (Some("/metrics"), _) => "metrics",
         _ => "other",
@@ -90,7 +111,9 @@ impl Params {
         let mut out = Vec::new();
         for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            let name = percent_decode(name.as_bytes()).decode_utf8_lossy().into_owned();
+            let name = percent_decode(name.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned();
             if !allowed.contains(&name.as_str()) {
                 return Err(invalid(format!(
                     "unknown query parameter `{name}` (allowed: {})",
@@ -106,7 +129,10 @@ impl Params {
     }
 
     fn raw(&self, name: &str) -> Option<&[u8]> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn bytes(&self, name: &str) -> Option<Vec<u8>> {
@@ -157,7 +183,10 @@ pub fn check_key(key: &[u8], handle: &StoreHandle) -> Result<(), HttpError> {
     }
     let max = handle.config().limits.max_key_bytes;
     if key.len() > max {
-        return Err(too_large(format!("the key is {} bytes; the limit is {max}", key.len())));
+        return Err(too_large(format!(
+            "the key is {} bytes; the limit is {max}",
+            key.len()
+        )));
     }
     Ok(())
 }
@@ -176,13 +205,18 @@ pub fn range_end_of(key: &[u8], params: &Params) -> Result<Vec<u8>, HttpError> {
 /// Reads a whole body, up to the request limit.
 pub async fn read_body(body: Body, handle: &StoreHandle) -> Result<bytes::Bytes, HttpError> {
     let limit = handle.config().limits.max_request_bytes;
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(format!("the request body is over the limit of {limit} bytes")))
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        too_large(format!(
+            "the request body is over the limit of {limit} bytes"
+        ))
+    })
 }
 
 /// Parses a JSON body strictly.
-pub async fn json_body<T: serde::de::DeserializeOwned>(body: Body, handle: &StoreHandle) -> Result<T, HttpError> {
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    body: Body,
+    handle: &StoreHandle,
+) -> Result<T, HttpError> {
     let bytes = read_body(body, handle).await?;
     serde_json::from_slice(&bytes).map_err(|e| invalid(format!("invalid JSON body: {e}")))
 }

@@ -11,8 +11,8 @@ use super::{check_key, json_body};
 use crate::api::{self, Bin, TxnRequest, TxnResponse};
 use crate::node::StoreHandle;
 use crate::types::{
-    prefix_end, Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteOp, PutOp, RangeOp,
-    RequestOp, ResponseOp, TxnOp,
+    prefix_end, Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteOp, PutOp,
+    RangeOp, RequestOp, ResponseOp, TxnOp,
 };
 
 fn range_end(key: &[u8], prefix: bool, end: Option<Bin>) -> Result<Vec<u8>, HttpError> {
@@ -27,9 +27,12 @@ fn range_end(key: &[u8], prefix: bool, end: Option<Bin>) -> Result<Vec<u8>, Http
 fn compare(c: api::Compare, h: &StoreHandle) -> Result<Compare, HttpError> {
     check_key(c.key.as_bytes(), h)?;
     let number = || {
-        c.value
-            .as_i64()
-            .ok_or_else(|| invalid(format!("compare on `{}` needs an integer value, not {}", c.target, c.value)))
+        c.value.as_i64().ok_or_else(|| {
+            invalid(format!(
+                "compare on `{}` needs an integer value, not {}",
+                c.target, c.value
+            ))
+        })
     };
     let target = match c.target.as_str() {
         "version" => CompareTarget::Version(number()?),
@@ -52,7 +55,11 @@ fn compare(c: api::Compare, h: &StoreHandle) -> Result<Compare, HttpError> {
         "!=" => CompareResult::NotEqual,
         "<" => CompareResult::Less,
         ">" => CompareResult::Greater,
-        other => return Err(invalid(format!("unknown compare result `{other}` (one of =, !=, <, >)"))),
+        other => {
+            return Err(invalid(format!(
+                "unknown compare result `{other}` (one of =, !=, <, >)"
+            )))
+        }
     };
     Ok(Compare {
         range_end: c.range_end.map(|b| b.0).unwrap_or_default(),
@@ -68,7 +75,10 @@ fn op(o: api::RequestOp, h: &StoreHandle) -> Result<RequestOp, HttpError> {
             check_key(p.key.as_bytes(), h)?;
             let max = h.config().limits.max_value_bytes;
             if p.value.0.len() > max {
-                return Err(too_large(format!("a value is {} bytes; the limit is {max}", p.value.0.len())));
+                return Err(too_large(format!(
+                    "a value is {} bytes; the limit is {max}",
+                    p.value.0.len()
+                )));
             }
             if p.lease < 0 {
                 return Err(invalid("lease must not be negative"));
@@ -108,15 +118,33 @@ fn op(o: api::RequestOp, h: &StoreHandle) -> Result<RequestOp, HttpError> {
 /// Converts and validates a request.
 pub fn to_txn(req: TxnRequest, h: &StoreHandle) -> Result<TxnOp, HttpError> {
     let max = h.config().limits.max_txn_ops;
-    for (name, n) in [("compare", req.compare.len()), ("success", req.success.len()), ("failure", req.failure.len())] {
+    for (name, n) in [
+        ("compare", req.compare.len()),
+        ("success", req.success.len()),
+        ("failure", req.failure.len()),
+    ] {
         if n > max {
-            return Err(invalid(format!("{name} has {n} entries; the limit is {max}")));
+            return Err(invalid(format!(
+                "{name} has {n} entries; the limit is {max}"
+            )));
         }
     }
     Ok(TxnOp {
-        compare: req.compare.into_iter().map(|c| compare(c, h)).collect::<Result<_, _>>()?,
-        success: req.success.into_iter().map(|o| op(o, h)).collect::<Result<_, _>>()?,
-        failure: req.failure.into_iter().map(|o| op(o, h)).collect::<Result<_, _>>()?,
+        compare: req
+            .compare
+            .into_iter()
+            .map(|c| compare(c, h))
+            .collect::<Result<_, _>>()?,
+        success: req
+            .success
+            .into_iter()
+            .map(|o| op(o, h))
+            .collect::<Result<_, _>>()?,
+        failure: req
+            .failure
+            .into_iter()
+            .map(|o| op(o, h))
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -32,10 +32,20 @@ struct Stream {
     progress: Option<Duration>,
 }
 
-pub async fn watch(State(h): State<StoreHandle>, uri: Uri, headers: HeaderMap) -> Result<Response, HttpError> {
+pub async fn watch(
+    State(h): State<StoreHandle>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     let params = Params::parse(
         uri.query(),
-        &["prefix", "range_end", "start_revision", "prev_kv", "progress_notify"],
+        &[
+            "prefix",
+            "range_end",
+            "start_revision",
+            "prev_kv",
+            "progress_notify",
+        ],
     )?;
     let key = key_from_path(uri.path(), "/v1/watch/", &h)?;
     let range_end = range_end_of(&key, &params)?;

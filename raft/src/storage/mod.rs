@@ -10,6 +10,10 @@
 //! This is the only module that knows sled is under the Raft log; the state machine's own
 //! layout belongs to `mvcc`.
 
+// openraft's trait signatures fix the error type (`StorageError`, large); helpers return it
+// too so `?` works without conversions.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::{Cursor, Write};
 use std::ops::{Bound, RangeBounds};
