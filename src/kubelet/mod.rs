@@ -303,7 +303,22 @@ impl<R: ContainerRuntime> Kubelet<R> {
             Step::Nothing => {}
             Step::Remove(id) => {
                 tracing::info!(pod = name, container = %id, "stopping and removing the container");
-                self.runtime.remove(&id, self.config.stop_grace).await?;
+                let done_with_pod = pod.as_ref().is_none_or(|p| p.is_terminal());
+                if done_with_pod {
+                    // The grace period can take seconds: don't hold a worker for it. A later
+                    // sync of the same name finds the container (still stopping) and asks
+                    // again, which is harmless.
+                    let rt = self.runtime.clone();
+                    let grace = self.config.stop_grace;
+                    let name = name.to_string();
+                    tokio::spawn(async move {
+                        if let Err(e) = rt.remove(&id, grace).await {
+                            tracing::warn!(pod = %name, container = %id, error = %e, "could not remove the container");
+                        }
+                    });
+                } else {
+                    self.runtime.remove(&id, self.config.stop_grace).await?;
+                }
             }
             Step::Start { replace } => {
                 let Some(pod) = pod.as_ref() else {
