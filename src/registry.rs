@@ -37,57 +37,29 @@ pub trait Object:
     fn set_resource_version(&mut self, rv: i64);
 }
 
-impl Object for ReplicaSet {
-    const KIND: &'static str = "replicasets";
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn resource_version(&self) -> i64 {
-        self.resource_version
-    }
-    fn set_resource_version(&mut self, rv: i64) {
-        self.resource_version = rv;
-    }
+/// Implements [`Object`] for a kind whose name is at `$($name).+` and whose revision is
+/// the field `resource_version`.
+macro_rules! object {
+    ($ty:ty, $kind:literal, $($name:ident).+) => {
+        impl Object for $ty {
+            const KIND: &'static str = $kind;
+            fn name(&self) -> &str {
+                &self.$($name).+
+            }
+            fn resource_version(&self) -> i64 {
+                self.resource_version
+            }
+            fn set_resource_version(&mut self, rv: i64) {
+                self.resource_version = rv;
+            }
+        }
+    };
 }
 
-impl Object for Pod {
-    const KIND: &'static str = "pods";
-    fn name(&self) -> &str {
-        &self.spec.name
-    }
-    fn resource_version(&self) -> i64 {
-        self.resource_version
-    }
-    fn set_resource_version(&mut self, rv: i64) {
-        self.resource_version = rv;
-    }
-}
-
-impl Object for Node {
-    const KIND: &'static str = "nodes";
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn resource_version(&self) -> i64 {
-        self.resource_version
-    }
-    fn set_resource_version(&mut self, rv: i64) {
-        self.resource_version = rv;
-    }
-}
-
-impl Object for NodeLease {
-    const KIND: &'static str = "nodeleases";
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn resource_version(&self) -> i64 {
-        self.resource_version
-    }
-    fn set_resource_version(&mut self, rv: i64) {
-        self.resource_version = rv;
-    }
-}
+object!(ReplicaSet, "replicasets", name);
+object!(Pod, "pods", spec.name);
+object!(Node, "nodes", name);
+object!(NodeLease, "nodeleases", name);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
@@ -299,10 +271,15 @@ impl Registry {
         Ok((out, revision))
     }
 
-    /// Replaces an object if its `resourceVersion` still matches (0: if it exists at all).
-    pub async fn update<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
-        let key = key_of::<T>(obj.name());
-        let rv = obj.resource_version();
+    /// Runs `success` on object `name` if its key's `mod_revision` is `rv` (0: if it exists
+    /// at all). A failed precondition becomes `Conflict` or `NotFound`.
+    async fn conditional<T: Object>(
+        &self,
+        name: &str,
+        rv: i64,
+        success: Vec<RequestOp>,
+    ) -> Result<miniku_store::api::TxnResponse, RegistryError> {
+        let key = key_of::<T>(name);
         let cmp = if rv > 0 {
             compare(&key, "mod_revision", "=", rv)
         } else {
@@ -310,11 +287,7 @@ impl Registry {
         };
         let txn = TxnRequest {
             compare: vec![cmp],
-            success: vec![RequestOp::Put(PutRequest {
-                key: Bin::from(key.as_str()),
-                value: Bin(encode(obj)?),
-                ..Default::default()
-            })],
+            success,
             failure: vec![RequestOp::Range(RangeRequest {
                 key: Bin::from(key.as_str()),
                 keys_only: true,
@@ -322,23 +295,12 @@ impl Registry {
             })],
         };
         let resp = self.client.txn(&txn).await?;
-        if !resp.succeeded {
-            return Err(self.failed_precondition::<T>(obj.name(), rv, &resp.responses));
+        if resp.succeeded {
+            return Ok(resp);
         }
-        let mut out = obj.clone();
-        out.set_resource_version(resp.header.revision);
-        Ok(out)
-    }
-
-    fn failed_precondition<T: Object>(
-        &self,
-        name: &str,
-        rv: i64,
-        responses: &[ResponseOp],
-    ) -> RegistryError {
         let exists =
-            matches!(responses.first(), Some(ResponseOp::Range { count, .. }) if *count > 0);
-        if exists {
+            matches!(resp.responses.first(), Some(ResponseOp::Range { count, .. }) if *count > 0);
+        Err(if exists {
             RegistryError::Conflict {
                 kind: T::KIND,
                 name: name.to_string(),
@@ -349,40 +311,39 @@ impl Registry {
                 kind: T::KIND,
                 name: name.to_string(),
             }
-        }
+        })
+    }
+
+    /// Replaces an object if its `resourceVersion` still matches (0: if it exists at all).
+    pub async fn update<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
+        let put = RequestOp::Put(PutRequest {
+            key: Bin::from(key_of::<T>(obj.name()).as_str()),
+            value: Bin(encode(obj)?),
+            ..Default::default()
+        });
+        let resp = self
+            .conditional::<T>(obj.name(), obj.resource_version(), vec![put])
+            .await?;
+        let mut out = obj.clone();
+        out.set_resource_version(resp.header.revision);
+        Ok(out)
     }
 
     /// Deletes an object if its `resourceVersion` matches `rv` (0: unconditionally). Returns
     /// the object as it was.
     pub async fn delete<T: Object>(&self, name: &str, rv: i64) -> Result<T, RegistryError> {
-        let key = key_of::<T>(name);
-        let cmp = if rv > 0 {
-            compare(&key, "mod_revision", "=", rv)
-        } else {
-            compare(&key, "version", ">", 0)
-        };
-        let txn = TxnRequest {
-            compare: vec![cmp],
-            success: vec![
-                RequestOp::Range(RangeRequest {
-                    key: Bin::from(key.as_str()),
-                    ..Default::default()
-                }),
-                RequestOp::Delete(miniku_store::api::DeleteRequest {
-                    key: Bin::from(key.as_str()),
-                    ..Default::default()
-                }),
-            ],
-            failure: vec![RequestOp::Range(RangeRequest {
-                key: Bin::from(key.as_str()),
-                keys_only: true,
+        let key = Bin::from(key_of::<T>(name).as_str());
+        let ops = vec![
+            RequestOp::Range(RangeRequest {
+                key: key.clone(),
                 ..Default::default()
-            })],
-        };
-        let resp = self.client.txn(&txn).await?;
-        if !resp.succeeded {
-            return Err(self.failed_precondition::<T>(name, rv, &resp.responses));
-        }
+            }),
+            RequestOp::Delete(miniku_store::api::DeleteRequest {
+                key,
+                ..Default::default()
+            }),
+        ];
+        let resp = self.conditional::<T>(name, rv, ops).await?;
         match resp.responses.first() {
             Some(ResponseOp::Range { kvs, .. }) if !kvs.is_empty() => {
                 let mut obj: T = decode(kvs[0].value.as_bytes(), kvs[0].mod_revision)?;

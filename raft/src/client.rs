@@ -126,6 +126,13 @@ pub struct StoreClient {
     inner: Arc<Inner>,
 }
 
+/// The range end a request sends: an explicit one, the prefix's end, or none (one key).
+fn range_end_for(key: &[u8], prefix: bool, explicit: &Option<Vec<u8>>) -> Option<Vec<u8>> {
+    explicit
+        .clone()
+        .or_else(|| prefix.then(|| crate::types::prefix_end(key)))
+}
+
 /// Query string builder.
 #[derive(Default)]
 struct Query(Vec<String>);
@@ -313,10 +320,7 @@ impl StoreClient {
     }
 
     pub async fn get(&self, key: &[u8], opts: GetOptions) -> Result<RangeResponse, ClientError> {
-        let range_end = opts
-            .range_end
-            .clone()
-            .or_else(|| opts.prefix.then(|| crate::types::prefix_end(key)));
+        let range_end = range_end_for(key, opts.prefix, &opts.range_end);
         let q = Query::default()
             .bytes("range_end", range_end.as_deref())
             .num("limit", opts.limit)
@@ -339,10 +343,7 @@ impl StoreClient {
         key: &[u8],
         opts: DeleteOptions,
     ) -> Result<DeleteResponse, ClientError> {
-        let range_end = opts
-            .range_end
-            .clone()
-            .or_else(|| opts.prefix.then(|| crate::types::prefix_end(key)));
+        let range_end = range_end_for(key, opts.prefix, &opts.range_end);
         let q = Query::default()
             .bytes("range_end", range_end.as_deref())
             .flag("prev_kv", opts.prev_kv)
@@ -435,10 +436,7 @@ impl StoreClient {
         let state = WatchState {
             client: self.clone(),
             key: key.to_vec(),
-            range_end: opts
-                .range_end
-                .clone()
-                .or_else(|| opts.prefix.then(|| crate::types::prefix_end(key))),
+            range_end: range_end_for(key, opts.prefix, &opts.range_end),
             prev_kv: opts.prev_kv,
             progress_notify: opts.progress_notify,
             next_revision: opts.start_revision,

@@ -70,14 +70,20 @@ impl LeaseClock {
         f(&mut s)
     }
 
-    /// Renews lease `id` (leader only; the caller has passed a read barrier). Returns its TTL.
-    pub fn keepalive(&self, id: i64) -> Result<i64, StoreError> {
+    /// This member's term as leader and lease `id`, or why not.
+    fn leader_lease(&self, id: i64) -> Result<(u64, crate::types::LeaseRecord), StoreError> {
         let term = self
             .leading_term()
             .ok_or_else(|| StoreError::Unavailable("not the leader".into()))?;
         let lease = self.mvcc.lease(id).ok_or(StoreError::Rejected(
             crate::types::CommandError::LeaseNotFound(id),
         ))?;
+        Ok((term, lease))
+    }
+
+    /// Renews lease `id` (leader only; the caller has passed a read barrier). Returns its TTL.
+    pub fn keepalive(&self, id: i64) -> Result<i64, StoreError> {
+        let (term, lease) = self.leader_lease(id)?;
         self.with_state(term, |s| {
             s.deadlines
                 .insert(id, Instant::now() + ttl_duration(lease.ttl));
@@ -87,12 +93,7 @@ impl LeaseClock {
 
     /// Seconds left on lease `id` (leader only), rounded up.
     pub fn remaining(&self, id: i64) -> Result<i64, StoreError> {
-        let term = self
-            .leading_term()
-            .ok_or_else(|| StoreError::Unavailable("not the leader".into()))?;
-        let lease = self.mvcc.lease(id).ok_or(StoreError::Rejected(
-            crate::types::CommandError::LeaseNotFound(id),
-        ))?;
+        let (term, lease) = self.leader_lease(id)?;
         let now = Instant::now();
         let deadline = self.with_state(term, |s| {
             *s.deadlines

@@ -496,14 +496,7 @@ impl StoreHandle {
                 if id == 0 {
                     return Err(StoreError::InvalidArgument("member id must be >= 1".into()).into());
                 }
-                let exists = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .get_node(&id)
-                    .is_some();
-                if exists {
+                if is_member(raft, id) {
                     return Err(
                         StoreError::InvalidArgument(format!("member {id} already exists")).into(),
                     );
@@ -519,26 +512,13 @@ impl StoreHandle {
                 Ok(PeerResponse::Done)
             }
             PeerRequest::RemoveMember(id) => {
-                let known = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .get_node(&id)
-                    .is_some();
-                if !known {
+                if !is_member(raft, id) {
                     return Err(StoreError::NotFound(format!("member {id} not found")).into());
                 }
                 raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                     .await
                     .map_err(|e| StoreError::InvalidArgument(format!("removing {id}: {e}")))?;
-                let still_learner = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .get_node(&id)
-                    .is_some();
+                let still_learner = is_member(raft, id);
                 if still_learner {
                     raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                         .await
@@ -548,6 +528,16 @@ impl StoreHandle {
             }
         }
     }
+}
+
+/// Whether `id` is in the current membership (voter or learner).
+fn is_member(raft: &Raft, id: NodeId) -> bool {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_some()
 }
 
 fn unexpected(resp: PeerResponse) -> StoreError {

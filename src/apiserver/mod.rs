@@ -43,18 +43,21 @@ pub fn router(registry: Registry) -> Router {
     Router::new()
         .route(
             "/replicasets",
-            get(list_replicasets).post(create_replicaset),
+            get(list_all::<ReplicaSet>).post(create_replicaset),
         )
         .route(
             "/replicasets/{name}",
-            get(get_replicaset)
+            get(get_one::<ReplicaSet>)
                 .put(update_replicaset)
-                .delete(delete_replicaset),
+                .delete(delete_one::<ReplicaSet>),
         )
         .route("/pods", get(list_pods))
-        .route("/pods/{name}", get(get_pod).delete(delete_pod))
-        .route("/nodes", get(list_nodes))
-        .route("/nodes/{name}", get(get_node))
+        .route(
+            "/pods/{name}",
+            get(get_one::<Pod>).delete(delete_one::<Pod>),
+        )
+        .route("/nodes", get(list_all::<Node>))
+        .route("/nodes/{name}", get(get_one::<Node>))
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -141,9 +144,13 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     validate_name("name", name, MAX_NAME_LEN).map_err(ApiError::from)
 }
 
-async fn get_one<T: Object>(registry: &Registry, name: &str) -> Result<Json<T>, ApiError> {
-    check_name(name)?;
-    Ok(Json(registry.get::<T>(name).await?))
+/// `GET /<kind>/{name}`.
+async fn get_one<T: Object>(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<T>, ApiError> {
+    check_name(&name)?;
+    Ok(Json(s.registry.get::<T>(&name).await?))
 }
 
 fn parse_query<T: serde::de::DeserializeOwned + Default>(
@@ -155,22 +162,36 @@ fn parse_query<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-async fn list_replicasets(
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// Lists objects of kind `T` that `keep` accepts or, with `watch=true`, streams their
+/// changes.
+async fn list_or_watch<T: Object>(
+    registry: Registry,
+    q: &ListQuery,
+    keep: impl Fn(&T) -> bool + Send + Sync + 'static,
+) -> Result<Response, ApiError> {
+    if q.watching()? {
+        return watch::serve::<T>(registry, q.resource_version()?, keep).await;
+    }
+    let (mut items, _) = registry.list::<T>().await?;
+    items.retain(|o| keep(o));
+    Ok(Json(items).into_response())
+}
+
+/// `GET /replicasets` and `GET /nodes`: no filters.
+async fn list_all<T: Object>(
     State(s): State<AppState>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: QueryResult<ListQuery>,
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
     if q.node.is_some() || q.selector.is_some() {
         return Err(ApiError::invalid(
             "query",
-            "replicasets take no node or selector filter",
+            format!("{} take no node or selector filter", T::KIND),
         ));
     }
-    if q.watching()? {
-        return watch::serve::<ReplicaSet>(s.registry, q.resource_version()?, |_| true).await;
-    }
-    let (items, _) = s.registry.list::<ReplicaSet>().await?;
-    Ok(Json(items).into_response())
+    list_or_watch::<T>(s.registry, &q, |_| true).await
 }
 
 async fn create_replicaset(
@@ -190,13 +211,6 @@ async fn create_replicaset(
     let created = s.registry.create(&rs).await?;
     tracing::info!(replicaset = %created.name, desired = created.desired_count, "created");
     Ok((StatusCode::CREATED, Json(created)).into_response())
-}
-
-async fn get_replicaset(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<ReplicaSet>, ApiError> {
-    get_one(&s.registry, &name).await
 }
 
 /// Replaces `desiredCount`, `selector` and `template`; the rest is kept. With a
@@ -252,18 +266,20 @@ struct DeleteQuery {
     resource_version: Option<i64>,
 }
 
-async fn delete_replicaset(
+/// `DELETE /replicasets/{name}` (its pods follow: the controller cascades) and
+/// `DELETE /pods/{name}`; `?resourceVersion=` makes it conditional.
+async fn delete_one<T: Object>(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<ReplicaSet>, ApiError> {
+    q: QueryResult<DeleteQuery>,
+) -> Result<Json<T>, ApiError> {
     check_name(&name)?;
     let q = parse_query(q)?;
     let deleted = s
         .registry
-        .delete::<ReplicaSet>(&name, q.resource_version.unwrap_or(0).max(0))
+        .delete::<T>(&name, q.resource_version.unwrap_or(0).max(0))
         .await?;
-    tracing::info!(replicaset = %name, "deleted; its pods follow");
+    tracing::info!(kind = T::KIND, name = %name, "deleted");
     Ok(Json(deleted))
 }
 
@@ -275,60 +291,9 @@ fn pod_filter(q: &ListQuery) -> Result<impl Fn(&Pod) -> bool + Send + Sync + 'st
 
 async fn list_pods(
     State(s): State<AppState>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: QueryResult<ListQuery>,
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
     let keep = pod_filter(&q)?;
-    if q.watching()? {
-        return watch::serve::<Pod>(s.registry, q.resource_version()?, keep).await;
-    }
-    let (mut items, _) = s.registry.list::<Pod>().await?;
-    items.retain(|p| keep(p));
-    Ok(Json(items).into_response())
-}
-
-async fn get_pod(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Pod>, ApiError> {
-    get_one(&s.registry, &name).await
-}
-
-async fn delete_pod(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Pod>, ApiError> {
-    check_name(&name)?;
-    let q = parse_query(q)?;
-    Ok(Json(
-        s.registry
-            .delete::<Pod>(&name, q.resource_version.unwrap_or(0).max(0))
-            .await?,
-    ))
-}
-
-async fn list_nodes(
-    State(s): State<AppState>,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let q = parse_query(q)?;
-    if q.node.is_some() || q.selector.is_some() {
-        return Err(ApiError::invalid(
-            "query",
-            "nodes take no node or selector filter",
-        ));
-    }
-    if q.watching()? {
-        return watch::serve::<Node>(s.registry, q.resource_version()?, |_| true).await;
-    }
-    let (items, _) = s.registry.list::<Node>().await?;
-    Ok(Json(items).into_response())
-}
-
-async fn get_node(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Node>, ApiError> {
-    get_one(&s.registry, &name).await
+    list_or_watch::<Pod>(s.registry, &q, keep).await
 }

@@ -60,7 +60,13 @@ async fn main() -> anyhow::Result<()> {
     let urls: Vec<String> = args
         .endpoints
         .iter()
-        .map(|e| if e.starts_with("http") { e.clone() } else { format!("http://{e}") })
+        .map(|e| {
+            if e.starts_with("http") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            }
+        })
         .collect();
     if args.workload == Workload::Get {
         // Load the keys first.
@@ -81,8 +87,12 @@ async fn main() -> anyhow::Result<()> {
         let base = urls[c % urls.len()].clone();
         let next = next.clone();
         let value = value.clone();
-        let (workload, total, key_size, serializable) =
-            (args.workload, args.requests, args.key_size, args.serializable);
+        let (workload, total, key_size, serializable) = (
+            args.workload,
+            args.requests,
+            args.key_size,
+            args.serializable,
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0usize;
@@ -93,9 +103,15 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let t = Instant::now();
                 let req = match workload {
-                    Workload::Put => http.put(format!("{base}/v1/kv/{}", key(i, key_size))).body(value.clone()),
+                    Workload::Put => http
+                        .put(format!("{base}/v1/kv/{}", key(i, key_size)))
+                        .body(value.clone()),
                     Workload::Get => {
-                        let q = if serializable { "?serializable=true" } else { "" };
+                        let q = if serializable {
+                            "?serializable=true"
+                        } else {
+                            ""
+                        };
                         http.get(format!("{base}/v1/kv/{}{q}", key(i % 10_000, key_size)))
                     }
                 };

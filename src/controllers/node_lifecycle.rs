@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::api::{zero_time, Node, NodeLease, NodeStatus, Pod, PodPhase};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{run_workers, Informer, Next, WorkQueue};
+use crate::runtime::{enqueue_changes, run_workers, Change, Informer, Next, WorkQueue};
 
 #[derive(Clone)]
 pub struct NodeLifecycleController {
@@ -31,9 +31,9 @@ pub struct NodeLifecycleController {
 
 impl NodeLifecycleController {
     pub async fn run(registry: Registry, eviction_timeout: Duration) -> anyhow::Result<()> {
-        let (nodes, mut node_changes) = Informer::<Node>::start(registry.clone());
-        let (heartbeats, mut hb_changes) = Informer::<NodeLease>::start(registry.clone());
-        let (pods, mut pod_changes) = Informer::<Pod>::start(registry.clone());
+        let (nodes, node_changes) = Informer::<Node>::start(registry.clone());
+        let (heartbeats, hb_changes) = Informer::<NodeLease>::start(registry.clone());
+        let (pods, pod_changes) = Informer::<Pod>::start(registry.clone());
         nodes.wait_synced().await;
         heartbeats.wait_synced().await;
         pods.wait_synced().await;
@@ -41,28 +41,14 @@ impl NodeLifecycleController {
         for n in nodes.list() {
             queue.add(&n.name);
         }
-        let q = queue.clone();
-        tokio::spawn(async move {
-            while let Some(ch) = node_changes.recv().await {
-                q.add(ch.name());
+        enqueue_changes(node_changes, queue.clone(), |ch| [ch.name().to_string()]);
+        enqueue_changes(hb_changes, queue.clone(), |ch| [ch.name().to_string()]);
+        // Pods bound to a NotReady node past its deadline must be handled too.
+        enqueue_changes(pod_changes, queue.clone(), |ch| match ch {
+            Change::Upsert { new, .. } if !new.spec.node_name.is_empty() => {
+                Some(new.spec.node_name.clone())
             }
-        });
-        let q = queue.clone();
-        tokio::spawn(async move {
-            while let Some(ch) = hb_changes.recv().await {
-                q.add(ch.name());
-            }
-        });
-        // Pods bound to a NotReady node that has passed its deadline must be handled too.
-        let q = queue.clone();
-        tokio::spawn(async move {
-            while let Some(ch) = pod_changes.recv().await {
-                if let crate::runtime::Change::Upsert { new, .. } = &ch {
-                    if !new.spec.node_name.is_empty() {
-                        q.add(&new.spec.node_name);
-                    }
-                }
-            }
+            _ => None,
         });
         let ctl = NodeLifecycleController {
             registry,

@@ -26,7 +26,7 @@ use chrono::Utc;
 
 use crate::api::{zero_time, OwnerReference, Pod, PodPhase, ReplicaSet};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{run_workers, Change, Informer, Next, WorkQueue};
+use crate::runtime::{enqueue_changes, run_workers, Change, Informer, Next, WorkQueue};
 
 /// How often every ReplicaSet is reconciled even without a change (a safety net only).
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(300);
@@ -98,8 +98,8 @@ fn deletion_rank(p: &Pod) -> (bool, u8, Reverse<i64>) {
 impl ReplicaSetController {
     /// Starts the informers and runs the controller until aborted.
     pub async fn run(registry: Registry, workers: usize) -> anyhow::Result<()> {
-        let (replicasets, mut rs_changes) = Informer::<ReplicaSet>::start(registry.clone());
-        let (pods, mut pod_changes) = Informer::<Pod>::start(registry.clone());
+        let (replicasets, rs_changes) = Informer::<ReplicaSet>::start(registry.clone());
+        let (pods, pod_changes) = Informer::<Pod>::start(registry.clone());
         replicasets.wait_synced().await;
         pods.wait_synced().await;
         let ctl = ReplicaSetController {
@@ -112,31 +112,21 @@ impl ReplicaSetController {
         for rs in replicasets.list() {
             queue.add(&rs.name);
         }
-        let q = queue.clone();
-        tokio::spawn(async move {
-            while let Some(ch) = rs_changes.recv().await {
-                q.add(ch.name());
-            }
-        });
-        let q = queue.clone();
-        tokio::spawn(async move {
-            while let Some(ch) = pod_changes.recv().await {
-                match &ch {
-                    Change::Upsert { old, new } => {
-                        if let Some(o) = old.as_ref().and_then(owner_of) {
-                            q.add(o);
-                        }
-                        if let Some(o) = owner_of(new) {
-                            q.add(o);
-                        }
-                    }
-                    Change::Deleted(p) => {
-                        if let Some(o) = owner_of(p) {
-                            q.add(o);
-                        }
-                    }
-                }
-            }
+        enqueue_changes(rs_changes, queue.clone(), |ch| [ch.name().to_string()]);
+        // A pod change concerns the ReplicaSet that owns (or owned) it.
+        enqueue_changes(pod_changes, queue.clone(), |ch| {
+            let (old, new) = match ch {
+                Change::Upsert { old, new } => (old.as_ref(), new),
+                Change::Deleted(p) => (None, p),
+            };
+            let mut owners: Vec<String> = old
+                .and_then(owner_of)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            owners.extend(owner_of(new).map(String::from));
+            owners.dedup();
+            owners
         });
         let q = queue.clone();
         let rs_cache = replicasets.clone();

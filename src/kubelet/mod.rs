@@ -27,7 +27,7 @@ use futures::StreamExt;
 
 use crate::api::{Node, NodeLease, NodeStatus, Pod, Resources};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{run_workers, Change, Informer, Next, WorkQueue};
+use crate::runtime::{enqueue_changes, run_workers, Change, Informer, Next, WorkQueue};
 use runtime::{Container, ContainerRuntime, RuntimeError};
 use sync::{decide, failed, running, BackoffConfig, Step};
 
@@ -88,7 +88,7 @@ pub async fn run<R: ContainerRuntime>(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(10));
     }
-    let (pods, mut changes) = Informer::<Pod>::start(registry.clone());
+    let (pods, changes) = Informer::<Pod>::start(registry.clone());
     pods.wait_synced().await;
     tracing::info!(node = %node, "pods listed; registering the node");
     tokio::spawn(heartbeat(registry.clone(), config.clone()));
@@ -115,21 +115,16 @@ pub async fn run<R: ContainerRuntime>(
         }
         Err(e) => tracing::warn!(node = %node, error = %e, "cannot list containers"),
     }
-    // Pod changes.
-    let q = queue.clone();
+    // Changes to pods that are (or were) bound here.
     let me = node.clone();
-    tokio::spawn(async move {
-        while let Some(ch) = changes.recv().await {
-            let mine = match &ch {
-                Change::Upsert { old, new } => {
-                    new.spec.node_name == me || old.as_ref().is_some_and(|o| o.spec.node_name == me)
-                }
-                Change::Deleted(p) => p.spec.node_name == me,
-            };
-            if mine {
-                q.add(ch.name());
+    enqueue_changes(changes, queue.clone(), move |ch| {
+        let mine = match ch {
+            Change::Upsert { old, new } => {
+                new.spec.node_name == me || old.as_ref().is_some_and(|o| o.spec.node_name == me)
             }
-        }
+            Change::Deleted(p) => p.spec.node_name == me,
+        };
+        mine.then(|| ch.name().to_string())
     });
     // Engine events; after a break, resync everything (events may have been missed).
     let q = queue.clone();

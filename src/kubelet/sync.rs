@@ -94,6 +94,14 @@ impl Decision {
             requeue: None,
         }
     }
+    /// Write the failed pod and look again when its retry is due.
+    fn failure((pod, delay): (Pod, Duration)) -> Self {
+        Decision {
+            step: Step::Nothing,
+            write: Some(pod),
+            requeue: Some(delay),
+        }
+    }
     fn wait(d: Duration) -> Self {
         Decision {
             step: Step::Nothing,
@@ -126,7 +134,7 @@ pub fn failed(
         reason.to_string()
     };
     p.message = format!(
-        "{message}; restarting in {}s (failure {})",
+        "{message}; next attempt in {}s (failure {})",
         delay.as_secs_f64().ceil() as u64,
         p.retry_count
     );
@@ -204,19 +212,14 @@ pub fn decide(
             )),
         ) => {
             let reason = if *oom_killed { "OOMKilled" } else { "Error" };
-            let (p, delay) = failed(
+            Decision::failure(failed(
                 pod,
                 reason,
                 format!("container exited with code {exit_code}"),
                 Some((*exit_code, *finished_at)),
                 now,
                 cfg,
-            );
-            Decision {
-                step: Step::Nothing,
-                write: Some(p),
-                requeue: Some(delay),
-            }
+            ))
         }
         (PodPhase::Running, Some((id, ContainerState::Running { started_at }))) => {
             if pod.container_id != *id {
@@ -240,21 +243,14 @@ pub fn decide(
             }
             Decision::nothing()
         }
-        (PodPhase::Running, None) => {
-            let (p, delay) = failed(
-                pod,
-                "ContainerMissing",
-                "the container disappeared".to_string(),
-                None,
-                now,
-                cfg,
-            );
-            Decision {
-                step: Step::Nothing,
-                write: Some(p),
-                requeue: Some(delay),
-            }
-        }
+        (PodPhase::Running, None) => Decision::failure(failed(
+            pod,
+            "ContainerMissing",
+            "the container disappeared".to_string(),
+            None,
+            now,
+            cfg,
+        )),
         (PodPhase::Failed, other) => match until(now, pod.next_retry_at) {
             Some(d) => Decision::wait(d),
             None => Decision::step(Step::Start {

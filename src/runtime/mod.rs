@@ -17,6 +17,29 @@ use std::time::Duration;
 pub use informer::{Change, Informer};
 pub use queue::WorkQueue;
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::registry::Object;
+
+/// Queues the keys `keys_of` names for each change, until the informer stops.
+pub fn enqueue_changes<T, F, I>(
+    mut changes: UnboundedReceiver<Change<T>>,
+    queue: WorkQueue,
+    keys_of: F,
+) where
+    T: Object,
+    F: Fn(&Change<T>) -> I + Send + 'static,
+    I: IntoIterator<Item = String>,
+{
+    tokio::spawn(async move {
+        while let Some(ch) = changes.recv().await {
+            for key in keys_of(&ch) {
+                queue.add(&key);
+            }
+        }
+    });
+}
+
 /// What a reconcile asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {

@@ -237,15 +237,9 @@ impl MvccStore {
         }
         for item in tree.range(start..end) {
             let (_, v) = item?;
-            out.count += 1;
-            if op.count_only {
-                continue;
+            if admit(&mut out, op) {
+                out.kvs.push(shape(keys::decode(&v)?, op));
             }
-            if op.limit > 0 && out.kvs.len() as i64 >= op.limit {
-                out.more = true;
-                continue;
-            }
-            out.kvs.push(shape(keys::decode(&v)?, op));
         }
         Ok(out)
     }
@@ -401,6 +395,20 @@ impl MvccStore {
     }
 }
 
+/// Counts one more pair in range; true if it also goes into the answer (not `count_only`,
+/// and within `limit`; past it, `more` is set).
+fn admit(out: &mut RangeResult, op: &RangeOp) -> bool {
+    out.count += 1;
+    if op.count_only {
+        return false;
+    }
+    if op.limit > 0 && out.kvs.len() as i64 >= op.limit {
+        out.more = true;
+        return false;
+    }
+    true
+}
+
 /// Applies `keys_only` to a pair.
 fn shape(mut kv: KeyValue, op: &RangeOp) -> KeyValue {
     if op.keys_only {
@@ -445,12 +453,7 @@ fn range_at(tree: &sled::Tree, st: &State, op: &RangeOp) -> Result<RangeResult, 
         if kr.tombstone {
             continue;
         }
-        out.count += 1;
-        if op.count_only {
-            continue;
-        }
-        if op.limit > 0 && out.kvs.len() as i64 >= op.limit {
-            out.more = true;
+        if !admit(&mut out, op) {
             continue;
         }
         let v = tree

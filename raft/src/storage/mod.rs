@@ -226,16 +226,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..).keys() {
-            batch.remove(item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        self.flush()
+        self.remove_entries(self.log.range(index_key(log_id.index)..))
             .await
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -244,8 +236,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.meta_put(KEY_PURGED, &log_id)?;
+        self.remove_entries(self.log.range(..=index_key(log_id.index)))
+            .await
+    }
+}
+
+impl LogStore {
+    /// Deletes the log entries `range` yields, in one batch, durably.
+    async fn remove_entries(&self, range: sled::Iter) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)).keys() {
+        for item in range.keys() {
             batch.remove(item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
         }
         self.log
