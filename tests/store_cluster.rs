@@ -511,3 +511,163 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_joins_as_learner_becomes_voter_and_can_be_removed() -> Result<()> {
+    let mut c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        put(&http, &c.member(1).url(&format!("/v1/kv/j/{i}")), "v").await?;
+    }
+    let id = c.spawn_joiner()?;
+    let peer = format!("127.0.0.1:{}", c.member(id).peer_port);
+    let joiner = c.member(id).url("/v1/cluster");
+    wait_until(Duration::from_secs(20), "the new member to listen", || {
+        let http = http.clone();
+        let url = joiner.clone();
+        async move { http.get(&url).send().await.ok().map(|_| ()) }
+    })
+    .await
+    .with_context(|| c.log(id))?;
+    let resp = http
+        .post(c.member(2).url("/v1/cluster/members"))
+        .json(&json!({"id": id, "peer_addr": peer}))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: Value = resp.json().await?;
+    ensure!(status == 200, "add member: {status} {body}\n{}", c.log(id));
+    let members = body["members"].as_array().context("members")?;
+    ensure!(
+        members.iter().any(|m| m["id"] == id && m["voter"] == true),
+        "{body}"
+    );
+    // The new member has the data and serves linearizable reads.
+    let (status, v) = get_json(
+        &http,
+        &c.member(id).url("/v1/kv/j/?prefix=true&count_only=true"),
+    )
+    .await
+    .with_context(|| c.log(id))?;
+    ensure!(status == 200 && v["count"] == 20, "{status} {v}");
+    // Adding it again is refused; so is removing a stranger.
+    let again = http
+        .post(c.member(1).url("/v1/cluster/members"))
+        .json(&json!({"id": id, "peer_addr": peer}))
+        .send()
+        .await?;
+    ensure!(again.status() == 400, "{}", again.status());
+    let stranger = http
+        .delete(c.member(1).url("/v1/cluster/members/99"))
+        .send()
+        .await?;
+    ensure!(stranger.status() == 404, "{}", stranger.status());
+    // Remove it: the others carry on without it.
+    let resp = http
+        .delete(c.member(1).url(&format!("/v1/cluster/members/{id}")))
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "remove: {}", resp.status());
+    let (_, cluster) = get_json(&http, &c.member(1).url("/v1/cluster")).await?;
+    ensure!(
+        cluster["members"].as_array().map(Vec::len) == Some(3),
+        "{cluster}"
+    );
+    c.kill(id);
+    put(&http, &c.member(3).url("/v1/kv/j/after"), "v").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_that_does_not_read_catches_up_without_losing_events() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let base = put(&http, &c.member(1).url("/v1/kv/slow/base"), "0").await?;
+    let start = base["header"]["revision"].as_i64().context("rev")? + 1;
+    // Opened, then not read while far more revisions than its buffer arrive.
+    let resp = http
+        .get(c.member(2).url(&format!(
+            "/v1/watch/slow/?prefix=true&start_revision={start}"
+        )))
+        .send()
+        .await?;
+    ensure!(resp.status() == 200);
+    let value = "v".repeat(2048);
+    let n = 1500;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let http = http.clone();
+        let url = c.member(1 + w % 3).url("");
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(8) {
+                put(&http, &format!("{url}/v1/kv/slow/{i}"), &value).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let msgs = read_sse(resp, n as usize, Duration::from_secs(60)).await?;
+    let revs: Vec<i64> = msgs.iter().map(|(id, _)| *id).collect();
+    let expected: Vec<i64> = (start..start + n as i64).collect();
+    ensure!(
+        revs == expected,
+        "{} messages, first gap near {:?}",
+        revs.len(),
+        revs.windows(2).find(|w| w[1] != w[0] + 1)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn last_event_id_resumes_and_progress_notifications_carry_the_revision() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let mut revs = Vec::new();
+    for i in 0..5 {
+        let r = put(&http, &c.member(1).url(&format!("/v1/kv/le/{i}")), "v").await?;
+        revs.push(r["header"]["revision"].as_i64().context("rev")?);
+    }
+    // Resume after the second write: exactly the last three arrive.
+    let resp = http
+        .get(c.member(3).url("/v1/watch/le/?prefix=true"))
+        .header("Last-Event-ID", revs[1].to_string())
+        .send()
+        .await?;
+    let msgs = read_sse(resp, 3, Duration::from_secs(10)).await?;
+    ensure!(
+        msgs.iter().map(|(id, _)| *id).collect::<Vec<_>>() == revs[2..],
+        "{msgs:?}"
+    );
+    // An idle watcher asking for progress learns the current revision.
+    let resp = http
+        .get(
+            c.member(2)
+                .url("/v1/watch/idle/?prefix=true&progress_notify=true"),
+        )
+        .send()
+        .await?;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let progress = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            if let Some(line) = buf
+                .lines()
+                .find(|l| l.starts_with("data:") && l.contains("progress_notify"))
+            {
+                let v: Value = serde_json::from_str(line.trim_start_matches("data:").trim())?;
+                return anyhow::Ok(v);
+            }
+        }
+        Err(anyhow!("stream ended"))
+    })
+    .await??;
+    ensure!(
+        progress["header"]["revision"].as_i64() >= revs.last().copied(),
+        "{progress}"
+    );
+    Ok(())
+}

@@ -94,7 +94,7 @@ pub async fn parse_body<T: DeserializeOwned>(
             return Err(ApiError::unsupported_media_type(ct));
         }
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+    let bytes = miniku_store::http::read_limited(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {

@@ -125,7 +125,11 @@ impl StoreCluster {
             .arg(&m.dir)
             .args(["--client-addr", &format!("127.0.0.1:{}", m.client_port)])
             .args(["--peer-addr", &format!("127.0.0.1:{}", m.peer_port)])
-            .args(["--initial-cluster", &initial])
+            .args(if extra.iter().any(|a| a == "--join") {
+                vec![]
+            } else {
+                vec!["--initial-cluster".to_string(), initial.clone()]
+            })
             .args([
                 "--heartbeat-ms",
                 "50",
@@ -142,6 +146,23 @@ impl StoreCluster {
             .context("spawning miniku store")?;
         m.child = Some(child);
         Ok(())
+    }
+
+    /// Prepares member `id` (the next one) on fresh ports and starts it with `--join`: it
+    /// waits, empty, to be added through `POST /v1/cluster/members`.
+    pub fn spawn_joiner(&mut self) -> Result<u64> {
+        let id = self.members.len() as u64 + 1;
+        self.members.push(StoreMember {
+            id,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: self.tmp.path().join(format!("m{id}")),
+            child: None,
+        });
+        self.extra_args.push("--join".into());
+        let r = self.spawn(id);
+        self.extra_args.pop();
+        r.map(|_| id)
     }
 
     /// SIGKILLs member `id`.

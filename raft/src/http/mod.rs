@@ -205,11 +205,37 @@ pub fn range_end_of(key: &[u8], params: &Params) -> Result<Vec<u8>, HttpError> {
 /// Reads a whole body, up to the request limit.
 pub async fn read_body(body: Body, handle: &StoreHandle) -> Result<bytes::Bytes, HttpError> {
     let limit = handle.config().limits.max_request_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    read_limited(body, limit).await.map_err(|_| {
         too_large(format!(
             "the request body is over the limit of {limit} bytes"
         ))
     })
+}
+
+/// Reads a body of at most `limit` bytes. A larger one is read on and thrown away (up to
+/// eight times the limit) before the error, so the client gets to read the 413 answer
+/// instead of a reset connection. `Err(())` also covers a body that broke off.
+pub async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, ()> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return Err(()) };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > limit.saturating_mul(8) {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        Err(())
+    } else {
+        Ok(buf.freeze())
+    }
 }
 
 /// Parses a JSON body strictly.
