@@ -585,3 +585,57 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() -> Result<()> {
     ensure!(list.as_array().map(Vec::len) == Some(1), "{list}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hollow_kubelets_run_pods_and_report_running() -> Result<()> {
+    let mut cp = ControlPlane::start(&[]).await?;
+    for n in ["hollow-a", "hollow-b"] {
+        cp.spawn(
+            n,
+            &[
+                "kubelet",
+                "--node-name",
+                n,
+                "--runtime",
+                "fake",
+                "--lease-ttl-secs",
+                "3",
+            ],
+        )?;
+    }
+    let (status, _) = post(&cp, "/replicasets", &rs_body("hollow", 6)).await?;
+    ensure!(status == 201);
+    let pods = wait_pods(&cp, "hollow", "6 Running pods", |p| {
+        p.len() == 6
+            && p.iter().all(|p| {
+                p["status"] == "Running"
+                    && p["container_id"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("fake"))
+            })
+    })
+    .await?;
+    let nodes: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|p| p["spec"]["node_name"].as_str())
+        .collect();
+    ensure!(nodes.len() == 2, "{nodes:?}");
+    let list = wait_until(
+        Duration::from_secs(20),
+        "currentCount and readyCount 6",
+        || async {
+            let rs = cp.get("/replicasets/hollow").await.ok()?;
+            (rs["currentCount"] == 6 && rs["readyCount"] == 6).then_some(rs)
+        },
+    )
+    .await?;
+    ensure!(list["desiredCount"] == 6);
+    let nodes = cp.get("/nodes").await?;
+    ensure!(
+        nodes
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["status"] == "Ready")),
+        "{nodes}"
+    );
+    Ok(())
+}

@@ -363,6 +363,99 @@ async fn a_crashing_command_backs_off_with_a_reason() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_is_reported_and_retried_with_backoff() -> Result<()> {
+    if !docker_ready()? {
+        return Ok(());
+    }
+    let c = Cluster::start("e2e5").await?;
+    let body = json!({"name": "ghost", "desiredCount": 1, "selector": {"app": "ghost"},
+                      "template": {"image": "miniku/no-such-image:1"}});
+    let resp = reqwest::Client::new()
+        .post(c.cp.url("/replicasets"))
+        .json(&body)
+        .send()
+        .await?;
+    ensure!(resp.status() == 201);
+    let pod = c
+        .wait("an image pull error", async |c| {
+            let p = c.pods("ghost").await.ok()?.first()?.clone();
+            (p["reason"] == "ImagePullError" && p["retry_count"].as_u64()? >= 1).then_some(p)
+        })
+        .await?;
+    ensure!(pod["status"] == "Pending", "{pod}");
+    let msg = pod["message"].as_str().unwrap_or("");
+    ensure!(
+        msg.contains("miniku/no-such-image:1"),
+        "the message names the image: {msg}"
+    );
+    ensure!(pod["next_retry_at"] != "0001-01-01T00:00:00Z", "{pod}");
+    ensure!(containers(&c.nodes)?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workloads_outlive_a_store_outage_and_a_missing_engine_is_reported() -> Result<()> {
+    if !docker_ready()? {
+        return Ok(());
+    }
+    let mut c = Cluster::start("e2e6").await?;
+    c.post_rs("durable", 2, None).await?;
+    c.wait_running("durable", 2).await?;
+    let before = containers(&c.nodes)?;
+    // The whole store goes away: kubelets must leave running containers alone.
+    for id in 1..=3 {
+        c.cp.store.kill(id);
+    }
+    // Nothing to await here: we check that nothing happens for a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(
+        containers(&c.nodes)? == before,
+        "containers changed while the store was down"
+    );
+    for id in 1..=3 {
+        c.cp.store.spawn(id)?;
+    }
+    c.cp.store.wait_leader(&[1, 2, 3]).await?;
+    c.wait_running("durable", 2).await?;
+    ensure!(
+        containers(&c.nodes)? == before,
+        "containers were restarted after the outage"
+    );
+
+    // A kubelet whose engine is unreachable says so and keeps trying; the rest still works.
+    let log = c.cp.store.tmp.path().join("kubelet-noengine.log");
+    let file = std::fs::File::create(&log)?;
+    let mut noengine = Command::new(common::BIN)
+        .args(kubelet_args("e2e6-no-engine"))
+        .args(["--store", &c.cp.store_arg()])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()?;
+    let seen = wait_until(
+        Duration::from_secs(20),
+        "the kubelet to report the engine",
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("cannot reach the Docker engine")
+                .then_some(())
+        },
+    )
+    .await;
+    let still_running = noengine.try_wait()?.is_none();
+    let _ = noengine.kill();
+    let _ = noengine.wait();
+    seen?;
+    ensure!(still_running, "the kubelet must keep retrying, not exit");
+    let resp = reqwest::get(c.cp.url("/nodes/e2e6-no-engine")).await?;
+    ensure!(
+        resp.status() == 404,
+        "a kubelet without an engine must not register its node"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kubelet_loss_moves_pods_and_restarts_adopt_containers() -> Result<()> {
     if !docker_ready()? {
         return Ok(());
