@@ -197,8 +197,7 @@ impl Scheduler {
     }
 
     /// What every node has bound, from the cache plus our assumptions.
-    fn usage(&self) -> HashMap<String, Usage> {
-        let assumed = self.lock_assumed().clone();
+    fn usage(&self, assumed: &HashMap<String, String>) -> HashMap<String, Usage> {
         let mut usage: HashMap<String, Usage> = HashMap::new();
         let mut add = |node: &str, p: &Pod| {
             let u = usage.entry(node.to_string()).or_default();
@@ -227,9 +226,18 @@ impl Scheduler {
             return Ok(Next::Done);
         }
         let nodes = self.nodes.list();
-        match pick_node(&nodes, &self.usage(), &pod) {
+        // Choosing and assuming is one step: concurrent workers must each see the others'
+        // choices, or a burst piles onto the same emptiest node.
+        let choice = {
+            let mut assumed = self.lock_assumed();
+            let choice = pick_node(&nodes, &self.usage(&assumed), &pod);
+            if let Ok(node) = &choice {
+                assumed.insert(name.to_string(), node.clone());
+            }
+            choice
+        };
+        match choice {
             Ok(node) => {
-                self.lock_assumed().insert(name.to_string(), node.clone());
                 let mut bound = pod.clone();
                 bound.spec.node_name = node.clone();
                 if bound.reason == "Unschedulable" {
