@@ -406,16 +406,37 @@ impl StoreHandle {
         }
     }
 
+    /// Adds a member (learner, then voter) through the leader; returns once this member
+    /// has applied the change, so its own `/v1/cluster` shows it.
     pub async fn add_member(&self, id: NodeId, peer_addr: String) -> Result<(), StoreError> {
         self.leader_call(PeerRequest::AddMember { id, peer_addr })
+            .await?;
+        self.wait_membership(|| is_voter(&self.inner.raft, id))
             .await
-            .map(|_| ())
     }
 
+    /// Removes a member through the leader; returns once this member has applied it.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
-        self.leader_call(PeerRequest::RemoveMember(id))
+        self.leader_call(PeerRequest::RemoveMember(id)).await?;
+        self.wait_membership(|| !is_member(&self.inner.raft, id))
             .await
-            .map(|_| ())
+    }
+
+    async fn wait_membership(&self, done: impl Fn() -> bool) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut rx = self.inner.raft.metrics();
+        while !done() {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(StoreError::Unavailable(
+                        "the membership change was made but this member has not applied it yet"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs `req` on the leader: here when this member leads, else forwarded, retrying
@@ -528,6 +549,16 @@ impl StoreHandle {
             }
         }
     }
+}
+
+/// Whether `id` is a voter in the current membership.
+fn is_voter(raft: &Raft, id: NodeId) -> bool {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == id)
 }
 
 /// Whether `id` is in the current membership (voter or learner).

@@ -61,6 +61,14 @@ pub(crate) fn leader_of(raft: &Raft) -> (Option<NodeId>, Option<String>) {
     (leader, addr)
 }
 
+/// A leader is known but not its address: this member is still catching up on membership.
+/// Waits briefly for any change before looking again.
+pub(crate) async fn wait_for_membership(raft: &Raft, deadline: Instant) {
+    let mut rx = raft.metrics();
+    let until = deadline.min(Instant::now() + Duration::from_millis(100));
+    let _ = tokio::time::timeout_at(until, rx.changed()).await;
+}
+
 /// Waits (until `deadline`) for Raft to know a leader other than `not`, or any leader when
 /// `not` is None. Returns false on timeout.
 pub(crate) async fn wait_for_leader(raft: &Raft, not: Option<NodeId>, deadline: Instant) -> bool {
@@ -250,7 +258,7 @@ impl ProposerLoop {
                 }
                 Some(l) => {
                     let Some(addr) = leader_addr else {
-                        wait_for_leader(&self.raft, Some(l), deadline).await;
+                        wait_for_membership(&self.raft, deadline).await;
                         continue;
                     };
                     let req = PeerRequest::Forward(cmds.clone());
@@ -395,9 +403,7 @@ pub(crate) async fn obtain_read_index(
                     }
                 }
             }
-            (Some(l), None) => {
-                wait_for_leader(raft, Some(l), deadline).await;
-            }
+            (Some(_), None) => wait_for_membership(raft, deadline).await,
             (None, _) => {
                 if !wait_for_leader(raft, None, deadline).await {
                     return Err(StoreError::Unavailable(

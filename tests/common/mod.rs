@@ -13,12 +13,26 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_miniku");
 
-/// A free TCP port on 127.0.0.1 (bound and released: good enough for tests).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768 and up) so that
+/// no outgoing connection can take it between this check and the server's bind, and never
+/// the same one twice in a test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() * 7919 % SPAN + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
@@ -201,6 +215,19 @@ impl StoreCluster {
             },
         )
         .await
+        .map_err(|e| {
+            let mut report = format!("{e}\n");
+            for id in alive {
+                let log = self.log(*id);
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                report.push_str(&format!("===== member {id} (last lines) =====\n"));
+                for line in tail.iter().rev() {
+                    report.push_str(line);
+                    report.push('\n');
+                }
+            }
+            anyhow::anyhow!(report)
+        })
     }
 
     /// Log of member `id` (for failure messages).
