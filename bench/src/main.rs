@@ -1,0 +1,524 @@
+//! `miniku-bench`: one load generator for the Miniku store (HTTP/JSON) and etcd (gRPC,
+//! through etcd-client), so both are driven with the same workloads. Prints one JSON line
+//! per run (and appends it to `--json FILE`); `scripts/bench.sh` runs the matrix and the
+//! table. A benchmark, not a test.
+//!
+//! ```sh
+//! miniku-bench --system miniku put --clients 64 --requests 20000
+//! miniku-bench --system etcd --endpoints 127.0.0.1:2479 get --clients 16 --serializable
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use serde_json::json;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    Miniku,
+    Etcd,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for the Miniku store and etcd")]
+struct Args {
+    #[arg(long, value_enum, default_value = "miniku")]
+    system: System,
+    /// Client endpoints HOST:PORT; clients are spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379")]
+    endpoints: Vec<String>,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Append the result line to this file.
+    #[arg(long)]
+    json: Option<String>,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Workload {
+    /// Puts of distinct keys.
+    Put {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+    },
+    /// Gets of keys loaded first (linearizable unless --serializable).
+    Get {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Compare-and-swap transactions on 10 contended keys (read mod_revision, then a txn
+    /// comparing it).
+    Cas {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 5_000)]
+        requests: usize,
+    },
+    /// Watch delivery latency: time from a put's acknowledgement to each watcher's receipt.
+    Watch {
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+    },
+    /// Loads N keys (for memory and disk figures).
+    Load {
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+    /// Writes continuously for `--seconds`; reports the longest time without a successful
+    /// write (kill the leader meanwhile).
+    Failover {
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
+}
+
+fn key(prefix: &str, i: usize, size: usize) -> String {
+    let digits = size.saturating_sub(prefix.len()).max(1);
+    format!("{prefix}{i:0digits$}")
+}
+
+/// One connection-pooled client of either system.
+#[derive(Clone)]
+enum Kv {
+    Miniku { http: reqwest::Client, base: String },
+    Etcd(etcd_client::Client),
+}
+
+impl Kv {
+    async fn connect(system: System, endpoint: &str, all: &[String]) -> Result<Kv> {
+        Ok(match system {
+            System::Miniku => Kv::Miniku {
+                http: reqwest::Client::builder()
+                    .tcp_nodelay(true)
+                    .timeout(Duration::from_secs(5))
+                    .build()?,
+                base: format!("http://{endpoint}"),
+            },
+            System::Etcd => {
+                let _ = all;
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_timeout(Duration::from_secs(5))
+                    .with_connect_timeout(Duration::from_secs(1));
+                Kv::Etcd(etcd_client::Client::connect([endpoint], Some(opts)).await?)
+            }
+        })
+    }
+
+    async fn put(&mut self, k: &str, v: &str) -> Result<i64> {
+        match self {
+            Kv::Miniku { http, base } => {
+                let r = http.put(format!("{base}/v1/kv/{k}")).body(v.to_string()).send().await?;
+                if !r.status().is_success() {
+                    bail!("put: {}", r.status());
+                }
+                let j: serde_json::Value = r.json().await?;
+                Ok(j["header"]["revision"].as_i64().unwrap_or(0))
+            }
+            Kv::Etcd(c) => Ok(c
+                .put(k, v, None)
+                .await?
+                .header()
+                .map_or(0, |h| h.revision())),
+        }
+    }
+
+    /// Returns the key's mod_revision (0 if missing).
+    async fn get(&mut self, k: &str, serializable: bool) -> Result<i64> {
+        match self {
+            Kv::Miniku { http, base } => {
+                let q = if serializable { "?serializable=true" } else { "" };
+                let r = http.get(format!("{base}/v1/kv/{k}{q}")).send().await?;
+                if !r.status().is_success() {
+                    bail!("get: {}", r.status());
+                }
+                let j: serde_json::Value = r.json().await?;
+                Ok(j["kvs"][0]["mod_revision"].as_i64().unwrap_or(0))
+            }
+            Kv::Etcd(c) => {
+                let opts = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+                let r = c.get(k, opts).await?;
+                Ok(r.kvs().first().map_or(0, |kv| kv.mod_revision()))
+            }
+        }
+    }
+
+    /// Puts `v` if `k`'s mod_revision is still `rev`; true if it did.
+    async fn cas(&mut self, k: &str, rev: i64, v: &str) -> Result<bool> {
+        match self {
+            Kv::Miniku { http, base } => {
+                let body = json!({
+                    "compare": [{"key": k, "target": "mod_revision", "result": "=", "value": rev}],
+                    "success": [{"put": {"key": k, "value": v}}],
+                });
+                let r = http.post(format!("{base}/v1/txn")).json(&body).send().await?;
+                if !r.status().is_success() {
+                    bail!("txn: {}", r.status());
+                }
+                let j: serde_json::Value = r.json().await?;
+                Ok(j["succeeded"] == true)
+            }
+            Kv::Etcd(c) => {
+                use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(k, CompareOp::Equal, rev)])
+                    .and_then([TxnOp::put(k, v, None)]);
+                Ok(c.txn(txn).await?.succeeded())
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `requests` operations over `clients` clients; returns latencies and errors.
+async fn closed_loop<F, Fut>(
+    args: &Args,
+    clients: usize,
+    requests: usize,
+    op: F,
+) -> Result<(Vec<Duration>, usize, Duration)>
+where
+    F: Fn(Kv, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Kv>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients.max(1) {
+        let ep = &args.endpoints[c % args.endpoints.len()];
+        let mut kv = Kv::connect(args.system, ep, &args.endpoints).await?;
+        let next = next.clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let t = Instant::now();
+                match op(kv.clone(), i).await {
+                    Ok(k) => {
+                        kv = k;
+                        lat.push(t.elapsed());
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await?;
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    Ok((all, errors, elapsed))
+}
+
+fn report(args: &Args, name: &str, params: serde_json::Value, lat: &[Duration], errors: usize, elapsed: Duration, extra: serde_json::Value) -> Result<()> {
+    let mut line = json!({
+        "system": format!("{:?}", args.system).to_lowercase(),
+        "workload": name,
+        "params": params,
+        "ops": lat.len(),
+        "errors": errors,
+        "seconds": elapsed.as_secs_f64(),
+        "throughput": lat.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        "p50_ms": percentile(lat, 0.50),
+        "p99_ms": percentile(lat, 0.99),
+        "max_ms": lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    });
+    if let (Some(obj), Some(more)) = (line.as_object_mut(), extra.as_object()) {
+        for (k, v) in more {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    let text = serde_json::to_string(&line)?;
+    println!("{text}");
+    if let Some(path) = &args.json {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        writeln!(f, "{text}")?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let value: Arc<str> = "x".repeat(args.value_size).into();
+    let ks = args.key_size;
+    match args.workload.clone() {
+        Workload::Put { clients, requests } => {
+            let run: u32 = rand::random();
+            let v = value.clone();
+            let (lat, errors, elapsed) = closed_loop(&args, clients, requests, move |mut kv, i| {
+                let v = v.clone();
+                async move {
+                    kv.put(&key(&format!("p{run:x}"), i, ks), &v).await?;
+                    Ok(kv)
+                }
+            })
+            .await?;
+            report(&args, "put", json!({"clients": clients}), &lat, errors, elapsed, json!({}))
+        }
+        Workload::Get { clients, requests, serializable } => {
+            let n = requests.min(1000);
+            let mut loader = Kv::connect(args.system, &args.endpoints[0], &args.endpoints).await?;
+            for i in 0..n {
+                loader.put(&key("g", i, ks), &value).await?;
+            }
+            let (lat, errors, elapsed) = closed_loop(&args, clients, requests, move |mut kv, i| async move {
+                kv.get(&key("g", i % n, ks), serializable).await?;
+                Ok(kv)
+            })
+            .await?;
+            let name = if serializable { "get_serializable" } else { "get_linearizable" };
+            report(&args, name, json!({"clients": clients}), &lat, errors, elapsed, json!({}))
+        }
+        Workload::Cas { clients, requests } => {
+            let won = Arc::new(AtomicUsize::new(0));
+            let w = won.clone();
+            let v = value.clone();
+            let (lat, errors, elapsed) = closed_loop(&args, clients, requests, move |mut kv, i| {
+                let w = w.clone();
+                let v = v.clone();
+                async move {
+                    let k = key("c", i % 10, ks);
+                    let rev = kv.get(&k, false).await?;
+                    if kv.cas(&k, rev, &v).await? {
+                        w.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(kv)
+                }
+            })
+            .await?;
+            let ok = won.load(Ordering::Relaxed);
+            report(&args, "cas_txn", json!({"clients": clients, "keys": 10}), &lat, errors, elapsed, json!({"succeeded": ok}))
+        }
+        Workload::Load { keys, clients } => {
+            let v = value.clone();
+            let (lat, errors, elapsed) = closed_loop(&args, clients, keys, move |mut kv, i| {
+                let v = v.clone();
+                async move {
+                    kv.put(&key("l", i, ks.max(8)), &v).await?;
+                    Ok(kv)
+                }
+            })
+            .await?;
+            report(&args, "load", json!({"keys": keys}), &lat, errors, elapsed, json!({}))
+        }
+        Workload::Watch { watchers, events } => watch(&args, watchers, events, &value).await,
+        Workload::Failover { seconds, clients } => failover(&args, seconds, clients, &value).await,
+    }
+}
+
+/// Revision → when its put was acknowledged.
+type Acks = Arc<Mutex<HashMap<i64, Instant>>>;
+
+async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Result<()> {
+    let prefix = format!("w{:x}/", rand::random::<u32>());
+    let receipts: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    // etcd: a few clients carry many watch streams each (gRPC multiplexes them).
+    let mut etcd_clients = Vec::new();
+    if args.system == System::Etcd {
+        for ep in &args.endpoints {
+            if let Kv::Etcd(c) = Kv::connect(System::Etcd, ep, &args.endpoints).await? {
+                etcd_clients.push(c);
+            }
+        }
+    }
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    for w in 0..watchers {
+        let ep = args.endpoints[w % args.endpoints.len()].clone();
+        let receipts = receipts.clone();
+        let ready = ready.clone();
+        let prefix = prefix.clone();
+        match args.system {
+            System::Miniku => {
+                let http = http.clone();
+                tasks.push(tokio::spawn(async move {
+                    let url = format!("http://{ep}/v1/watch/{prefix}?prefix=true");
+                    let resp = http.get(&url).send().await?;
+                    ready.fetch_add(1, Ordering::SeqCst);
+                    let mut s = resp.bytes_stream();
+                    let mut buf = String::new();
+                    let mut seen = 0;
+                    while seen < events {
+                        let Some(chunk) = s.next().await else { break };
+                        buf.push_str(&String::from_utf8_lossy(&chunk?));
+                        while let Some(pos) = buf.find("\n\n") {
+                            let frame: String = buf.drain(..pos + 2).collect();
+                            let now = Instant::now();
+                            if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id:")) {
+                                if frame.contains("\"events\":[{") {
+                                    let rev: i64 = id.trim().parse().unwrap_or(0);
+                                    receipts.lock().unwrap_or_else(|p| p.into_inner()).push((rev, now));
+                                    seen += 1;
+                                }
+                            }
+                        }
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            System::Etcd => {
+                let mut c = etcd_clients[w % etcd_clients.len()].clone();
+                tasks.push(tokio::spawn(async move {
+                    let opts = etcd_client::WatchOptions::new().with_prefix();
+                    let (_watcher, mut stream) = c.watch(prefix.as_bytes(), Some(opts)).await?;
+                    ready.fetch_add(1, Ordering::SeqCst);
+                    let mut seen = 0;
+                    while seen < events {
+                        let Some(resp) = stream.message().await? else { break };
+                        let now = Instant::now();
+                        for e in resp.events() {
+                            if let Some(kv) = e.kv() {
+                                receipts
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push((kv.mod_revision(), now));
+                                seen += 1;
+                            }
+                        }
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready.load(Ordering::SeqCst) < watchers {
+        if Instant::now() > deadline {
+            bail!("watchers did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acks: Acks = Arc::new(Mutex::new(HashMap::new()));
+    let mut writer = Kv::connect(args.system, &args.endpoints[0], &args.endpoints).await?;
+    let started = Instant::now();
+    for i in 0..events {
+        let rev = writer.put(&format!("{prefix}{i}"), value).await?;
+        acks.lock().unwrap_or_else(|p| p.into_inner()).insert(rev, Instant::now());
+        // A steady stream, not a burst: one event every millisecond at most.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let wait_all = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), wait_all).await;
+    let elapsed = started.elapsed();
+    let acks = acks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let receipts = receipts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut lat: Vec<Duration> = receipts
+        .iter()
+        .filter_map(|(rev, at)| acks.get(rev).map(|ack| at.saturating_duration_since(*ack)))
+        .collect();
+    lat.sort();
+    let expected = watchers * events;
+    let missing = expected.saturating_sub(lat.len());
+    report(
+        args,
+        "watch",
+        json!({"watchers": watchers, "events": events}),
+        &lat,
+        0,
+        elapsed,
+        json!({"expected": expected, "missing": missing}),
+    )
+}
+
+async fn failover(args: &Args, seconds: u64, clients: usize, value: &str) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let successes: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for c in 0..clients.max(1) {
+        let successes = successes.clone();
+        let endpoints = args.endpoints.clone();
+        let system = args.system;
+        let value = value.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut ep = c;
+            let mut kv = Kv::connect(system, &endpoints[ep % endpoints.len()], &endpoints).await.ok();
+            let mut i = 0usize;
+            while Instant::now() < until {
+                i += 1;
+                let ok = match kv.as_mut() {
+                    Some(k) => tokio::time::timeout(Duration::from_millis(500), k.put(&key(&format!("f{c}-"), i, 12), &value))
+                        .await
+                        .is_ok_and(|r| r.is_ok()),
+                    None => false,
+                };
+                if ok {
+                    successes.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                } else {
+                    // Move to the next endpoint, as a client with all endpoints would.
+                    ep += 1;
+                    kv = Kv::connect(system, &endpoints[ep % endpoints.len()], &endpoints).await.ok();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("failover client")?;
+    }
+    let mut s = successes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    s.sort();
+    let mut gap = Duration::ZERO;
+    let mut prev = start;
+    for t in &s {
+        gap = gap.max(t.saturating_duration_since(prev));
+        prev = *t;
+    }
+    let elapsed = start.elapsed();
+    report(
+        args,
+        "failover",
+        json!({"clients": clients, "seconds": seconds}),
+        &[],
+        0,
+        elapsed,
+        json!({"writes": s.len(), "longest_gap_ms": gap.as_secs_f64() * 1000.0}),
+    )
+}

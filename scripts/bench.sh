@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Benchmarks the Miniku store side by side with etcd 3.4 on this machine: both as
+# three-member clusters on loopback, data on the same disk, driven by the same load
+# generator (miniku-bench: HTTP for Miniku, gRPC through etcd-client for etcd), runs
+# interleaved and repeated. Prints a table (Miniku ÷ etcd ratios) and writes every run as
+# JSON lines.
+#
+# Usage: scripts/bench.sh [--quick] [--json FILE]
+#   --quick      small sizes, one repetition (about a minute; CI runs it)
+#   --json FILE  where the raw results go (default bench-results.json)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0
+OUT=bench-results.json
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --json) OUT=$2; shift ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
+  esac
+  shift
+done
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v jq >/dev/null || need+=(jq)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  echo "installing ${need[*]}..."
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "building (release)..."
+cargo build --release --quiet -p miniku -p miniku-bench
+BIN=target/release/miniku
+BENCH=target/release/miniku-bench
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/miniku-bench.XXXXXX")
+RAW="$WORK/raw.json"
+: >"$RAW"
+declare -A PIDS
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+M_CLIENT=(0 2579 22579 32579); M_PEER=(0 12580 22580 32580)
+E_CLIENT=(0 2479 22479 32479); E_PEER=(0 12480 22480 32480)
+M_EP="127.0.0.1:2579,127.0.0.1:22579,127.0.0.1:32579"
+E_EP="127.0.0.1:2479,127.0.0.1:22479,127.0.0.1:32479"
+
+start_miniku() {
+  local i=$1
+  "$BIN" store --id "$i" --data-dir "$WORK/miniku$i" \
+    --client-addr "127.0.0.1:${M_CLIENT[$i]}" --peer-addr "127.0.0.1:${M_PEER[$i]}" \
+    --initial-cluster "1=127.0.0.1:12580,2=127.0.0.1:22580,3=127.0.0.1:32580" \
+    >>"$WORK/miniku$i.log" 2>&1 &
+  PIDS[miniku$i]=$!
+  disown "$!"
+}
+
+start_etcd() {
+  local i=$1
+  etcd --name "e$i" --data-dir "$WORK/etcd$i" \
+    --listen-client-urls "http://127.0.0.1:${E_CLIENT[$i]}" \
+    --advertise-client-urls "http://127.0.0.1:${E_CLIENT[$i]}" \
+    --listen-peer-urls "http://127.0.0.1:${E_PEER[$i]}" \
+    --initial-advertise-peer-urls "http://127.0.0.1:${E_PEER[$i]}" \
+    --initial-cluster "e1=http://127.0.0.1:12480,e2=http://127.0.0.1:22480,e3=http://127.0.0.1:32480" \
+    --initial-cluster-state new --initial-cluster-token miniku-bench \
+    >>"$WORK/etcd$i.log" 2>&1 &
+  PIDS[etcd$i]=$!
+  disown "$!"
+}
+
+# Prints the member number (1-3) of the current leader.
+leader_of() {
+  if [ "$1" = miniku ]; then
+    for port in 2579 22579 32579; do
+      l=$(curl -sf "http://127.0.0.1:$port/v1/cluster" 2>/dev/null | jq -r '.leader_id // empty' || true)
+      if [ -n "$l" ]; then echo "$l"; return 0; fi
+    done
+  else
+    etcdctl --endpoints="$E_EP" endpoint status -w json 2>/dev/null \
+      | jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint' \
+      | sed -E 's/.*:([0-9]+)$/\1/' | while read -r port; do
+          for i in 1 2 3; do [ "${E_CLIENT[$i]}" = "$port" ] && echo "$i"; done
+        done | head -1
+  fi
+}
+
+wait_ready() {
+  for _ in $(seq 1 150); do
+    if [ -n "$(leader_of "$1")" ]; then return 0; fi
+    sleep 0.2
+  done
+  echo "$1 has no leader; logs in $WORK" >&2
+  exit 1
+}
+
+for i in 1 2 3; do start_miniku "$i"; start_etcd "$i"; done
+wait_ready miniku
+wait_ready etcd
+echo "Miniku on $M_EP, etcd $(etcd --version | head -1 | awk '{print $3}') on $E_EP; data in $WORK"
+
+run() { # system, then miniku-bench arguments
+  local sys=$1; shift
+  local ep=$M_EP
+  [ "$sys" = etcd ] && ep=$E_EP
+  "$BENCH" --system "$sys" --endpoints "$ep" --json "$RAW" "$@" >/dev/null
+}
+
+if [ "$QUICK" = 1 ]; then
+  REPS=1; FAILOVERS=1; LOAD_KEYS=10000
+  WORKLOADS=(
+    "put --clients 1 --requests 1000"
+    "put --clients 64 --requests 5000"
+    "get --clients 64 --requests 5000"
+    "get --clients 64 --requests 5000 --serializable"
+    "cas --clients 16 --requests 1000"
+    "watch --watchers 100 --events 50"
+  )
+else
+  REPS=3; FAILOVERS=5; LOAD_KEYS=100000
+  WORKLOADS=(
+    "put --clients 1 --requests 3000"
+    "put --clients 16 --requests 20000"
+    "put --clients 64 --requests 30000"
+    "put --clients 256 --requests 30000"
+    "get --clients 16 --requests 20000"
+    "get --clients 64 --requests 30000"
+    "get --clients 16 --requests 20000 --serializable"
+    "get --clients 64 --requests 30000 --serializable"
+    "cas --clients 16 --requests 5000"
+    "watch --watchers 100 --events 200"
+    "watch --watchers 1000 --events 100"
+  )
+fi
+
+for rep in $(seq 1 "$REPS"); do
+  for w in "${WORKLOADS[@]}"; do
+    # Alternate which system goes first, so drift on a noisy machine shows as spread.
+    if [ $((rep % 2)) = 1 ]; then order="miniku etcd"; else order="etcd miniku"; fi
+    for sys in $order; do
+      echo "  [$rep/$REPS] $sys $w"
+      # shellcheck disable=SC2086
+      run "$sys" $w
+    done
+  done
+done
+
+# Memory and disk after loading keys.
+for sys in miniku etcd; do
+  echo "  $sys: loading $LOAD_KEYS keys"
+  run "$sys" load --keys "$LOAD_KEYS" --clients 64
+  rss=0
+  for i in 1 2 3; do
+    r=$(ps -o rss= -p "${PIDS[$sys$i]}" | tr -d ' ')
+    [ "$r" -gt "$rss" ] && rss=$r
+  done
+  disk=$(du -sb "$WORK/${sys}1" | cut -f1)
+  echo "{\"system\":\"$sys\",\"workload\":\"memory\",\"params\":{\"keys\":$LOAD_KEYS},\"max_rss_mb\":$((rss / 1024)),\"disk_mb_per_node\":$((disk / 1048576))}" >>"$RAW"
+done
+
+# Failover: steady writes, kill -9 the leader, time until writes flow again.
+for n in $(seq 1 "$FAILOVERS"); do
+  for sys in miniku etcd; do
+    echo "  failover $n/$FAILOVERS: $sys"
+    ep=$M_EP; [ "$sys" = etcd ] && ep=$E_EP
+    "$BENCH" --system "$sys" --endpoints "$ep" --json "$RAW" failover --seconds 6 >/dev/null &
+    bench_pid=$!
+    sleep 2
+    l=$(leader_of "$sys")
+    kill -9 "${PIDS[$sys$l]}"
+    wait "$bench_pid"
+    "start_$sys" "$l"
+    wait_ready "$sys"
+    sleep 1
+  done
+done
+
+mkdir -p "$(dirname "$OUT")"
+cp "$RAW" "$OUT"
+
+echo
+echo "Miniku store vs etcd $(etcd --version | head -1 | awk '{print $3}') — $(date -u +%Y-%m-%d), $(nproc) cores, $REPS run(s) each (median)"
+jq -rs '
+  def med: sort | if length == 0 then null else .[(length / 2 | floor)] end;
+  def fmt: if . == null then "-" else (. * 100 | round / 100 | tostring) end;
+  def key: .workload + " " + ((.params // {}) | to_entries | map("\(.key)=\(.value)") | join(" "));
+  [.[] | select(.workload != "load")] | group_by(key) | map({
+      name: (.[0] | key),
+      m: [.[] | select(.system == "miniku")],
+      e: [.[] | select(.system == "etcd")]
+    }) | .[] |
+  if (.name | startswith("memory")) then
+    "\(.name)\t max RSS MB: miniku \(.m | map(.max_rss_mb) | med | fmt)  etcd \(.e | map(.max_rss_mb) | med | fmt)   disk MB/node: miniku \(.m | map(.disk_mb_per_node) | med | fmt)  etcd \(.e | map(.disk_mb_per_node) | med | fmt)"
+  elif (.name | startswith("failover")) then
+    "\(.name)\t writes stalled ms (median): miniku \(.m | map(.longest_gap_ms) | med | fmt)  etcd \(.e | map(.longest_gap_ms) | med | fmt)   ratio \(((.m | map(.longest_gap_ms) | med) / (.e | map(.longest_gap_ms) | med)) | fmt)"
+  else
+    (.m | map(.throughput) | med) as $mt | (.e | map(.throughput) | med) as $et |
+    "\(.name)\t ops/s miniku \($mt | fmt) etcd \($et | fmt) ratio \(($mt / $et) | fmt) | p50 ms \(.m | map(.p50_ms) | med | fmt) vs \(.e | map(.p50_ms) | med | fmt) | p99 ms \(.m | map(.p99_ms) | med | fmt) vs \(.e | map(.p99_ms) | med | fmt) | max ms \(.m | map(.max_ms) | med | fmt) vs \(.e | map(.max_ms) | med | fmt)" +
+    (if (.m[0].missing // null) != null then " | missing events \(.m | map(.missing) | add) vs \(.e | map(.missing) | add)" else "" end) +
+    (if (.m[0].succeeded // null) != null then " | cas won \(.m | map(.succeeded) | med) vs \(.e | map(.succeeded) | med)" else "" end)
+  end' "$OUT" | column -t -s $'\t'
+echo
+echo "raw results: $OUT"
