@@ -87,7 +87,7 @@ leader_of() {
       if [ -n "$l" ]; then echo "$l"; return 0; fi
     done
   else
-    etcdctl --endpoints="$E_EP" endpoint status -w json 2>/dev/null \
+    etcdctl --endpoints="$E_EP" --command-timeout=2s endpoint status -w json 2>/dev/null \
       | jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint' \
       | sed -E 's/.*:([0-9]+)$/\1/' | while read -r port; do
           for i in 1 2 3; do [ "${E_CLIENT[$i]}" = "$port" ] && echo "$i"; done
@@ -176,9 +176,19 @@ for n in $(seq 1 "$FAILOVERS"); do
     "$BENCH" --system "$sys" --endpoints "$ep" --json "$RAW" failover --seconds 6 >/dev/null &
     bench_pid=$!
     sleep 2
-    l=$(leader_of "$sys")
+    l=""
+    for _ in $(seq 1 50); do
+      l=$(leader_of "$sys" || true)
+      [ -n "$l" ] && break
+      sleep 0.1
+    done
+    if [ -z "$l" ]; then
+      echo "  no $sys leader found; this failover run is skipped" >&2
+      wait "$bench_pid" || true
+      continue
+    fi
     kill -9 "${PIDS[$sys$l]}"
-    wait "$bench_pid"
+    wait "$bench_pid" || echo "  the failover load generator failed" >&2
     "start_$sys" "$l"
     wait_ready "$sys"
     sleep 1

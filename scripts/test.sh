@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Miniku's whole test suite: unit tests, storage suite, real-process store tests,
-# control-plane tests and the Docker end-to-end tests. Installs what they need first
-# (Debian packages and the local busybox image), so it works on a fresh machine.
+# control-plane tests, the Docker end-to-end tests, and the quick benchmark against etcd (so
+# it never rots). Installs what they need first (Debian packages and the local busybox
+# image), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,10 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v jq >/dev/null || need_apt+=(jq)
 [ -x /bin/busybox ] || dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
+# The benchmark's etcd client is generated from etcd's .proto files at build time.
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -29,3 +34,6 @@ fi
 
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
+
+# Benchmarks are not tests: this only checks that the benchmark still runs end to end.
+scripts/bench.sh --quick --json target/bench-quick.json
