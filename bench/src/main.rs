@@ -30,7 +30,11 @@ struct Args {
     #[arg(long, value_enum, default_value = "miniku")]
     system: System,
     /// Client endpoints HOST:PORT; clients are spread over them.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
+    )]
     endpoints: Vec<String>,
     /// Key size in bytes.
     #[arg(long, default_value_t = 8)]
@@ -130,7 +134,11 @@ impl Kv {
     async fn put(&mut self, k: &str, v: &str) -> Result<i64> {
         match self {
             Kv::Miniku { http, base } => {
-                let r = http.put(format!("{base}/v1/kv/{k}")).body(v.to_string()).send().await?;
+                let r = http
+                    .put(format!("{base}/v1/kv/{k}"))
+                    .body(v.to_string())
+                    .send()
+                    .await?;
                 if !r.status().is_success() {
                     bail!("put: {}", r.status());
                 }
@@ -149,7 +157,11 @@ impl Kv {
     async fn get(&mut self, k: &str, serializable: bool) -> Result<i64> {
         match self {
             Kv::Miniku { http, base } => {
-                let q = if serializable { "?serializable=true" } else { "" };
+                let q = if serializable {
+                    "?serializable=true"
+                } else {
+                    ""
+                };
                 let r = http.get(format!("{base}/v1/kv/{k}{q}")).send().await?;
                 if !r.status().is_success() {
                     bail!("get: {}", r.status());
@@ -173,7 +185,11 @@ impl Kv {
                     "compare": [{"key": k, "target": "mod_revision", "result": "=", "value": rev}],
                     "success": [{"put": {"key": k, "value": v}}],
                 });
-                let r = http.post(format!("{base}/v1/txn")).json(&body).send().await?;
+                let r = http
+                    .post(format!("{base}/v1/txn"))
+                    .json(&body)
+                    .send()
+                    .await?;
                 if !r.status().is_success() {
                     bail!("txn: {}", r.status());
                 }
@@ -250,7 +266,15 @@ where
     Ok((all, errors, elapsed))
 }
 
-fn report(args: &Args, name: &str, params: serde_json::Value, lat: &[Duration], errors: usize, elapsed: Duration, extra: serde_json::Value) -> Result<()> {
+fn report(
+    args: &Args,
+    name: &str,
+    params: serde_json::Value,
+    lat: &[Duration],
+    errors: usize,
+    elapsed: Duration,
+    extra: serde_json::Value,
+) -> Result<()> {
     let mut line = json!({
         "system": format!("{:?}", args.system).to_lowercase(),
         "workload": name,
@@ -272,7 +296,10 @@ fn report(args: &Args, name: &str, params: serde_json::Value, lat: &[Duration], 
     println!("{text}");
     if let Some(path) = &args.json {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         writeln!(f, "{text}")?;
     }
     Ok(())
@@ -295,21 +322,46 @@ async fn main() -> Result<()> {
                 }
             })
             .await?;
-            report(&args, "put", json!({"clients": clients}), &lat, errors, elapsed, json!({}))
+            report(
+                &args,
+                "put",
+                json!({"clients": clients}),
+                &lat,
+                errors,
+                elapsed,
+                json!({}),
+            )
         }
-        Workload::Get { clients, requests, serializable } => {
+        Workload::Get {
+            clients,
+            requests,
+            serializable,
+        } => {
             let n = requests.min(1000);
             let mut loader = Kv::connect(args.system, &args.endpoints[0], &args.endpoints).await?;
             for i in 0..n {
                 loader.put(&key("g", i, ks), &value).await?;
             }
-            let (lat, errors, elapsed) = closed_loop(&args, clients, requests, move |mut kv, i| async move {
-                kv.get(&key("g", i % n, ks), serializable).await?;
-                Ok(kv)
-            })
-            .await?;
-            let name = if serializable { "get_serializable" } else { "get_linearizable" };
-            report(&args, name, json!({"clients": clients}), &lat, errors, elapsed, json!({}))
+            let (lat, errors, elapsed) =
+                closed_loop(&args, clients, requests, move |mut kv, i| async move {
+                    kv.get(&key("g", i % n, ks), serializable).await?;
+                    Ok(kv)
+                })
+                .await?;
+            let name = if serializable {
+                "get_serializable"
+            } else {
+                "get_linearizable"
+            };
+            report(
+                &args,
+                name,
+                json!({"clients": clients}),
+                &lat,
+                errors,
+                elapsed,
+                json!({}),
+            )
         }
         Workload::Cas { clients, requests } => {
             let won = Arc::new(AtomicUsize::new(0));
@@ -329,7 +381,15 @@ async fn main() -> Result<()> {
             })
             .await?;
             let ok = won.load(Ordering::Relaxed);
-            report(&args, "cas_txn", json!({"clients": clients, "keys": 10}), &lat, errors, elapsed, json!({"succeeded": ok}))
+            report(
+                &args,
+                "cas_txn",
+                json!({"clients": clients, "keys": 10}),
+                &lat,
+                errors,
+                elapsed,
+                json!({"succeeded": ok}),
+            )
         }
         Workload::Load { keys, clients } => {
             let v = value.clone();
@@ -341,7 +401,15 @@ async fn main() -> Result<()> {
                 }
             })
             .await?;
-            report(&args, "load", json!({"keys": keys}), &lat, errors, elapsed, json!({}))
+            report(
+                &args,
+                "load",
+                json!({"keys": keys}),
+                &lat,
+                errors,
+                elapsed,
+                json!({}),
+            )
         }
         Workload::Watch { watchers, events } => watch(&args, watchers, events, &value).await,
         Workload::Failover { seconds, clients } => failover(&args, seconds, clients, &value).await,
@@ -365,7 +433,9 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
             }
         }
     }
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     for w in 0..watchers {
         let ep = args.endpoints[w % args.endpoints.len()].clone();
         let receipts = receipts.clone();
@@ -390,7 +460,10 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
                             if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id:")) {
                                 if frame.contains("\"events\":[{") {
                                     let rev: i64 = id.trim().parse().unwrap_or(0);
-                                    receipts.lock().unwrap_or_else(|p| p.into_inner()).push((rev, now));
+                                    receipts
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .push((rev, now));
                                     seen += 1;
                                 }
                             }
@@ -407,7 +480,9 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
                     ready.fetch_add(1, Ordering::SeqCst);
                     let mut seen = 0;
                     while seen < events {
-                        let Some(resp) = stream.message().await? else { break };
+                        let Some(resp) = stream.message().await? else {
+                            break;
+                        };
                         let now = Instant::now();
                         for e in resp.events() {
                             if let Some(kv) = e.kv() {
@@ -436,7 +511,9 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
     let started = Instant::now();
     for i in 0..events {
         let rev = writer.put(&format!("{prefix}{i}"), value).await?;
-        acks.lock().unwrap_or_else(|p| p.into_inner()).insert(rev, Instant::now());
+        acks.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rev, Instant::now());
         // A steady stream, not a burst: one event every millisecond at most.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -479,22 +556,32 @@ async fn failover(args: &Args, seconds: u64, clients: usize, value: &str) -> Res
         let value = value.to_string();
         tasks.push(tokio::spawn(async move {
             let mut ep = c;
-            let mut kv = Kv::connect(system, &endpoints[ep % endpoints.len()], &endpoints).await.ok();
+            let mut kv = Kv::connect(system, &endpoints[ep % endpoints.len()], &endpoints)
+                .await
+                .ok();
             let mut i = 0usize;
             while Instant::now() < until {
                 i += 1;
                 let ok = match kv.as_mut() {
-                    Some(k) => tokio::time::timeout(Duration::from_millis(500), k.put(&key(&format!("f{c}-"), i, 12), &value))
-                        .await
-                        .is_ok_and(|r| r.is_ok()),
+                    Some(k) => tokio::time::timeout(
+                        Duration::from_millis(500),
+                        k.put(&key(&format!("f{c}-"), i, 12), &value),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
                     None => false,
                 };
                 if ok {
-                    successes.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                    successes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Instant::now());
                 } else {
                     // Move to the next endpoint, as a client with all endpoints would.
                     ep += 1;
-                    kv = Kv::connect(system, &endpoints[ep % endpoints.len()], &endpoints).await.ok();
+                    kv = Kv::connect(system, &endpoints[ep % endpoints.len()], &endpoints)
+                        .await
+                        .ok();
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }

@@ -28,8 +28,10 @@ use crate::network::client::{PeerClient, TransportError};
 use crate::network::{PeerError, PeerRequest, PeerResponse};
 use crate::types::{Command, CommandResult, NodeId, Raft, WriteBatch};
 
-/// Proposals in flight at once on one node.
-const MAX_IN_FLIGHT: usize = 4;
+/// Proposals in flight at once on one node. Few is better: openraft flushes and replicates
+/// once per entry, so while one entry is out, arriving writes gather into the next batch.
+/// Measured at 64 clients on 2 cores: 2 in flight ~6,000 puts/s, 4 ~4,900/s, 16 ~2,600/s.
+const MAX_IN_FLIGHT: usize = 2;
 
 type Reply = oneshot::Sender<Result<CommandResult, StoreError>>;
 
