@@ -108,7 +108,7 @@ fn key(prefix: &str, i: usize, size: usize) -> String {
 #[derive(Clone)]
 enum Kv {
     Miniku { http: reqwest::Client, base: String },
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 impl Kv {
@@ -126,7 +126,9 @@ impl Kv {
                 let opts = etcd_client::ConnectOptions::new()
                     .with_timeout(Duration::from_secs(5))
                     .with_connect_timeout(Duration::from_secs(1));
-                Kv::Etcd(etcd_client::Client::connect([endpoint], Some(opts)).await?)
+                Kv::Etcd(Box::new(
+                    etcd_client::Client::connect([endpoint], Some(opts)).await?,
+                ))
             }
         })
     }
@@ -429,7 +431,7 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
     if args.system == System::Etcd {
         for ep in &args.endpoints {
             if let Kv::Etcd(c) = Kv::connect(System::Etcd, ep, &args.endpoints).await? {
-                etcd_clients.push(c);
+                etcd_clients.push(*c);
             }
         }
     }
