@@ -126,10 +126,6 @@ pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
     Ok(out)
 }
 
-fn query<T: serde::de::DeserializeOwned + Default>(raw: Option<Query<T>>) -> T {
-    raw.map(|Query(q)| q).unwrap_or_default()
-}
-
 async fn health(State(s): State<AppState>) -> Response {
     match s.registry.client().cluster().await {
         Ok(c) if c.leader_id.is_some() => {
@@ -157,7 +153,7 @@ fn parse_query<T: serde::de::DeserializeOwned + Default>(
     raw: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
     match raw {
-        Ok(q) => Ok(query(Some(q))),
+        Ok(Query(q)) => Ok(q),
         Err(e) => Err(ApiError::invalid("query", e.body_text())),
     }
 }

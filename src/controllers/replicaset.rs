@@ -149,7 +149,7 @@ impl ReplicaSetController {
         Ok(())
     }
 
-    fn expect(&self, name: &str, revision: i64) {
+    fn expect_revision(&self, name: &str, revision: i64) {
         let mut e = self.expectations.lock().unwrap_or_else(|p| p.into_inner());
         let v = e.entry(name.to_string()).or_insert(0);
         *v = (*v).max(revision);
@@ -178,7 +178,7 @@ impl ReplicaSetController {
             .await
         {
             Ok(gone) => {
-                self.expect(rs, gone.resource_version);
+                self.expect_revision(rs, gone.resource_version);
                 Ok(())
             }
             Err(RegistryError::NotFound { .. }) => Ok(()),
@@ -213,7 +213,7 @@ impl ReplicaSetController {
                 let mut released = pod.clone();
                 released.owner = None;
                 match self.registry.update(&released).await {
-                    Ok(p) => self.expect(name, p.resource_version),
+                    Ok(p) => self.expect_revision(name, p.resource_version),
                     Err(RegistryError::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -240,7 +240,7 @@ impl ReplicaSetController {
                 let mut failed = None;
                 for r in results {
                     match r {
-                        Ok(rev) => self.expect(name, rev),
+                        Ok(rev) => self.expect_revision(name, rev),
                         Err(e) => failed = Some(e),
                     }
                 }

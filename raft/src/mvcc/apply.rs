@@ -42,10 +42,6 @@ pub(super) struct ApplyCtx<'a> {
     index_prunes: Vec<(Vec<u8>, usize)>,
 }
 
-fn in_user_range(key: &[u8], start: &[u8], range_end: &[u8]) -> bool {
-    in_range(key, start, range_end)
-}
-
 impl<'a> ApplyCtx<'a> {
     pub fn new(tree: &'a sled::Tree, st: &'a State, revision: i64, compact: i64) -> Self {
         ApplyCtx {
@@ -298,7 +294,7 @@ impl<'a> ApplyCtx<'a> {
             }
         }
         for (k, v) in &self.cur {
-            if in_user_range(k, start, range_end) {
+            if in_range(k, start, range_end) {
                 match v {
                     Some(kv) => found.insert(k.clone(), kv.clone()),
                     None => found.remove(k),
