@@ -27,6 +27,8 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v jq >/dev/null || need+=(jq)
+command -v curl >/dev/null || need+=(curl)
+command -v ps >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "installing ${need[*]}..."
@@ -218,6 +220,6 @@ jq -rs '
     "\(.name)\t ops/s miniku \($mt | fmt) etcd \($et | fmt) ratio \(($mt / $et) | fmt) | p50 ms \(.m | map(.p50_ms) | med | fmt) vs \(.e | map(.p50_ms) | med | fmt) | p99 ms \(.m | map(.p99_ms) | med | fmt) vs \(.e | map(.p99_ms) | med | fmt) | max ms \(.m | map(.max_ms) | med | fmt) vs \(.e | map(.max_ms) | med | fmt)" +
     (if (.m[0].missing // null) != null then " | missing events \(.m | map(.missing) | add) vs \(.e | map(.missing) | add)" else "" end) +
     (if (.m[0].succeeded // null) != null then " | cas won \(.m | map(.succeeded) | med) vs \(.e | map(.succeeded) | med)" else "" end)
-  end' "$OUT" | column -t -s $'\t'
+  end' "$OUT" | if command -v column >/dev/null; then column -t -s $'\t'; else tr '\t' ' '; fi
 echo
 echo "raw results: $OUT"
