@@ -1,0 +1,7 @@
+//! The fault-injection harness's library: the recorded history of a run and the checkers
+//! that judge it. The binary (`src/main.rs`) drives a real cluster and records; these
+//! modules never touch the network, so they can be tested with hand-made histories.
+
+pub mod history;
+pub mod linearizability;
+pub mod watch_check;
