@@ -37,3 +37,4 @@ cargo test --workspace -- --test-threads=2
 
 # Benchmarks are not tests: this only checks that the benchmark still runs end to end.
 scripts/bench.sh --quick --json target/bench-quick.json
+scripts/bench-control-plane.sh --quick --json target/bench-control-plane-quick.json

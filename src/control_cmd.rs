@@ -190,12 +190,27 @@ pub struct KubeletArgs {
     /// Seconds between safety-net resyncs of every pod.
     #[arg(long, default_value_t = 300)]
     pub resync_secs: u64,
+    /// With `--runtime fake`: host this many hollow nodes in this process, named
+    /// `<node-name>-0` … `<node-name>-<N-1>`, sharing one pod watch (for scale benchmarks).
+    #[arg(long, default_value_t = 1)]
+    pub hollow_nodes: u32,
 }
 
 pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
+    if args.hollow_nodes != 1 && args.runtime != RuntimeKind::Fake {
+        anyhow::bail!("--hollow-nodes needs --runtime fake");
+    }
+    if args.hollow_nodes == 0 || args.hollow_nodes > 10_000 {
+        anyhow::bail!("--hollow-nodes must be between 1 and 10000");
+    }
+    // The longest name this process will register.
+    let longest = match args.hollow_nodes {
+        1 => args.node_name.clone(),
+        n => format!("{}-{}", args.node_name, n - 1),
+    };
     miniku::api::validation::validate_name(
         "--node-name",
-        &args.node_name,
+        &longest,
         miniku::api::validation::MAX_NAME_LEN,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -218,6 +233,16 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
     config.resync = Duration::from_secs(args.resync_secs.max(1));
     let work = async move {
         match args.runtime {
+            RuntimeKind::Fake if args.hollow_nodes > 1 => {
+                let nodes = (0..args.hollow_nodes)
+                    .map(|i| {
+                        let mut c = config.clone();
+                        c.node_name = format!("{}-{i}", config.node_name);
+                        (miniku::kubelet::fake::FakeRuntime::new(), c)
+                    })
+                    .collect();
+                miniku::kubelet::run_nodes(registry, nodes).await
+            }
             RuntimeKind::Fake => {
                 miniku::kubelet::run(registry, miniku::kubelet::fake::FakeRuntime::new(), config)
                     .await

@@ -8,6 +8,8 @@
 //! miniku-bench --system etcd --endpoints 127.0.0.1:2479 get --clients 16 --serializable
 //! ```
 
+mod control_plane;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,6 +90,25 @@ enum Workload {
         keys: usize,
         #[arg(long, default_value_t = 64)]
         clients: usize,
+    },
+    /// Through the API server: create a ReplicaSet, follow its pods through a watch until
+    /// all run, then delete it (pods per second, pod startup latency).
+    ControlPlane {
+        /// The API server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// ReplicaSet name (also the pods' `app` label).
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1000)]
+        replicas: usize,
+        #[arg(long, default_value = "miniku/busybox:latest")]
+        image: String,
+        /// The pods' node_selector, k=v,k2=v2.
+        #[arg(long)]
+        node_selector: Option<String>,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
     },
     /// Writes continuously for `--seconds`; reports the longest time without a successful
     /// write (kill the leader meanwhile).
@@ -415,6 +436,40 @@ async fn main() -> Result<()> {
         }
         Workload::Watch { watchers, events } => watch(&args, watchers, events, &value).await,
         Workload::Failover { seconds, clients } => failover(&args, seconds, clients, &value).await,
+        Workload::ControlPlane {
+            api,
+            name,
+            replicas,
+            image,
+            node_selector,
+            timeout_secs,
+        } => {
+            let o = control_plane::run(
+                &api,
+                &name,
+                replicas,
+                &image,
+                node_selector.as_deref(),
+                Duration::from_secs(timeout_secs),
+            )
+            .await?;
+            let secs = |d: Duration| d.as_secs_f64();
+            report(
+                &args,
+                "control-plane",
+                json!({"replicas": replicas, "image": image}),
+                &o.startup,
+                0,
+                o.all_running,
+                json!({
+                    "all_bound_s": secs(o.all_bound),
+                    "all_running_s": secs(o.all_running),
+                    "pods_bound_per_s": replicas as f64 / secs(o.binding_window).max(1e-3),
+                    "pods_running_per_s": replicas as f64 / secs(o.all_running).max(1e-3),
+                    "cleanup_s": secs(o.cleanup),
+                }),
+            )
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub mod fake;
 pub mod runtime;
 pub mod sync;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -27,7 +27,7 @@ use futures::StreamExt;
 
 use crate::api::{Node, NodeLease, NodeStatus, Pod, Resources};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{enqueue_changes, run_workers, Change, Informer, Next, WorkQueue};
+use crate::runtime::{run_workers, Change, Informer, Next, WorkQueue};
 use runtime::{Container, ContainerRuntime, RuntimeError};
 use sync::{decide, failed, running, BackoffConfig, Step};
 
@@ -81,15 +81,71 @@ pub async fn run<R: ContainerRuntime>(
     runtime: R,
     config: KubeletConfig,
 ) -> anyhow::Result<()> {
-    let node = config.node_name.clone();
-    let mut wait = Duration::from_secs(1);
-    while let Err(e) = runtime.ping().await {
-        tracing::error!(node = %node, error = %e, retry_in = ?wait, "the container engine is not reachable; pods cannot run until it is");
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(10));
+    run_nodes(registry, vec![(runtime, config)]).await
+}
+
+/// Runs several kubelets in one process (hollow nodes for scale benchmarks, like kubemark's),
+/// sharing one pod informer: each pod change is routed to the queue of the node(s) it is or
+/// was bound to. Each node keeps its own runtime, heartbeat, queue and workers.
+pub async fn run_nodes<R: ContainerRuntime>(
+    registry: Registry,
+    nodes: Vec<(R, KubeletConfig)>,
+) -> anyhow::Result<()> {
+    for (runtime, config) in &nodes {
+        let mut wait = Duration::from_secs(1);
+        while let Err(e) = runtime.ping().await {
+            tracing::error!(node = %config.node_name, error = %e, retry_in = ?wait, "the container engine is not reachable; pods cannot run until it is");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
     }
-    let (pods, changes) = Informer::<Pod>::start(registry.clone());
+    let (pods, mut changes) = Informer::<Pod>::start(registry.clone());
     pods.wait_synced().await;
+    let mut queues = HashMap::new();
+    let mut kubelets = tokio::task::JoinSet::new();
+    for (runtime, config) in nodes {
+        let queue = WorkQueue::default();
+        queues.insert(config.node_name.clone(), queue.clone());
+        kubelets.spawn(run_node(
+            registry.clone(),
+            runtime,
+            pods.clone(),
+            queue,
+            config,
+        ));
+    }
+    // Changes to pods that are (or were) bound to one of our nodes.
+    tokio::spawn(async move {
+        while let Some(ch) = changes.recv().await {
+            let (now, before) = match &ch {
+                Change::Upsert { old, new } => (
+                    Some(&new.spec.node_name),
+                    old.as_ref().map(|o| &o.spec.node_name),
+                ),
+                Change::Deleted(p) => (Some(&p.spec.node_name), None),
+            };
+            for node in [now, before].into_iter().flatten() {
+                if let Some(q) = queues.get(node.as_str()) {
+                    q.add(ch.name());
+                }
+            }
+        }
+    });
+    while let Some(done) = kubelets.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// One node's kubelet over a shared pod informer whose changes reach `queue`.
+async fn run_node<R: ContainerRuntime>(
+    registry: Registry,
+    runtime: R,
+    pods: Informer<Pod>,
+    queue: WorkQueue,
+    config: KubeletConfig,
+) -> anyhow::Result<()> {
+    let node = config.node_name.clone();
     tracing::info!(node = %node, "pods listed; registering the node");
     tokio::spawn(heartbeat(registry.clone(), config.clone()));
 
@@ -99,7 +155,6 @@ pub async fn run<R: ContainerRuntime>(
         pods: pods.clone(),
         config: config.clone(),
     };
-    let queue = WorkQueue::default();
     // What exists now: our pods and our containers (orphans included).
     for p in pods.list() {
         if p.spec.node_name == node {
@@ -115,17 +170,6 @@ pub async fn run<R: ContainerRuntime>(
         }
         Err(e) => tracing::warn!(node = %node, error = %e, "cannot list containers"),
     }
-    // Changes to pods that are (or were) bound here.
-    let me = node.clone();
-    enqueue_changes(changes, queue.clone(), move |ch| {
-        let mine = match ch {
-            Change::Upsert { old, new } => {
-                new.spec.node_name == me || old.as_ref().is_some_and(|o| o.spec.node_name == me)
-            }
-            Change::Deleted(p) => p.spec.node_name == me,
-        };
-        mine.then(|| ch.name().to_string())
-    });
     // Engine events; after a break, resync everything (events may have been missed).
     let q = queue.clone();
     let rt = runtime.clone();

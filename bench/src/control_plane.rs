@@ -1,0 +1,174 @@
+//! The control-plane workload: POST a ReplicaSet to the API server and follow its pods
+//! through a watch (the way Kubernetes' pod-startup SLO is measured: from a pod's creation
+//! to it being seen Running, both as observed through the watch), then delete it and wait
+//! for every pod to go.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+/// When each pod was first seen, bound and Running.
+#[derive(Default)]
+struct PodTimes {
+    added: Option<Instant>,
+    bound: Option<Instant>,
+    running: Option<Instant>,
+}
+
+pub struct Outcome {
+    /// Creation (ADDED) to Running, per pod.
+    pub startup: Vec<Duration>,
+    /// POST to the last pod bound.
+    pub all_bound: Duration,
+    /// POST to the last pod Running.
+    pub all_running: Duration,
+    /// First pod seen to last pod bound: the scheduler's pace.
+    pub binding_window: Duration,
+    /// DELETE to the last pod gone.
+    pub cleanup: Duration,
+}
+
+pub async fn run(
+    api: &str,
+    name: &str,
+    replicas: usize,
+    image: &str,
+    node_selector: Option<&str>,
+    timeout: Duration,
+) -> Result<Outcome> {
+    let http = reqwest::Client::new();
+    let watch = http
+        .get(format!("{api}/pods?watch=true&selector=app={name}"))
+        .send()
+        .await
+        .context("watching pods through the API server")?;
+    if !watch.status().is_success() {
+        bail!("watch answered {}", watch.status());
+    }
+    let mut selector = serde_json::Map::new();
+    if let Some(s) = node_selector {
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .context("--node-selector is k=v,k2=v2")?;
+            selector.insert(k.to_string(), json!(v));
+        }
+    }
+    let body = json!({
+        "name": name,
+        "desiredCount": replicas,
+        "selector": {"app": name},
+        "template": {"image": image, "labels": {"app": name}, "node_selector": selector},
+    });
+    let posted = Instant::now();
+    let resp = http
+        .post(format!("{api}/replicasets"))
+        .json(&body)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!(
+            "creating the ReplicaSet answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
+    let mut pods: HashMap<String, PodTimes> = HashMap::new();
+    let mut running = 0usize;
+    let mut stream = watch.bytes_stream();
+    let mut buf = String::new();
+    let deadline = posted + timeout;
+    let mut measured: Option<Outcome> = None;
+    let mut deleting = posted;
+    'read: loop {
+        let chunk = match tokio::time::timeout_at(deadline.into(), stream.next()).await {
+            Ok(Some(chunk)) => chunk?,
+            Ok(None) => bail!("the watch ended"),
+            Err(_) => bail!(
+                "timed out: {} pods seen, {running} Running of {replicas}",
+                pods.len()
+            ),
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(pos) = buf.find("\n\n") {
+            let frame: String = buf.drain(..pos + 2).collect();
+            let now = Instant::now();
+            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            let ev: Value = serde_json::from_str(data.trim())?;
+            let kind = ev["type"].as_str().unwrap_or_default();
+            let pod = &ev["object"];
+            let Some(pod_name) = pod["spec"]["name"].as_str() else {
+                continue;
+            };
+            match kind {
+                "ADDED" | "MODIFIED" => {
+                    let t = pods.entry(pod_name.to_string()).or_default();
+                    t.added.get_or_insert(now);
+                    if pod["spec"]["node_name"]
+                        .as_str()
+                        .is_some_and(|n| !n.is_empty())
+                    {
+                        t.bound.get_or_insert(now);
+                    }
+                    if pod["status"] == "Running" && t.running.is_none() {
+                        t.running = Some(now);
+                        running += 1;
+                    }
+                }
+                "DELETED" if measured.is_some() => {
+                    pods.remove(pod_name);
+                }
+                "ERROR" => bail!("the watch failed: {data}"),
+                _ => {}
+            }
+            if measured.is_none() && running >= replicas {
+                // Everything ran: measure, then delete and wait for the pods to go.
+                measured = Some(measure(&pods, posted));
+                let resp = http
+                    .delete(format!("{api}/replicasets/{name}"))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("deleting the ReplicaSet answered {}", resp.status());
+                }
+                deleting = Instant::now();
+            }
+            if let Some(m) = &mut measured {
+                if pods.is_empty() {
+                    m.cleanup = deleting.elapsed();
+                    break 'read;
+                }
+            }
+        }
+    }
+    measured.context("no measurement")
+}
+
+fn measure(pods: &HashMap<String, PodTimes>, posted: Instant) -> Outcome {
+    let mut startup = Vec::new();
+    let (mut first_seen, mut last_bound, mut last_running) = (None::<Instant>, posted, posted);
+    for t in pods.values() {
+        if let (Some(a), Some(r)) = (t.added, t.running) {
+            startup.push(r.saturating_duration_since(a));
+            first_seen = Some(first_seen.map_or(a, |f| f.min(a)));
+            last_running = last_running.max(r);
+        }
+        if let Some(b) = t.bound {
+            last_bound = last_bound.max(b);
+        }
+    }
+    startup.sort();
+    Outcome {
+        startup,
+        all_bound: last_bound - posted,
+        all_running: last_running - posted,
+        binding_window: last_bound.saturating_duration_since(first_seen.unwrap_or(posted)),
+        cleanup: Duration::ZERO,
+    }
+}
