@@ -55,12 +55,17 @@ pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ElectionArgs {
     /// Seconds the leader's lock lives without renewal; a standby takes over within this
-    /// long after the leader dies. Renewed every third of it.
+    /// long after the leader dies. Renewed every sixth of it; a leader that could not renew
+    /// for two thirds of it stops (and exits).
     #[arg(long, default_value_t = 10)]
     pub leader_lease_secs: i64,
     /// This instance's name in the election (default: hostname-pid).
     #[arg(long)]
     pub identity: Option<String>,
+    /// TESTING ONLY, UNSAFE: act without winning the election, so two instances act at
+    /// once. Lets the fault-injection harness prove its invariants catch that.
+    #[arg(long, hide = true)]
+    pub unsafe_skip_election: bool,
 }
 
 impl ElectionArgs {
@@ -106,8 +111,22 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
         }
     };
     let identity = args.election.identity();
+    let elected = async {
+        if args.election.unsafe_skip_election {
+            tracing::warn!("--unsafe-skip-election: acting without leadership (testing only)");
+            return work().await;
+        }
+        run_as_leader(
+            client,
+            "controller-manager",
+            &identity,
+            args.election.leader_lease_secs,
+            work,
+        )
+        .await
+    };
     tokio::select! {
-        r = run_as_leader(client, "controller-manager", &identity, args.election.leader_lease_secs, work) => r,
+        r = elected => r,
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())

@@ -48,6 +48,14 @@ pub struct StoreArgs {
     /// Seconds before a request that cannot reach a leader fails.
     #[arg(long, default_value_t = 5)]
     pub request_timeout_secs: u64,
+    /// Dial VIA whenever the peer at ADDR is meant: ADDR=VIA,... . For fault-injection
+    /// harnesses (scripts/chaos.sh) that put a proxy on each link between two members.
+    #[arg(long, default_value = "")]
+    pub peer_route: String,
+    /// TESTING ONLY, UNSAFE: answer linearizable reads from local state without a read
+    /// index (stale reads). Lets the fault-injection harness prove its checker catches them.
+    #[arg(long, hide = true)]
+    pub unsafe_stale_reads: bool,
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
@@ -79,6 +87,18 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     config.snapshot_logs_since_last = args.snapshot_entries;
     config.max_batch_commands = args.max_batch;
     config.request_timeout = Duration::from_secs(args.request_timeout_secs);
+    for part in args.peer_route.split(',').filter(|p| !p.trim().is_empty()) {
+        let (addr, via) = part
+            .split_once('=')
+            .with_context(|| format!("--peer-route: `{part}` is not ADDR=VIA"))?;
+        config
+            .peer_routes
+            .insert(addr.trim().to_string(), via.trim().to_string());
+    }
+    if args.unsafe_stale_reads {
+        tracing::warn!("--unsafe-stale-reads: linearizable reads may be stale (testing only)");
+        config.unsafe_stale_reads = true;
+    }
 
     let node = StoreNode::start(config)
         .await

@@ -2,6 +2,11 @@
 //! that judge it. The binary (`src/main.rs`) drives a real cluster and records; these
 //! modules never touch the network, so they can be tested with hand-made histories.
 
+pub mod cluster;
+pub mod control_plane;
 pub mod history;
 pub mod linearizability;
+pub mod nemesis;
+pub mod proxy;
 pub mod watch_check;
+pub mod workload;

@@ -1,7 +1,7 @@
 //! Every tunable of a store node, with defaults. Parsed from the command line by the
 //! `miniku store` subcommand; tests build it directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -61,6 +61,14 @@ pub struct StoreConfig {
     /// Timeout for forwarding a request to the leader and for one proposal.
     pub request_timeout: Duration,
     pub limits: Limits,
+    /// Peer address -> the address actually dialled for it. Empty normally; a
+    /// fault-injection harness routes each pair of members through its own proxy so it can
+    /// cut single links.
+    pub peer_routes: HashMap<String, String>,
+    /// TESTING ONLY, UNSAFE: serve "linearizable" reads from local state without a read
+    /// index, so a lagging or partitioned member answers stale data. Exists so the
+    /// fault-injection harness can prove its checker catches stale reads.
+    pub unsafe_stale_reads: bool,
 }
 
 impl StoreConfig {
@@ -87,6 +95,8 @@ impl StoreConfig {
             progress_notify_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            peer_routes: HashMap::new(),
+            unsafe_stale_reads: false,
         }
     }
 }

@@ -124,7 +124,7 @@ impl StoreNode {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let peers = PeerClient::new().map_err(NodeError::Raft)?;
+        let peers = PeerClient::new(config.peer_routes.clone()).map_err(NodeError::Raft)?;
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
@@ -356,6 +356,9 @@ impl StoreHandle {
     /// started, as confirmed by the leader (read index). After it, a local read is
     /// linearizable.
     pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        if self.inner.config.unsafe_stale_reads {
+            return Ok(());
+        }
         self.inner.reads.barrier().await
     }
 

@@ -111,23 +111,29 @@ async fn wait_for_release(client: &StoreClient, key: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(15), wait).await;
 }
 
-/// Renews the lease every third of its TTL; returns an error once it could not be renewed
-/// in time.
+/// Renews the lease every sixth of its TTL; returns an error once it could not be renewed
+/// within two thirds of it (Kubernetes' renew deadline), counted from when the last
+/// successful renewal was *sent*: the store's lease cannot have expired yet at that point,
+/// so a leader always stops before another can take over.
 async fn keep_alive(client: StoreClient, lease: i64, ttl_secs: i64) -> String {
     let ttl = Duration::from_secs(ttl_secs.max(1) as u64);
-    let every = ttl / 3;
+    let every = ttl / 6;
+    let renew_deadline = ttl * 2 / 3;
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        match client.lease_keepalive(lease).await {
-            Ok(_) => last_ok = tokio::time::Instant::now(),
-            Err(e) if e.is_not_found() => return format!("lease {lease} expired"),
-            Err(e) => {
+        let sent = tokio::time::Instant::now();
+        let remaining = (last_ok + renew_deadline).saturating_duration_since(sent);
+        if remaining.is_zero() {
+            return format!("lease {lease} not renewed within {renew_deadline:?}");
+        }
+        match tokio::time::timeout(remaining, client.lease_keepalive(lease)).await {
+            Ok(Ok(_)) => last_ok = sent,
+            Ok(Err(e)) if e.is_not_found() => return format!("lease {lease} expired"),
+            Ok(Err(e)) => {
                 tracing::warn!(lease, error = %e, "could not renew the leader lease");
-                if last_ok.elapsed() >= ttl {
-                    return format!("lease {lease} not renewed for {ttl:?}: {e}");
-                }
             }
+            Err(_) => return format!("lease {lease} not renewed within {renew_deadline:?}"),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! A refused or failed connection is reported to openraft as `Unreachable` so it backs off
 //! instead of spinning; a request that timed out after it was sent is a `Timeout`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -44,17 +46,22 @@ pub enum TransportError {
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// Peer address -> address to dial instead (see `StoreConfig::peer_routes`).
+    routes: Arc<HashMap<String, String>>,
 }
 
 impl PeerClient {
-    pub fn new() -> Result<Self, String> {
+    pub fn new(routes: HashMap<String, String>) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(PeerClient { http })
+        Ok(PeerClient {
+            http,
+            routes: Arc::new(routes),
+        })
     }
 
     async fn post<Req: Serialize, Resp: DeserializeOwned>(
@@ -68,7 +75,8 @@ impl PeerClient {
             addr: addr.to_string(),
             message,
         })?;
-        let url = format!("http://{addr}{path}");
+        let dial = self.routes.get(addr).map_or(addr, String::as_str);
+        let url = format!("http://{dial}{path}");
         let resp = self
             .http
             .post(&url)

@@ -1,0 +1,647 @@
+//! The control plane under faults: a three-member store (links through proxies), the API
+//! server, two controller managers and two schedulers (one leads, one stands by), hollow
+//! kubelets and, when the engine is there, a Docker kubelet. A ReplicaSet is scaled up and
+//! down while store members, controller managers, schedulers and kubelets are killed with
+//! `kill -9` and started again. Checked throughout, from one store watch over `/registry/`
+//! (so ReplicaSet and pod changes come in one revision order):
+//! - a pod creation never takes a ReplicaSet's active pods above its desiredCount, or above
+//!   a desiredCount it had in the last [`STALE_VIEW`] (a controller acts on its cache, which
+//!   may lag a scale-down); two controllers acting at once would create twice;
+//! - a bound pod is never bound again elsewhere (two schedulers acting at once would);
+//! - never two running containers for one pod (sampled from the engine).
+//!
+//! After the faults: the time until exactly desiredCount pods run, and every container
+//! belongs to a pod of the store on that node and every Running Docker pod has one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use miniku::api::{Pod, PodPhase, ReplicaSet};
+use miniku_store::api::EventType;
+use miniku_store::client::{GetOptions, StoreClient, WatchOptions};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::cluster::{Cluster, ClusterOptions};
+
+/// One control-plane process that the nemesis can kill and start again.
+struct Component {
+    name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+struct Processes {
+    bin: PathBuf,
+    dir: PathBuf,
+    all: Vec<Component>,
+}
+
+impl Processes {
+    fn add(&mut self, name: &str, args: Vec<String>) -> Result<()> {
+        self.all.push(Component {
+            name: name.to_string(),
+            args,
+            child: None,
+        });
+        self.start(name)
+    }
+
+    fn start(&mut self, name: &str) -> Result<()> {
+        let (bin, dir) = (self.bin.clone(), self.dir.clone());
+        let c = self
+            .all
+            .iter_mut()
+            .find(|c| c.name == name)
+            .with_context(|| format!("no component {name}"))?;
+        if c.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))?;
+        c.child = Some(
+            Command::new(&bin)
+                .args(&c.args)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+        Ok(())
+    }
+
+    async fn kill(&mut self, name: &str) -> Result<()> {
+        if let Some(c) = self.all.iter_mut().find(|c| c.name == name) {
+            if let Some(mut child) = c.child.take() {
+                child.start_kill()?;
+                let _ = child.wait().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts anything that is not running, including components that exited by
+    /// themselves (a leader that lost its lease exits).
+    fn restore(&mut self) -> Result<()> {
+        let names: Vec<String> = self.all.iter().map(|c| c.name.clone()).collect();
+        for name in names {
+            if let Some(c) = self.all.iter_mut().find(|c| c.name == name) {
+                if let Some(child) = &mut c.child {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        c.child = None;
+                    }
+                }
+            }
+            self.start(&name)?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Options {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub seconds: u64,
+    pub docker: bool,
+    pub image: String,
+    /// TESTING ONLY: both controller managers act without an election; the run must fail.
+    pub unsafe_skip_election: bool,
+}
+
+/// How old a view of a ReplicaSet a correct controller may act on.
+pub const STALE_VIEW: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Invariants {
+    /// Current desiredCount per ReplicaSet, and earlier ones with when they were replaced.
+    desired: HashMap<String, u32>,
+    replaced: HashMap<String, Vec<(Instant, u32)>>,
+    pods: HashMap<String, Pod>,
+    violations: Vec<String>,
+    events: usize,
+}
+
+impl Invariants {
+    fn active_of(&self, rs: &str) -> u32 {
+        self.pods
+            .values()
+            .filter(|p| p.owner.as_ref().is_some_and(|o| o.name == rs) && !p.is_terminal())
+            .count() as u32
+    }
+
+    fn apply(&mut self, revision: i64, key: &str, value: Option<&[u8]>) {
+        self.events += 1;
+        if let Some(name) = key.strip_prefix("/registry/replicasets/") {
+            let before = match value.and_then(|v| serde_json::from_slice::<ReplicaSet>(v).ok()) {
+                Some(rs) => self.desired.insert(name.to_string(), rs.desired_count),
+                None => self.desired.remove(name),
+            };
+            if let Some(d) = before {
+                self.replaced
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((Instant::now(), d));
+            }
+        } else if let Some(name) = key.strip_prefix("/registry/pods/") {
+            let Some(pod) = value.and_then(|v| serde_json::from_slice::<Pod>(v).ok()) else {
+                self.pods.remove(name);
+                return;
+            };
+            let old = self.pods.insert(name.to_string(), pod.clone());
+            match old {
+                None => {
+                    if let Some(owner) = &pod.owner {
+                        let active = self.active_of(&owner.name);
+                        let recent = self.replaced.get(&owner.name).into_iter().flatten();
+                        let desired = recent
+                            .filter(|(at, _)| at.elapsed() < STALE_VIEW)
+                            .map(|(_, d)| *d)
+                            .chain(self.desired.get(&owner.name).copied())
+                            .max()
+                            .unwrap_or(0);
+                        if active > desired {
+                            self.violations.push(format!(
+                                "revision {revision}: creating pod {name} made {active} active pods for ReplicaSet {} (desired at most {desired} in the last {STALE_VIEW:?})",
+                                owner.name
+                            ));
+                        }
+                    }
+                }
+                Some(old) => {
+                    if !old.spec.node_name.is_empty() && old.spec.node_name != pod.spec.node_name {
+                        self.violations.push(format!(
+                            "revision {revision}: pod {name} bound to {} was bound again to {:?}",
+                            old.spec.node_name, pod.spec.node_name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Running containers per pod on the engine for our nodes: (pod -> count), pod -> node.
+async fn docker_containers(node: &str) -> Result<Vec<String>> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=miniku.node={node}"),
+            "--format",
+            "{{.Label \"miniku.pod\"}}",
+        ])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("docker ps: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+async fn remove_containers(node: &str) {
+    if let Ok(out) = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=miniku.node={node}"),
+        ])
+        .output()
+        .await
+    {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output()
+                .await;
+        }
+    }
+}
+
+fn free_addr() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+pub struct Report {
+    pub violations: Vec<String>,
+    pub faults: BTreeMap<String, usize>,
+    pub events_checked: usize,
+    pub converged_in: Option<Duration>,
+}
+
+pub async fn run(opts: Options, rng: &mut StdRng, tag: &str) -> Result<Report> {
+    let mut cluster = Cluster::start(ClusterOptions {
+        bin: opts.bin.clone(),
+        dir: opts.dir.clone(),
+        size: 3,
+        extra_args: vec![],
+    })
+    .await?;
+    let store_eps: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.client_addr.clone())
+        .collect();
+    let stores = store_eps.join(",");
+    let api_addr = free_addr()?;
+    let api = format!("http://{api_addr}");
+    let mut procs = Processes {
+        bin: opts.bin.clone(),
+        dir: opts.dir.clone(),
+        all: Vec::new(),
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    procs.add(
+        "apiserver",
+        s(&["apiserver", "--listen", &api_addr, "--store", &stores]),
+    )?;
+    for i in 1..=2 {
+        let mut cm = s(&[
+            "controller-manager",
+            "--store",
+            &stores,
+            "--leader-lease-secs",
+            "3",
+            "--pod-eviction-timeout-secs",
+            "8",
+        ]);
+        if opts.unsafe_skip_election {
+            cm.push("--unsafe-skip-election".into());
+        }
+        procs.add(&format!("controller-manager-{i}"), cm)?;
+        procs.add(
+            &format!("scheduler-{i}"),
+            s(&["scheduler", "--store", &stores, "--leader-lease-secs", "3"]),
+        )?;
+    }
+    let hollow = format!("{tag}-hollow");
+    procs.add(
+        "kubelet-hollow",
+        s(&[
+            "kubelet",
+            "--runtime",
+            "fake",
+            "--hollow-nodes",
+            "3",
+            "--node-name",
+            &hollow,
+            "--labels",
+            "chaos=1",
+            "--lease-ttl-secs",
+            "4",
+            "--backoff-initial-ms",
+            "500",
+            "--backoff-max-ms",
+            "2000",
+            "--store",
+            &stores,
+        ]),
+    )?;
+    let docker_node = format!("{tag}-docker");
+    let mut kubelets = vec!["kubelet-hollow".to_string()];
+    if opts.docker {
+        procs.add(
+            "kubelet-docker",
+            s(&[
+                "kubelet",
+                "--runtime",
+                "docker",
+                "--node-name",
+                &docker_node,
+                "--labels",
+                "chaos=1",
+                "--lease-ttl-secs",
+                "4",
+                "--backoff-initial-ms",
+                "500",
+                "--backoff-max-ms",
+                "2000",
+                "--stop-grace-secs",
+                "1",
+                "--store",
+                &stores,
+            ]),
+        )?;
+        kubelets.push("kubelet-docker".to_string());
+    }
+    let result = drive(
+        &opts,
+        rng,
+        &mut cluster,
+        &mut procs,
+        &api,
+        &store_eps,
+        &kubelets,
+        &docker_node,
+    )
+    .await;
+    for name in procs.all.iter().map(|c| c.name.clone()).collect::<Vec<_>>() {
+        let _ = procs.kill(&name).await;
+    }
+    if opts.docker {
+        remove_containers(&docker_node).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    opts: &Options,
+    rng: &mut StdRng,
+    cluster: &mut Cluster,
+    procs: &mut Processes,
+    api: &str,
+    store_eps: &[String],
+    kubelets: &[String],
+    docker_node: &str,
+) -> Result<Report> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let want_nodes = 3 + usize::from(opts.docker);
+    wait_for(Duration::from_secs(60), "the nodes to register", || async {
+        let r = http.get(format!("{api}/nodes")).send().await.ok()?;
+        let nodes: Vec<serde_json::Value> = r.json().await.ok()?;
+        let ready = nodes.iter().filter(|n| n["status"] == "Ready").count();
+        (ready >= want_nodes).then_some(())
+    })
+    .await?;
+
+    let store = StoreClient::new(store_eps.iter().map(|e| format!("http://{e}")).collect())?;
+    let r0 = store
+        .get(b"/registry/", GetOptions::default())
+        .await?
+        .header
+        .revision;
+    let inv = Arc::new(Mutex::new(Invariants::default()));
+    let i2 = inv.clone();
+    let mut watch = store.watch(
+        b"/registry/",
+        WatchOptions {
+            prefix: true,
+            start_revision: r0 + 1,
+            ..Default::default()
+        },
+    );
+    let observer = tokio::spawn(async move {
+        while let Some(Ok(msg)) = watch.next().await {
+            let mut inv = i2.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &msg.events {
+                let value = (e.kind == EventType::Put).then_some(e.kv.value.as_bytes());
+                inv.apply(e.kv.mod_revision, &e.kv.key.to_string_lossy(), value);
+            }
+        }
+    });
+    let docker_violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sampler = if opts.docker {
+        let node = docker_node.to_string();
+        let v = docker_violations.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                if let Ok(pods) = docker_containers(&node).await {
+                    let mut count: HashMap<&str, usize> = HashMap::new();
+                    for p in &pods {
+                        *count.entry(p.as_str()).or_default() += 1;
+                    }
+                    for (p, n) in count.into_iter().filter(|(_, n)| *n > 1) {
+                        v.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!("{n} running containers for pod {p}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }))
+    } else {
+        None
+    };
+
+    let rs = |desired: u32| {
+        json!({
+            "name": "chaos",
+            "desiredCount": desired,
+            "selector": {"app": "chaos"},
+            "template": {
+                "image": opts.image,
+                "labels": {"app": "chaos"},
+                "node_selector": {"chaos": "1"},
+                "command": ["/bin/sleep", "100000"],
+            },
+        })
+    };
+    let resp = http
+        .post(format!("{api}/replicasets"))
+        .json(&rs(6))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!(
+            "creating the ReplicaSet: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
+    }
+
+    let started = Instant::now();
+    let until = started + Duration::from_secs(opts.seconds);
+    let mut faults: BTreeMap<String, usize> = BTreeMap::new();
+    let mut kinds = 0usize;
+    while Instant::now() < until {
+        // Scale now and then (the API server retries through store faults itself).
+        if rng.random_bool(0.5) {
+            let d = rng.random_range(2..=10u32);
+            let t = started.elapsed().as_secs_f64();
+            println!("[{t:7.2}s] scale to {d}");
+            let _ = http
+                .put(format!("{api}/replicasets/chaos"))
+                .json(&rs(d))
+                .send()
+                .await;
+        }
+        let choices = [
+            "store member",
+            "store leader",
+            "controller manager",
+            "scheduler",
+            "kubelet",
+        ];
+        // Every kind once first, then at random.
+        let what = if kinds < choices.len() {
+            kinds += 1;
+            choices[kinds - 1]
+        } else {
+            choices.choose(rng).copied().unwrap_or("kubelet")
+        };
+        let hold = Duration::from_millis(rng.random_range(1_500..4_000));
+        let t = started.elapsed().as_secs_f64();
+        let victim = match what {
+            "store member" | "store leader" => {
+                let id = if what == "store leader" {
+                    cluster.leader().await.unwrap_or(1)
+                } else {
+                    rng.random_range(1..=3)
+                };
+                cluster.kill(id).await?;
+                format!("store member {id}")
+            }
+            "controller manager" | "scheduler" => {
+                let base = if what == "scheduler" {
+                    "scheduler"
+                } else {
+                    "controller-manager"
+                };
+                let name = format!("{base}-{}", rng.random_range(1..=2));
+                procs.kill(&name).await?;
+                name
+            }
+            _ => {
+                let name = kubelets.choose(rng).cloned().unwrap_or_default();
+                procs.kill(&name).await?;
+                name
+            }
+        };
+        println!(
+            "[{t:7.2}s] kill -9 {victim}, restart after {:.1}s",
+            hold.as_secs_f64()
+        );
+        *faults.entry(format!("kill -9 {what}")).or_default() += 1;
+        tokio::time::sleep(hold).await;
+        cluster.restore()?;
+        procs.restore()?;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+    }
+
+    // Faults over: converge to the final desired count.
+    cluster.restore()?;
+    procs.restore()?;
+    let final_desired = 5;
+    let t = started.elapsed().as_secs_f64();
+    println!("[{t:7.2}s] faults over; scale to {final_desired} and wait for convergence");
+    let healed = Instant::now();
+    wait_for(Duration::from_secs(60), "the scale request", || async {
+        let r = http
+            .put(format!("{api}/replicasets/chaos"))
+            .json(&rs(final_desired))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await?;
+    let bound = Duration::from_secs(120);
+    let converged = wait_for(bound, "convergence", || async {
+        let pods: Vec<Pod> = http
+            .get(format!("{api}/pods?selector=app=chaos"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let active: Vec<&Pod> = pods.iter().filter(|p| !p.is_terminal()).collect();
+        let running = active
+            .iter()
+            .filter(|p| p.status == PodPhase::Running)
+            .count();
+        if active.len() != final_desired as usize || running != active.len() {
+            return None;
+        }
+        if opts.docker {
+            // Every container has its pod and every Running Docker pod its container.
+            let containers = docker_containers(docker_node).await.ok()?;
+            let on_docker: Vec<&str> = active
+                .iter()
+                .filter(|p| p.spec.node_name == docker_node)
+                .map(|p| p.spec.name.as_str())
+                .collect();
+            let mut c = containers.clone();
+            c.sort();
+            let mut d: Vec<String> = on_docker.iter().map(|s| s.to_string()).collect();
+            d.sort();
+            if c != d {
+                return None;
+            }
+        }
+        Some(healed.elapsed())
+    })
+    .await;
+    let converged_in = match converged {
+        Ok(d) => {
+            println!("converged: {final_desired} pods Running, containers match pods, {:.1}s after the faults stopped", d.as_secs_f64());
+            Some(d)
+        }
+        Err(e) => {
+            println!("NOT converged: {e}");
+            None
+        }
+    };
+    // Let the observer see the last changes, then stop it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    observer.abort();
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    let mut violations = {
+        let inv = inv.lock().unwrap_or_else(|p| p.into_inner());
+        inv.violations.clone()
+    };
+    let events_checked = inv.lock().unwrap_or_else(|p| p.into_inner()).events;
+    violations.extend(
+        docker_violations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned(),
+    );
+    if converged_in.is_none() {
+        violations.push(format!(
+            "did not converge within {bound:?} after the faults stopped"
+        ));
+    }
+    Ok(Report {
+        violations,
+        faults,
+        events_checked,
+        converged_in,
+    })
+}
+
+async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

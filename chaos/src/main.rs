@@ -1,0 +1,499 @@
+//! `miniku-chaos`: runs a three-member Miniku store under faults (kill -9, SIGSTOP,
+//! partitions through link proxies, whole-cluster restarts) while clients and watchers
+//! record a history, then judges it: linearizability per key (Wing–Gong–Lowe search over a
+//! register-with-CAS model), no lost writes, replicas converged, and etcd's watch
+//! guarantees. Exits 1 on any anomaly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use miniku_chaos::cluster::{Cluster, ClusterOptions};
+use miniku_chaos::history::{History, Op, Outcome};
+use miniku_chaos::workload::{self, ClientOptions, Recorder, PREFIX};
+use miniku_chaos::{linearizability, nemesis, watch_check};
+use miniku_store::client::{GetOptions, PutOptions, StoreClient};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Fault-injection harness for the Miniku store, with linearizability and watch checkers"
+)]
+struct Args {
+    /// The miniku binary (default: `miniku` beside this program).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// How long faults are injected, in seconds.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// How long faults are injected, in minutes (overrides --seconds).
+    #[arg(long)]
+    minutes: Option<u64>,
+    /// Seed of the fault schedule and the workload (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 10)]
+    clients: u32,
+    /// Keys the clients share (few, so operations collide).
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    #[arg(long, default_value_t = 3)]
+    watchers: usize,
+    /// Per-operation timeout in milliseconds (then the outcome is unknown).
+    #[arg(long, default_value_t = 2000)]
+    op_timeout_ms: u64,
+    /// Where data directories and member logs go (default: a fresh temporary directory,
+    /// removed after a clean run).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Write the whole history (operations, watch logs, the store's record) as JSON here.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Write the run's figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// TESTING ONLY: start the members with --unsafe-stale-reads; the run must then fail.
+    #[arg(long)]
+    unsafe_stale_reads: bool,
+    /// Fault the control plane instead: a ReplicaSet scaled up and down while store members,
+    /// controller managers, schedulers and kubelets (hollow, and Docker when the engine is
+    /// reachable) are killed and restarted; checks its invariants.
+    #[arg(long)]
+    control_plane: bool,
+    /// TESTING ONLY, with --control-plane: both controller managers act without an
+    /// election; the run must then fail.
+    #[arg(long)]
+    unsafe_skip_election: bool,
+    /// Check a history saved with --history again, without running anything.
+    #[arg(long)]
+    check: Option<PathBuf>,
+    /// With --control-plane: leave Docker out even if the engine is reachable.
+    #[arg(long)]
+    no_docker: bool,
+    /// With --control-plane: the image the Docker kubelet runs (built by
+    /// scripts/test-image.sh).
+    #[arg(long, default_value = "miniku/busybox:latest")]
+    image: String,
+}
+
+fn default_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().context("no directory for this program")?;
+    Ok(dir.join("miniku"))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if let Some(path) = &args.check {
+        let history: History = serde_json::from_slice(
+            &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )?;
+        let report = summarize(&history, &BTreeMap::new(), &[], 0, 0);
+        if report.anomalies > 0 {
+            println!("FAILED: {} anomalies", report.anomalies);
+            std::process::exit(1);
+        }
+        println!("OK: no anomaly");
+        return Ok(());
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let seconds = args.minutes.map_or(args.seconds, |m| m * 60);
+    let bin = match &args.bin {
+        Some(b) => b.clone(),
+        None => default_bin()?,
+    };
+    if !bin.exists() {
+        bail!(
+            "{} does not exist: build it (cargo build) or pass --bin",
+            bin.display()
+        );
+    }
+    let (dir, temp) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = std::env::temp_dir().join(format!("miniku-chaos-{seed:x}"));
+            (t.clone(), Some(t))
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "miniku-chaos: seed {seed}, {seconds}s of faults, {} clients on {} keys, {} watchers{}; logs in {}",
+        args.clients,
+        args.keys,
+        args.watchers,
+        if args.unsafe_stale_reads { ", members UNSAFE (stale reads)" } else { "" },
+        dir.display()
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    if args.control_plane {
+        return control_plane(&args, bin, dir, temp, seconds, &mut rng, seed).await;
+    }
+    let extra = if args.unsafe_stale_reads {
+        vec!["--unsafe-stale-reads".to_string()]
+    } else {
+        vec![]
+    };
+    let mut cluster = Cluster::start(ClusterOptions {
+        bin,
+        dir: dir.clone(),
+        size: 3,
+        extra_args: extra,
+    })
+    .await?;
+    let endpoints = cluster.endpoints();
+    let any = StoreClient::new(endpoints.clone())?.with_timeout(Duration::from_secs(10));
+    let r0 = any
+        .get(PREFIX.as_bytes(), GetOptions::default())
+        .await
+        .context("first read")?
+        .header
+        .revision;
+
+    let started = Instant::now();
+    let rec = Recorder::new(started);
+    let stop = Arc::new(AtomicBool::new(false));
+    let until = Arc::new(AtomicI64::new(0));
+    let give_up = Arc::new(AtomicBool::new(false));
+    let mut watchers = Vec::new();
+    for w in 0..args.watchers {
+        watchers.push(tokio::spawn(workload::run_watcher(
+            format!("watcher{w}"),
+            endpoints.clone(),
+            w,
+            r0 + 1,
+            until.clone(),
+            give_up.clone(),
+        )));
+    }
+    let opts = Arc::new(ClientOptions {
+        endpoints: endpoints.clone(),
+        keys: args.keys,
+        timeout: Duration::from_millis(args.op_timeout_ms),
+        seed,
+    });
+    let mut clients = Vec::new();
+    for c in 0..args.clients {
+        clients.push(tokio::spawn(workload::run_client(
+            rec.clone(),
+            c,
+            opts.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let faults = nemesis::run(
+        &mut cluster,
+        &mut rng,
+        started,
+        started + Duration::from_secs(seconds),
+    )
+    .await?;
+    cluster.restore()?;
+    cluster.wait_leader(Duration::from_secs(30)).await?;
+    let t = started.elapsed().as_secs_f64();
+    println!("[{t:7.2}s] faults over; letting clients run 3s on the healed cluster");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await??;
+    }
+
+    // Final reads (recorded: the checker sees them after every write) and a sentinel write
+    // that ends the watchers' and the store's record.
+    let final_client = StoreClient::new(endpoints.clone())?.with_timeout(Duration::from_secs(10));
+    let mut finals = BTreeMap::new();
+    for k in 0..args.keys {
+        let key = workload::key(k);
+        match workload::execute(&rec, &final_client, u32::MAX, Op::Get { key: key.clone() }).await {
+            Outcome::Read(v) => {
+                finals.insert(key, v);
+            }
+            other => bail!("final read of {key} failed: {other:?}"),
+        }
+    }
+    let end = final_client
+        .put(
+            format!("{PREFIX}~end").as_bytes(),
+            b"end",
+            PutOptions::default(),
+        )
+        .await
+        .context("sentinel write")?
+        .header
+        .revision;
+    until.store(end, Ordering::SeqCst);
+    let g = give_up.clone();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        g.store(true, Ordering::SeqCst);
+    });
+    let mut logs = Vec::new();
+    for w in watchers {
+        logs.push(w.await?);
+    }
+    timer.abort();
+    let truth = workload::read_truth(&endpoints, r0 + 1, end).await?;
+
+    // Every member converged on the same values (serializable, local reads).
+    let mut diverged = Vec::new();
+    for ep in &endpoints {
+        let c = StoreClient::new(vec![ep.clone()])?.with_timeout(Duration::from_secs(2));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c
+                .get(
+                    PREFIX.as_bytes(),
+                    GetOptions {
+                        prefix: true,
+                        serializable: true,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            match r {
+                Ok(r) if r.header.revision >= end => {
+                    for (key, want) in &finals {
+                        let got = r
+                            .kvs
+                            .iter()
+                            .find(|kv| kv.key.to_string_lossy() == *key)
+                            .map(|kv| kv.value.to_string_lossy());
+                        if got != *want {
+                            diverged
+                                .push(format!("{ep}: {key} = {got:?}, the cluster says {want:?}"));
+                        }
+                    }
+                    break;
+                }
+                _ if Instant::now() > deadline => {
+                    diverged.push(format!(
+                        "{ep} did not catch up to revision {end} within 30s"
+                    ));
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    let history = History {
+        operations: rec.operations(),
+        watchers: logs,
+        truth,
+    };
+    if let Some(path) = &args.history {
+        std::fs::write(path, serde_json::to_vec(&history)?)?;
+    }
+    let report = summarize(&history, &faults, &diverged, seconds, seed);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.figures)?)?;
+    }
+    if report.anomalies > 0 {
+        println!(
+            "FAILED: {} anomalies; logs and data kept in {}",
+            report.anomalies,
+            dir.display()
+        );
+        std::process::exit(1);
+    }
+    println!("OK: no anomaly");
+    if let Some(t) = temp {
+        drop(cluster);
+        let _ = std::fs::remove_dir_all(t);
+    }
+    Ok(())
+}
+
+struct Summary {
+    anomalies: usize,
+    figures: serde_json::Value,
+}
+
+fn summarize(
+    h: &History,
+    faults: &BTreeMap<nemesis::Fault, usize>,
+    diverged: &[String],
+    seconds: u64,
+    seed: u64,
+) -> Summary {
+    let mut by_kind: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for o in &h.operations {
+        let kind = match o.op {
+            Op::Get { .. } => "get",
+            Op::Put { .. } => "put",
+            Op::Cas { .. } => "cas",
+        };
+        let outcome = match o.outcome {
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+            Outcome::Swapped(false) => "ok (compare failed)",
+            _ => "ok",
+        };
+        *by_kind.entry((kind, outcome)).or_insert(0) += 1;
+    }
+    println!();
+    println!("operations: {}", h.operations.len());
+    for ((kind, outcome), n) in &by_kind {
+        println!("  {kind:4} {outcome:20} {n}");
+    }
+    println!("faults injected:");
+    for (f, n) in faults {
+        println!("  {:40} {n}", f.name());
+    }
+
+    let lin = linearizability::check(&h.operations);
+    println!(
+        "linearizability: {} operations on {} keys checked, {} anomalies, {} undecided",
+        lin.operations_checked,
+        lin.keys.len(),
+        lin.anomalies.len(),
+        lin.undecided.len()
+    );
+    for a in &lin.anomalies {
+        println!("  ANOMALY on {}: {}", a.key, a.message);
+        for o in &a.operations {
+            println!("    {}", serde_json::to_string(o).unwrap_or_default());
+        }
+    }
+    for u in &lin.undecided {
+        println!("  UNDECIDED: {u}");
+    }
+
+    // No lost writes: every acknowledged write is in the store's record at its revision.
+    let lost = watch_check::missing_acknowledged_writes(&h.truth, &h.operations);
+    let acked = h
+        .operations
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Written | Outcome::Swapped(true)))
+        .count();
+    println!("lost writes: {} of {acked} acknowledged", lost.len());
+    for l in lost.iter().take(20) {
+        println!("  LOST: {l}");
+    }
+    println!("replicas diverged: {}", diverged.len());
+    for d in diverged {
+        println!("  DIVERGED: {d}");
+    }
+
+    // The watchers (the acknowledged writes were judged above, so not again).
+    let w = watch_check::check(&h.watchers, &h.truth, &[]);
+    let reconnects: usize = h
+        .watchers
+        .iter()
+        .map(|w| w.segments.len().saturating_sub(1))
+        .sum();
+    println!(
+        "watch: {} watchers, {} events checked against {} revisions, {} reconnects, {} anomalies",
+        w.watchers,
+        w.events_checked,
+        h.truth.len(),
+        reconnects,
+        w.anomalies.len()
+    );
+    for a in &w.anomalies {
+        println!("  ANOMALY: {a}");
+    }
+    let anomalies =
+        lin.anomalies.len() + lin.undecided.len() + lost.len() + diverged.len() + w.anomalies.len();
+    let figures = serde_json::json!({
+        "seed": seed,
+        "fault_seconds": seconds,
+        "operations": h.operations.len(),
+        "operations_by_outcome": by_kind.iter().map(|((k, o), n)| (format!("{k} {o}"), *n)).collect::<BTreeMap<_, _>>(),
+        "faults": faults.iter().map(|(f, n)| (f.name().to_string(), *n)).collect::<BTreeMap<_, _>>(),
+        "linearizability_operations_checked": lin.operations_checked,
+        "linearizability_anomalies": lin.anomalies.len() + lin.undecided.len(),
+        "acknowledged_writes": acked,
+        "lost_writes": lost.len(),
+        "replicas_diverged": diverged.len(),
+        "watch_events_checked": w.events_checked,
+        "watch_reconnects": reconnects,
+        "watch_anomalies": w.anomalies.len(),
+        "anomalies": anomalies,
+    });
+    Summary { anomalies, figures }
+}
+
+async fn control_plane(
+    args: &Args,
+    bin: PathBuf,
+    dir: PathBuf,
+    temp: Option<PathBuf>,
+    seconds: u64,
+    rng: &mut StdRng,
+    seed: u64,
+) -> Result<()> {
+    let docker = !args.no_docker
+        && tokio::process::Command::new("docker")
+            .arg("info")
+            .output()
+            .await
+            .is_ok_and(|o| o.status.success());
+    println!(
+        "control plane under faults: 3 store members, 2 controller managers, 2 schedulers, 3 hollow nodes{}",
+        if docker { ", 1 Docker kubelet" } else { " (no Docker engine)" }
+    );
+    let report = miniku_chaos::control_plane::run(
+        miniku_chaos::control_plane::Options {
+            bin,
+            dir: dir.clone(),
+            seconds,
+            docker,
+            image: args.image.clone(),
+            unsafe_skip_election: args.unsafe_skip_election,
+        },
+        rng,
+        &format!("chaos{:x}", seed & 0xffff_ffff),
+    )
+    .await?;
+    println!();
+    println!("faults injected:");
+    for (f, n) in &report.faults {
+        println!("  {f:40} {n}");
+    }
+    println!(
+        "store events checked against the invariants: {}",
+        report.events_checked
+    );
+    if let Some(d) = report.converged_in {
+        println!("converged {:.1}s after the faults stopped", d.as_secs_f64());
+    }
+    println!("violations: {}", report.violations.len());
+    for v in &report.violations {
+        println!("  VIOLATION: {v}");
+    }
+    if let Some(path) = &args.json {
+        let figures = serde_json::json!({
+            "seed": seed,
+            "fault_seconds": seconds,
+            "docker": docker,
+            "faults": report.faults,
+            "events_checked": report.events_checked,
+            "converged_seconds": report.converged_in.map(|d| d.as_secs_f64()),
+            "violations": report.violations.len(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
+    }
+    if !report.violations.is_empty() {
+        println!("FAILED; logs kept in {}", dir.display());
+        std::process::exit(1);
+    }
+    println!("OK: no violation");
+    if let Some(t) = temp {
+        let _ = std::fs::remove_dir_all(t);
+    }
+    Ok(())
+}

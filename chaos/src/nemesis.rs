@@ -1,0 +1,112 @@
+//! The nemesis: injects one fault at a time on a schedule drawn from the run's seed, holds
+//! it for a few seconds, undoes it, and lets the cluster settle before the next. Every fault
+//! type comes once per round, in a shuffled order, so a short run still covers them all.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    KillLeader,
+    KillRandom,
+    PauseRandom,
+    IsolateRandom,
+    IsolateLeader,
+    RestartAll,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [
+        Fault::KillLeader,
+        Fault::KillRandom,
+        Fault::PauseRandom,
+        Fault::IsolateRandom,
+        Fault::IsolateLeader,
+        Fault::RestartAll,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill -9 leader",
+            Fault::KillRandom => "kill -9 random member",
+            Fault::PauseRandom => "SIGSTOP random member",
+            Fault::IsolateRandom => "partition: isolate random member",
+            Fault::IsolateLeader => "partition: isolate leader",
+            Fault::RestartAll => "kill -9 and restart whole cluster",
+        }
+    }
+}
+
+/// Runs faults until `until`; returns how many of each were injected.
+pub async fn run(
+    cluster: &mut Cluster,
+    rng: &mut StdRng,
+    started: Instant,
+    until: Instant,
+) -> Result<BTreeMap<Fault, usize>> {
+    let mut counts = BTreeMap::new();
+    let mut round: Vec<Fault> = Vec::new();
+    let size = cluster.members.len() as u64;
+    // Let the workload get going before the first fault.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while Instant::now() < until {
+        if round.is_empty() {
+            round = Fault::ALL.to_vec();
+            round.shuffle(rng);
+        }
+        let Some(fault) = round.pop() else { continue };
+        let leader = cluster.leader().await;
+        let random = rng.random_range(1..=size);
+        let target = match fault {
+            Fault::KillLeader | Fault::IsolateLeader => leader.unwrap_or(random),
+            _ => random,
+        };
+        let hold = Duration::from_millis(rng.random_range(2_000..5_000));
+        let t = started.elapsed().as_secs_f64();
+        match fault {
+            Fault::RestartAll => println!("[{t:7.2}s] {}", fault.name()),
+            _ => println!(
+                "[{t:7.2}s] {} (member {target}{}), for {:.1}s",
+                fault.name(),
+                if Some(target) == leader {
+                    ", the leader"
+                } else {
+                    ""
+                },
+                hold.as_secs_f64()
+            ),
+        }
+        match fault {
+            Fault::KillLeader | Fault::KillRandom => cluster.kill(target).await?,
+            Fault::PauseRandom => cluster.pause(target)?,
+            Fault::IsolateRandom | Fault::IsolateLeader => cluster.isolate(target),
+            Fault::RestartAll => {
+                for id in 1..=size {
+                    cluster.kill(id).await?;
+                }
+            }
+        }
+        *counts.entry(fault).or_insert(0) += 1;
+        let hold = if fault == Fault::RestartAll {
+            Duration::from_millis(500)
+        } else {
+            hold
+        };
+        tokio::time::sleep(hold).await;
+        cluster.restore()?;
+        let t = started.elapsed().as_secs_f64();
+        println!("[{t:7.2}s] healed: every member running and connected");
+        // Settle: a leader, then a little quiet.
+        let _ = cluster.wait_leader(Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+    }
+    Ok(counts)
+}
