@@ -215,9 +215,13 @@ fn linearizable(ops: &[&Operation], max_steps: u64) -> Verdict {
         }
     }
 
-    let words = ops.len().div_ceil(64);
-    let mut linearized = vec![0u64; words];
-    let mut cache: HashSet<(Vec<u64>, u32)> = HashSet::new();
+    // The set of linearized operations, as a 128-bit Zobrist hash (XOR of a random code per
+    // operation): O(1) to update and 20 bytes per cache entry, where a bitset would cost
+    // ops/8 bytes each. A collision could only prune a branch (a false alarm, never a false
+    // pass), with odds of about n^2 / 2^128.
+    let codes = zobrist_codes(ops.len());
+    let mut linearized = 0u128;
+    let mut cache: HashSet<(u128, u32)> = HashSet::new();
     let mut stack: Vec<(usize, u32)> = Vec::new();
     let mut state = 0u32;
     let mut remaining_known = known;
@@ -237,9 +241,8 @@ fn linearizable(ops: &[&Operation], max_steps: u64) -> Verdict {
         if e.is_call {
             let op = e.op;
             if let Some(next_state) = steps[op].apply(state) {
-                let mut bits = linearized.clone();
-                bits[op / 64] |= 1 << (op % 64);
-                if cache.insert((bits.clone(), next_state)) {
+                let bits = linearized ^ codes[op];
+                if cache.insert((bits, next_state)) {
                     stack.push((entry, state));
                     state = next_state;
                     linearized = bits;
@@ -259,7 +262,7 @@ fn linearizable(ops: &[&Operation], max_steps: u64) -> Verdict {
             };
             state = prev_state;
             let op = list[call].op;
-            linearized[op / 64] &= !(1 << (op % 64));
+            linearized ^= codes[op];
             if list[call].matching != NIL {
                 remaining_known += 1;
             }
@@ -268,6 +271,21 @@ fn linearizable(ops: &[&Operation], max_steps: u64) -> Verdict {
         }
     }
     Verdict::Yes
+}
+
+/// Deterministic pseudo-random codes (SplitMix64), one per operation.
+fn zobrist_codes(n: usize) -> Vec<u128> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (0..n)
+        .map(|_| (u128::from(next()) << 64) | u128::from(next()))
+        .collect()
 }
 
 fn lift(list: &mut [Entry], call: usize) {

@@ -301,6 +301,8 @@ async fn main() -> Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.figures)?)?;
     }
+    // Stop the members first: exit() below would skip their kill-on-drop.
+    drop(cluster);
     if report.anomalies > 0 {
         println!(
             "FAILED: {} anomalies; logs and data kept in {}",
@@ -311,7 +313,6 @@ async fn main() -> Result<()> {
     }
     println!("OK: no anomaly");
     if let Some(t) = temp {
-        drop(cluster);
         let _ = std::fs::remove_dir_all(t);
     }
     Ok(())

@@ -50,3 +50,59 @@ fn stale_reads_are_caught() -> Result<()> {
     );
     Ok(())
 }
+
+fn docker_reachable() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn control_plane_keeps_its_invariants_and_converges_under_kills() -> Result<()> {
+    let seed = rand::random::<u32>().to_string();
+    let mut args = vec!["--control-plane", "--seconds", "45", "--seed", &seed];
+    if !docker_reachable() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but the Docker engine is not reachable"
+        );
+        println!("no Docker engine: hollow kubelets only");
+        args.push("--no-docker");
+    }
+    let (ok, out) = chaos(&args)?;
+    assert!(
+        ok,
+        "control-plane invariants violated (seed {seed}); output above"
+    );
+    for kind in [
+        "store member",
+        "store leader",
+        "controller manager",
+        "scheduler",
+        "kubelet",
+    ] {
+        assert!(
+            out.contains(&format!("kill -9 {kind} ")),
+            "no `kill -9 {kind}` injected (seed {seed})"
+        );
+    }
+    assert!(out.contains("converged"));
+    Ok(())
+}
+
+#[test]
+fn two_controllers_acting_at_once_are_caught() -> Result<()> {
+    let (ok, out) = chaos(&[
+        "--control-plane",
+        "--seconds",
+        "15",
+        "--seed",
+        "7",
+        "--no-docker",
+        "--unsafe-skip-election",
+    ])?;
+    assert!(!ok, "two controller managers acting at once went unnoticed");
+    assert!(out.contains("VIOLATION: revision"), "no overshoot reported");
+    Ok(())
+}
