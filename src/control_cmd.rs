@@ -97,7 +97,12 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
     let client = registry.client().clone();
     let eviction = Duration::from_secs(args.pod_eviction_timeout_secs);
     let workers = args.workers;
-    let work = move || async move {
+    // Writes are fenced by the leadership term; only the unsafe testing mode goes without.
+    let work = move |fence: Option<miniku::registry::Fence>| async move {
+        let registry = match fence {
+            Some(f) => registry.fenced(f),
+            None => registry,
+        };
         let rs = tokio::spawn(miniku::controllers::ReplicaSetController::run(
             registry.clone(),
             workers,
@@ -114,14 +119,14 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
     let elected = async {
         if args.election.unsafe_skip_election {
             tracing::warn!("--unsafe-skip-election: acting without leadership (testing only)");
-            return work().await;
+            return work(None).await;
         }
         run_as_leader(
             client,
             "controller-manager",
             &identity,
             args.election.leader_lease_secs,
-            work,
+            |fence| work(Some(fence)),
         )
         .await
     };
@@ -149,7 +154,7 @@ pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let registry = args.store.registry()?;
     let client = registry.client().clone();
     let workers = args.workers;
-    let work = move || miniku::scheduler::Scheduler::run(registry, workers);
+    let work = move |fence| miniku::scheduler::Scheduler::run(registry.fenced(fence), workers);
     let identity = args.election.identity();
     tokio::select! {
         r = run_as_leader(client, "scheduler", &identity, args.election.leader_lease_secs, work) => r,

@@ -10,6 +10,7 @@
 //! An object's `resourceVersion` is its key's `mod_revision`, set on every read. This module
 //! knows nothing of HTTP or of what the objects mean.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -78,6 +79,9 @@ pub enum RegistryError {
     Compacted(i64),
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// This process's leadership (its fence) is gone: the write was refused.
+    #[error("leadership lost: {0} changed hands, the write was refused")]
+    Fenced(String),
     #[error("the store's answer was not understood: {0}")]
     Decode(String),
 }
@@ -121,10 +125,20 @@ impl<T> WatchEvent<T> {
 
 pub type WatchEvents<T> = BoxStream<'static, Result<WatchEvent<T>, RegistryError>>;
 
+/// Proof of leadership that writes carry: the leader key and the revision that created it
+/// when this process won the election. Every fenced write compares it, so a deposed leader's
+/// late writes (a request still queued in the store when its lease ran out) are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub create_revision: i64,
+}
+
 /// Typed access to objects in the store.
 #[derive(Clone)]
 pub struct Registry {
     client: StoreClient,
+    fence: Option<Arc<Fence>>,
 }
 
 /// The store key of object `name` of kind `T`.
@@ -161,7 +175,48 @@ fn compare(key: &str, target: &str, result: &str, value: i64) -> Compare {
 
 impl Registry {
     pub fn new(client: StoreClient) -> Self {
-        Registry { client }
+        Registry {
+            client,
+            fence: None,
+        }
+    }
+
+    /// The same registry whose writes (create, update, delete) succeed only while `fence`
+    /// holds.
+    pub fn fenced(&self, fence: Fence) -> Registry {
+        Registry {
+            client: self.client.clone(),
+            fence: Some(Arc::new(fence)),
+        }
+    }
+
+    /// Adds the fence's compare to a write, and to its failure branch a read of the fence
+    /// key, so that a refusal can be told apart from a failed precondition.
+    fn fence_txn(&self, txn: &mut TxnRequest) {
+        if let Some(f) = &self.fence {
+            txn.compare
+                .push(compare(&f.key, "create_revision", "=", f.create_revision));
+            txn.failure.push(RequestOp::Range(RangeRequest {
+                key: Bin::from(f.key.as_str()),
+                keys_only: true,
+                ..Default::default()
+            }));
+        }
+    }
+
+    /// After a failed fenced write: Err(Fenced) if the fence no longer holds.
+    fn check_fence(&self, resp: &miniku_store::api::TxnResponse) -> Result<(), RegistryError> {
+        let Some(f) = &self.fence else { return Ok(()) };
+        let holds = matches!(
+            resp.responses.last(),
+            Some(ResponseOp::Range { kvs, .. })
+                if kvs.first().is_some_and(|kv| kv.create_revision == f.create_revision)
+        );
+        if holds {
+            Ok(())
+        } else {
+            Err(RegistryError::Fenced(f.key.clone()))
+        }
     }
 
     /// Connects to the store endpoints (`host:port`, comma-separated or several).
@@ -178,7 +233,7 @@ impl Registry {
     /// Stores a new object; fails with `AlreadyExists` if the name is taken.
     pub async fn create<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
         let key = key_of::<T>(obj.name());
-        let txn = TxnRequest {
+        let mut txn = TxnRequest {
             compare: vec![compare(&key, "create_revision", "=", 0)],
             success: vec![RequestOp::Put(PutRequest {
                 key: Bin::from(key.as_str()),
@@ -187,8 +242,10 @@ impl Registry {
             })],
             failure: vec![],
         };
+        self.fence_txn(&mut txn);
         let resp = self.client.txn(&txn).await?;
         if !resp.succeeded {
+            self.check_fence(&resp)?;
             return Err(RegistryError::AlreadyExists {
                 kind: T::KIND,
                 name: obj.name().to_string(),
@@ -285,7 +342,7 @@ impl Registry {
         } else {
             compare(&key, "version", ">", 0)
         };
-        let txn = TxnRequest {
+        let mut txn = TxnRequest {
             compare: vec![cmp],
             success,
             failure: vec![RequestOp::Range(RangeRequest {
@@ -294,10 +351,12 @@ impl Registry {
                 ..Default::default()
             })],
         };
+        self.fence_txn(&mut txn);
         let resp = self.client.txn(&txn).await?;
         if resp.succeeded {
             return Ok(resp);
         }
+        self.check_fence(&resp)?;
         let exists =
             matches!(resp.responses.first(), Some(ResponseOp::Range { count, .. }) if *count > 0);
         Err(if exists {

@@ -639,3 +639,65 @@ async fn hollow_kubelets_run_pods_and_report_running() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_registry_refuses_writes_once_leadership_moves() -> Result<()> {
+    use miniku::registry::{Fence, Registry, RegistryError};
+    let store = common::StoreCluster::start(3).await?;
+    store.wait_leader(&[1, 2, 3]).await?;
+    let c = StoreClient::new(store.endpoints())?;
+    let key = "/registry/leaders/test-fence";
+    let won = c.put(key.as_bytes(), b"me", PutOptions::default()).await?;
+    let registry = Registry::new(c.clone());
+    let fenced = registry.fenced(Fence {
+        key: key.into(),
+        create_revision: won.header.revision,
+    });
+    let node = |name: &str| Node {
+        name: name.into(),
+        labels: BTreeMap::new(),
+        capacity: Resources {
+            cpu: 1000,
+            memory: 1 << 30,
+        },
+        max_pods: 10,
+        status: NodeStatus::Ready,
+        unschedulable: false,
+        reason: String::new(),
+        resource_version: 0,
+    };
+    let mut created = fenced.create(&node("fenced-a")).await?;
+    created.unschedulable = true;
+    let created = fenced.update(&created).await?;
+    // A failed precondition is still told apart from a lost fence.
+    let stale = Node {
+        resource_version: 1,
+        ..created.clone()
+    };
+    assert!(matches!(
+        fenced.update(&stale).await,
+        Err(RegistryError::Conflict { .. })
+    ));
+    // Another instance takes over: the key is deleted and created again.
+    c.delete(key.as_bytes(), Default::default()).await?;
+    c.put(key.as_bytes(), b"other", PutOptions::default())
+        .await?;
+    let refused = fenced.create(&node("fenced-b")).await;
+    assert!(
+        matches!(refused, Err(RegistryError::Fenced(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        fenced.update(&created).await,
+        Err(RegistryError::Fenced(_))
+    ));
+    assert!(matches!(
+        fenced.delete::<Node>("fenced-a", 0).await,
+        Err(RegistryError::Fenced(_))
+    ));
+    // Nothing was written by the refused calls; an unfenced registry still writes.
+    assert!(registry.get::<Node>("fenced-b").await.is_err());
+    assert!(registry.get::<Node>("fenced-a").await?.unschedulable);
+    registry.delete::<Node>("fenced-a", 0).await?;
+    Ok(())
+}

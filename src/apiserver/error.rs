@@ -130,7 +130,8 @@ impl From<RegistryError> for ApiError {
                 format!("{message}: list again and watch from the list's resourceVersion"),
                 Some("resourceVersion".into()),
             ),
-            RegistryError::Unavailable(_) => Self::new(
+            // The API server's registry is never fenced; map it like a lost store anyway.
+            RegistryError::Unavailable(_) | RegistryError::Fenced(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 message,

@@ -11,13 +11,17 @@ use futures::StreamExt;
 use miniku_store::api::{Bin, Compare, PutRequest, RequestOp, TxnRequest};
 use miniku_store::client::{StoreClient, WatchOptions};
 
+use crate::registry::Fence;
+
 /// The key a component's leader holds.
 pub fn leader_key(component: &str) -> String {
     format!("{}leaders/{component}", crate::registry::ROOT)
 }
 
 /// Runs `work` only while this process holds the lock for `component`. Returns when
-/// leadership is lost (an error) or `work` ends.
+/// leadership is lost (an error) or `work` ends. `work` gets the [`Fence`] of this term of
+/// leadership: its writes should go through [`crate::registry::Registry::fenced`], so that
+/// none lands after the lock has passed to another instance.
 pub async fn run_as_leader<F, Fut>(
     client: StoreClient,
     component: &str,
@@ -26,13 +30,13 @@ pub async fn run_as_leader<F, Fut>(
     work: F,
 ) -> anyhow::Result<()>
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Fence) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let key = leader_key(component);
-    let lease = loop {
+    let (lease, create_revision) = loop {
         match try_acquire(&client, &key, identity, ttl_secs).await {
-            Ok(Some(lease)) => break lease,
+            Ok(Some(won)) => break won,
             Ok(None) => {
                 tracing::info!(component, "another instance leads; standing by");
                 wait_for_release(&client, &key).await;
@@ -43,10 +47,14 @@ where
             }
         }
     };
-    tracing::info!(component, identity, lease, "became leader");
+    tracing::info!(component, identity, lease, create_revision, "became leader");
     let renew = keep_alive(client.clone(), lease, ttl_secs);
+    let fence = Fence {
+        key: key.clone(),
+        create_revision,
+    };
     tokio::select! {
-        r = work() => {
+        r = work(fence) => {
             let _ = client.lease_revoke(lease).await;
             r
         }
@@ -54,13 +62,14 @@ where
     }
 }
 
-/// Grants a lease and puts the key if nobody holds it. Some(lease) when we won.
+/// Grants a lease and puts the key if nobody holds it. Some((lease, the key's
+/// create_revision)) when we won.
 async fn try_acquire(
     client: &StoreClient,
     key: &str,
     identity: &str,
     ttl_secs: i64,
-) -> anyhow::Result<Option<i64>> {
+) -> anyhow::Result<Option<(i64, i64)>> {
     let lease = client.lease_grant(ttl_secs).await?.id;
     let txn = TxnRequest {
         compare: vec![Compare {
@@ -78,9 +87,9 @@ async fn try_acquire(
         })],
         failure: vec![],
     };
-    let won = client.txn(&txn).await?.succeeded;
-    if won {
-        Ok(Some(lease))
+    let resp = client.txn(&txn).await?;
+    if resp.succeeded {
+        Ok(Some((lease, resp.header.revision)))
     } else {
         let _ = client.lease_revoke(lease).await;
         Ok(None)
