@@ -21,11 +21,23 @@ pub struct StoreEndpoints {
         default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
     )]
     pub endpoints: Vec<String>,
+    /// File holding the store's client token (for a store started with --token-file).
+    #[arg(long, env = "MINIKU_STORE_TOKEN_FILE")]
+    pub store_token_file: Option<std::path::PathBuf>,
 }
 
 impl StoreEndpoints {
     pub fn registry(&self) -> anyhow::Result<Registry> {
-        Registry::connect(&self.endpoints).context("connecting to the store")
+        let token = self
+            .store_token_file
+            .as_deref()
+            .map(miniku_store::auth::Token::from_file)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--store-token-file: {e}"))?;
+        let client = miniku_store::client::StoreClient::new(self.endpoints.clone())
+            .and_then(|c| c.with_token(token))
+            .context("connecting to the store")?;
+        Ok(Registry::new(client))
     }
 }
 
@@ -34,17 +46,29 @@ pub struct ApiServerArgs {
     /// Address the API (/replicasets, /pods, /nodes) listens on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// File holding the bearer token clients must send (every route but /health). Without
+    /// one the API server only listens on loopback.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub store: StoreEndpoints,
 }
 
 pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
     let registry = args.store.registry()?;
+    let token = args
+        .token_file
+        .as_deref()
+        .map(miniku_store::auth::Token::from_file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--token-file: {e}"))?;
+    miniku_store::auth::check_listen("API server", &args.listen, token.as_ref(), "--token-file")
+        .map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, store = ?args.store.endpoints, "api server started");
-    axum::serve(listener, miniku::apiserver::router(registry))
+    axum::serve(listener, miniku::apiserver::router(registry, token))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("api server")?;

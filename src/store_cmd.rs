@@ -52,6 +52,15 @@ pub struct StoreArgs {
     /// harnesses (scripts/chaos.sh) that put a proxy on each link between two members.
     #[arg(long, default_value = "")]
     pub peer_route: String,
+    /// File holding the bearer token clients must send (every route but /health). Without
+    /// one the client API only listens on loopback.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// File holding the cluster's shared secret, which members send to each other and
+    /// require on every peer RPC (append, vote, snapshot, join, forwarding). Without one the
+    /// peer API only listens on loopback.
+    #[arg(long)]
+    pub peer_token_file: Option<PathBuf>,
     /// TESTING ONLY, UNSAFE: answer linearizable reads from local state without a read
     /// index (stale reads). Lets the fault-injection harness prove its checker catches them.
     #[arg(long, hide = true)]
@@ -95,6 +104,14 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
             .peer_routes
             .insert(addr.trim().to_string(), via.trim().to_string());
     }
+    let token = |flag: &str, path: &Option<PathBuf>| {
+        path.as_deref()
+            .map(miniku_store::auth::Token::from_file)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+    };
+    config.client_token = token("--token-file", &args.token_file)?;
+    config.peer_token = token("--peer-token-file", &args.peer_token_file)?;
     if args.unsafe_stale_reads {
         tracing::warn!("--unsafe-stale-reads: linearizable reads may be stale (testing only)");
         config.unsafe_stale_reads = true;

@@ -273,6 +273,21 @@ async fn replicaset_runs_restarts_scales_and_deletes_real_containers() -> Result
             p["retry_count"] == 0 && p["next_retry_at"] == "0001-01-01T00:00:00Z",
             "{p}"
         );
+        // Only what the pod spec says: no privileges, host mounts or host network.
+        let id = p["container_id"].as_str().context("container_id")?;
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{.HostConfig.Privileged}} {{len .HostConfig.Binds}} {{len .Mounts}} {{.HostConfig.NetworkMode}} {{.HostConfig.PidMode}}",
+                id,
+            ])
+            .output()?;
+        let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ensure!(
+            host == "false 0 0 bridge" || host == "false 0 0 default",
+            "container {id} has host access: {host}"
+        );
     }
 
     // docker kill → the kubelet restarts it after a backoff; retry_count goes up.

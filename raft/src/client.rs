@@ -119,6 +119,8 @@ struct Inner {
     preferred: AtomicUsize,
     http: reqwest::Client,
     timeout: Duration,
+    /// `Authorization` header for a store started with a token.
+    auth: Option<reqwest::header::HeaderValue>,
 }
 
 #[derive(Clone)]
@@ -202,21 +204,36 @@ impl StoreClient {
                 preferred: AtomicUsize::new(0),
                 http,
                 timeout: Duration::from_secs(5),
+                auth: None,
             }),
         })
     }
 
+    fn rebuilt(&self, timeout: Duration, auth: Option<reqwest::header::HeaderValue>) -> Self {
+        StoreClient {
+            inner: Arc::new(Inner {
+                endpoints: self.inner.endpoints.clone(),
+                preferred: AtomicUsize::new(self.inner.preferred.load(Ordering::Relaxed)),
+                http: self.inner.http.clone(),
+                timeout,
+                auth,
+            }),
+        }
+    }
+
     /// Per-request timeout (default 5 s; watches are exempt).
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        let inner = Inner {
-            endpoints: self.inner.endpoints.clone(),
-            preferred: AtomicUsize::new(self.inner.preferred.load(Ordering::Relaxed)),
-            http: self.inner.http.clone(),
-            timeout,
-        };
-        StoreClient {
-            inner: Arc::new(inner),
-        }
+        self.rebuilt(timeout, self.inner.auth.clone())
+    }
+
+    /// Sends `token` as `Authorization: Bearer` on every request (for a store started with
+    /// `--token-file`).
+    pub fn with_token(self, token: Option<crate::auth::Token>) -> Result<Self, ClientError> {
+        let auth = token
+            .map(|t| t.header_value())
+            .transpose()
+            .map_err(ClientError::Config)?;
+        Ok(self.rebuilt(self.inner.timeout, auth))
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -250,6 +267,9 @@ impl StoreClient {
             }
             let url = format!("{}{path}", inner.endpoints[i]);
             let mut req = inner.http.request(method.clone(), &url).timeout(remaining);
+            if let Some(a) = &inner.auth {
+                req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+            }
             if let Some((b, content_type)) = &body {
                 req = req
                     .header(reqwest::header::CONTENT_TYPE, *content_type)
@@ -524,7 +544,11 @@ impl WatchState {
             self.next_revision = r.header.revision + 1;
         }
         let url = self.url();
-        let resp = self.client.inner.http.get(&url).send().await;
+        let mut req = self.client.inner.http.get(&url);
+        if let Some(a) = &self.client.inner.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+        }
+        let resp = req.send().await;
         match resp {
             Ok(resp) if resp.status().is_success() => {
                 self.conn = Some(resp.bytes_stream().boxed());

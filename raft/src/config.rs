@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::Token;
 use crate::types::NodeId;
 
 /// Limits enforced at the API edge (documented in README.md).
@@ -69,6 +70,12 @@ pub struct StoreConfig {
     /// index, so a lagging or partitioned member answers stale data. Exists so the
     /// fault-injection harness can prove its checker catches stale reads.
     pub unsafe_stale_reads: bool,
+    /// Bearer token clients must send (every route but `/health`). Without one the client
+    /// API may only listen on loopback.
+    pub client_token: Option<Token>,
+    /// The cluster's shared secret for peer RPCs (sent and required). Without one the peer
+    /// API may only listen on loopback.
+    pub peer_token: Option<Token>,
 }
 
 impl StoreConfig {
@@ -97,6 +104,8 @@ impl StoreConfig {
             limits: Limits::default(),
             peer_routes: HashMap::new(),
             unsafe_stale_reads: false,
+            client_token: None,
+            peer_token: None,
         }
     }
 }

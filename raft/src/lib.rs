@@ -22,6 +22,7 @@
 //! - [`client`]: [`client::StoreClient`], the Rust client the control plane uses.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;

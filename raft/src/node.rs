@@ -65,6 +65,8 @@ pub enum NodeError {
     Raft(String),
     #[error("cannot listen on {addr}: {message}")]
     Listen { addr: String, message: String },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A running store node.
@@ -124,7 +126,8 @@ impl StoreNode {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let peers = PeerClient::new(config.peer_routes.clone()).map_err(NodeError::Raft)?;
+        let peers = PeerClient::new(config.peer_routes.clone(), config.peer_token.clone())
+            .map_err(NodeError::Raft)?;
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
@@ -151,6 +154,20 @@ impl StoreNode {
         );
         let leases = LeaseClock::new(config.id, raft.clone(), mvcc.clone());
 
+        crate::auth::check_listen(
+            "peer API",
+            &config.peer_addr,
+            config.peer_token.as_ref(),
+            "--peer-token-file",
+        )
+        .map_err(NodeError::Config)?;
+        crate::auth::check_listen(
+            "client API",
+            &config.client_addr,
+            config.client_token.as_ref(),
+            "--token-file",
+        )
+        .map_err(NodeError::Config)?;
         let peer_listener = bind(&config.peer_addr).await?;
         let client_listener = bind(&config.client_addr).await?;
         let peer_addr = peer_listener.local_addr().map_err(|e| NodeError::Listen {

@@ -39,7 +39,8 @@ pub struct AppState {
     pub registry: Registry,
 }
 
-pub fn router(registry: Registry) -> Router {
+/// The API; with a `token`, every route but `/health` needs `Authorization: Bearer <token>`.
+pub fn router(registry: Registry, token: Option<miniku_store::auth::Token>) -> Router {
     Router::new()
         .route(
             "/replicasets",
@@ -61,6 +62,13 @@ pub fn router(registry: Registry) -> Router {
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(
+            miniku_store::auth::Guard {
+                token,
+                open_paths: &["/health"],
+            },
+            miniku_store::auth::require_token,
+        ))
         .with_state(AppState { registry })
 }
 

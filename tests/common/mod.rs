@@ -76,6 +76,8 @@ pub struct StoreCluster {
     pub tmp: tempfile::TempDir,
     pub extra_args: Vec<String>,
     initial: String,
+    /// The client token, when the members were started with one.
+    pub token: Option<String>,
 }
 
 impl StoreCluster {
@@ -85,7 +87,34 @@ impl StoreCluster {
     }
 
     pub async fn start_with(n: u64, extra: &[&str]) -> Result<StoreCluster> {
+        Self::start_in(tempfile::tempdir()?, n, extra, None).await
+    }
+
+    /// Members with a client token and a peer secret (files in the cluster's directory).
+    pub async fn start_secured(
+        n: u64,
+        client_token: &str,
+        peer_token: &str,
+    ) -> Result<StoreCluster> {
         let tmp = tempfile::tempdir()?;
+        let client_file = tmp.path().join("client.token");
+        let peer_file = tmp.path().join("peer.token");
+        std::fs::write(&client_file, format!("{client_token}\n"))?;
+        std::fs::write(&peer_file, peer_token)?;
+        let (c, p) = (
+            client_file.display().to_string(),
+            peer_file.display().to_string(),
+        );
+        let extra = ["--token-file", c.as_str(), "--peer-token-file", p.as_str()];
+        Self::start_in(tmp, n, &extra, Some(client_token.to_string())).await
+    }
+
+    async fn start_in(
+        tmp: tempfile::TempDir,
+        n: u64,
+        extra: &[&str],
+        token: Option<String>,
+    ) -> Result<StoreCluster> {
         let mut members = Vec::new();
         for id in 1..=n {
             members.push(StoreMember {
@@ -106,6 +135,7 @@ impl StoreCluster {
             tmp,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             initial,
+            token,
         };
         for id in 1..=n {
             c.spawn(id)?;
@@ -189,7 +219,16 @@ impl StoreCluster {
 
     /// Waits until every member in `alive` reports the same leader; returns its id.
     pub async fn wait_leader(&self, alive: &[u64]) -> Result<u64> {
-        let http = reqwest::Client::new();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &self.token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse()?,
+            );
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?;
         let urls: Vec<String> = alive
             .iter()
             .map(|id| self.member(*id).url("/v1/cluster"))

@@ -62,6 +62,13 @@ pub fn router(handle: StoreHandle) -> Router {
             r
         })
         .layer(axum::middleware::from_fn_with_state(
+            crate::auth::Guard {
+                token: handle.config().client_token.clone(),
+                open_paths: &["/health"],
+            },
+            crate::auth::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             handle.clone(),
             observe,
         ))

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{decode, encode, PeerError, PeerRequest, PeerResponse};
+use crate::auth::Token;
 use crate::types::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Paths of the peer API.
@@ -51,8 +52,14 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(routes: HashMap<String, String>) -> Result<Self, String> {
+    /// `token`: the cluster's secret, sent on every peer request.
+    pub fn new(routes: HashMap<String, String>, token: Option<Token>) -> Result<Self, String> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(reqwest::header::AUTHORIZATION, t.header_value()?);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))

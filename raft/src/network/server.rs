@@ -33,6 +33,14 @@ pub fn router(raft: Raft, handle: StoreHandle) -> Router {
         .route(paths::SNAPSHOT, post(snapshot))
         .route(paths::CALL, post(call))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        // Without the cluster's secret nothing here runs: no append, vote, snapshot or call.
+        .layer(axum::middleware::from_fn_with_state(
+            crate::auth::Guard {
+                token: handle.config().peer_token.clone(),
+                open_paths: &[],
+            },
+            crate::auth::require_token,
+        ))
         .with_state(PeerState { raft, handle })
 }
 
