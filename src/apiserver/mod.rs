@@ -69,6 +69,13 @@ pub fn router(registry: Registry, token: Option<miniku_store::auth::Token>) -> R
             },
             miniku_store::auth::require_token,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            miniku_store::http::BodyLimit {
+                max: MAX_BODY_BYTES,
+                too_large: |max| ApiError::too_large(max).into_response(),
+            },
+            miniku_store::http::buffer_body,
+        ))
         .with_state(AppState { registry })
 }
 
@@ -101,12 +108,17 @@ impl ListQuery {
     fn resource_version(&self) -> Result<i64, ApiError> {
         match self.resource_version.as_deref() {
             None | Some("") => Ok(0),
-            Some(s) => s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
-                ApiError::invalid(
-                    "resourceVersion",
-                    format!("`{s}` is not a non-negative integer"),
-                )
-            }),
+            // Below i64::MAX: a watch starts at the version after it.
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|v| (0..i64::MAX).contains(v))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "resourceVersion",
+                        format!("`{s}` is not a non-negative integer"),
+                    )
+                }),
         }
     }
 

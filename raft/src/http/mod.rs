@@ -61,12 +61,23 @@ pub fn router(handle: StoreHandle) -> Router {
             *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
             r
         })
+        .layer(axum::middleware::from_fn(refuse_stray_query))
         .layer(axum::middleware::from_fn_with_state(
             crate::auth::Guard {
                 token: handle.config().client_token.clone(),
                 open_paths: &["/health"],
             },
             crate::auth::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            BodyLimit {
+                max: handle.config().limits.max_request_bytes,
+                too_large: |max| {
+                    too_large(format!("the request body is larger than {max} bytes"))
+                        .into_response()
+                },
+            },
+            buffer_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
             handle.clone(),
@@ -242,6 +253,39 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, ()> 
         Err(())
     } else {
         Ok(buf.freeze())
+    }
+}
+
+/// Middleware: only the KV and watch routes take query parameters (each checks its own);
+/// anywhere else a query string is a mistake worth a 400, not something to ignore.
+async fn refuse_stray_query(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let takes_query = path.starts_with("/v1/kv/") || path.starts_with("/v1/watch/");
+    if !takes_query && req.uri().query().is_some_and(|q| !q.is_empty()) {
+        return invalid(format!("{path} takes no query parameters")).into_response();
+    }
+    next.run(req).await
+}
+
+/// The body limit of a server and how it says a body is too large.
+#[derive(Clone, Copy)]
+pub struct BodyLimit {
+    pub max: usize,
+    pub too_large: fn(usize) -> Response,
+}
+
+/// Middleware: reads every request body (within the limit) before any handler runs, so no
+/// answer, not even an early 400 or 404, is sent while the client is still sending, which
+/// would reset its connection before it read the answer. A larger body gets the server's
+/// 413 after it has been read and thrown away (see [`read_limited`]).
+pub async fn buffer_body(State(limit): State<BodyLimit>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match read_limited(body, limit.max).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(()) => (limit.too_large)(limit.max),
     }
 }
 

@@ -56,8 +56,9 @@ pub async fn watch(
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .filter(|v: &i64| *v >= 0)
+            .and_then(|v: i64| v.checked_add(1))
             .ok_or_else(|| invalid("Last-Event-ID must be a revision number"))?;
-        start = last + 1;
+        start = last;
     }
     let sub = h.hub().subscribe(key, range_end, start)?;
     let state = Stream {
