@@ -79,6 +79,9 @@ pub enum RegistryError {
     Compacted(i64),
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// A write may or may not have been applied (the answer was lost).
+    #[error("the write's outcome is unknown: {0}")]
+    OutcomeUnknown(String),
     /// This process's leadership (its fence) is gone: the write was refused.
     #[error("leadership lost: {0} changed hands, the write was refused")]
     Fenced(String),
@@ -93,6 +96,7 @@ impl From<ClientError> for RegistryError {
                 RegistryError::Compacted(compact_revision)
             }
             ClientError::Decode(m) => RegistryError::Decode(m),
+            ClientError::OutcomeUnknown(m) => RegistryError::OutcomeUnknown(m),
             other => RegistryError::Unavailable(other.to_string()),
         }
     }

@@ -137,6 +137,13 @@ impl From<RegistryError> for ApiError {
                 message,
                 None,
             ),
+            // As etcd does: the write may have happened; the client should read and see.
+            RegistryError::OutcomeUnknown(_) => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "outcome_unknown",
+                format!("{message}; read the object to see whether it took effect"),
+                None,
+            ),
             RegistryError::Decode(_) => {
                 tracing::error!(error = %message, "stored data could not be read");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, None)

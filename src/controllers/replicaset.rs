@@ -15,7 +15,11 @@
 //! The guard against double creation from a stale cache ("expectations"): after writing pods
 //! for a ReplicaSet the controller remembers the highest revision it wrote, and does not
 //! reconcile that ReplicaSet again until its pod cache has caught up to that revision (the
-//! pod events it is waiting for queue the ReplicaSet again).
+//! pod events it is waiting for queue the ReplicaSet again). A create whose outcome is unknown
+//! (the store's answer was lost) may still have happened: the controller remembers that pod
+//! and, before creating anything else for the ReplicaSet, creates it again under the same
+//! name, which the create-only transaction turns into "exists" if the first one landed. So
+//! a lost answer never makes it create one pod too many.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -38,6 +42,8 @@ pub struct ReplicaSetController {
     pods: Informer<Pod>,
     /// ReplicaSet name → the pod-cache revision its last writes need.
     expectations: Arc<Mutex<HashMap<String, i64>>>,
+    /// Per ReplicaSet, pods whose create had an unknown outcome.
+    uncertain: Arc<Mutex<HashMap<String, Vec<Pod>>>>,
 }
 
 fn owner_of(pod: &Pod) -> Option<&str> {
@@ -107,6 +113,7 @@ impl ReplicaSetController {
             replicasets: replicasets.clone(),
             pods: pods.clone(),
             expectations: Arc::new(Mutex::new(HashMap::new())),
+            uncertain: Arc::new(Mutex::new(HashMap::new())),
         };
         let queue = WorkQueue::default();
         for rs in replicasets.list() {
@@ -186,7 +193,60 @@ impl ReplicaSetController {
         }
     }
 
+    /// Settles creates with an unknown outcome by creating the same pods again: afterwards
+    /// each exists exactly once. Returns true if any was settled (then the caller waits for
+    /// them to reach the cache).
+    async fn settle_uncertain(&self, rs: &str) -> anyhow::Result<bool> {
+        let mut pending = self
+            .uncertain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(rs)
+            .unwrap_or_default();
+        // Only for the ReplicaSet as it is now; a deleted one's pods are cleaned up anyway.
+        let uid = self.replicasets.get(rs).map(|r| r.uid);
+        pending.retain(|p| p.owner.as_ref().map(|o| &o.uid) == uid.as_ref());
+        let settled = !pending.is_empty();
+        let mut still = Vec::new();
+        let mut failure = None;
+        for pod in pending {
+            match self.registry.create(&pod).await {
+                Ok(p) => self.expect_revision(rs, p.resource_version),
+                Err(RegistryError::AlreadyExists { .. }) => {
+                    // The first create landed: wait until the cache has it.
+                    match self.registry.get::<Pod>(&pod.spec.name).await {
+                        Ok(p) => self.expect_revision(rs, p.resource_version),
+                        Err(RegistryError::NotFound { .. }) => {} // Deleted since.
+                        Err(e) => {
+                            still.push(pod);
+                            failure = Some(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    still.push(pod);
+                    failure = Some(e);
+                }
+            }
+        }
+        if !still.is_empty() {
+            self.uncertain
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(rs.to_string())
+                .or_default()
+                .extend(still);
+        }
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(settled),
+        }
+    }
+
     pub async fn reconcile(&self, name: &str) -> anyhow::Result<Next> {
+        if self.settle_uncertain(name).await? {
+            return Ok(Next::Done);
+        }
         if !self.satisfied(name) {
             // Our own writes have not come back through the watch yet; their events will
             // queue this ReplicaSet again.
@@ -235,7 +295,7 @@ impl ReplicaSetController {
             let mut batch = 1usize;
             while missing > 0 {
                 let n = batch.min(missing);
-                let creates = (0..n).map(|_| self.create_pod(&rs));
+                let creates = (0..n).map(|_| self.create_pod(name, &rs));
                 let results = futures::future::join_all(creates).await;
                 let mut failed = None;
                 for r in results {
@@ -278,12 +338,23 @@ impl ReplicaSetController {
         Ok(Next::Done)
     }
 
-    /// Creates one pod; returns the revision of the write.
-    async fn create_pod(&self, rs: &ReplicaSet) -> anyhow::Result<i64> {
+    /// Creates one pod; returns the revision of the write. A create with an unknown outcome
+    /// is remembered for [`Self::settle_uncertain`].
+    async fn create_pod(&self, name: &str, rs: &ReplicaSet) -> anyhow::Result<i64> {
         for _ in 0..5 {
-            match self.registry.create(&new_pod(rs)).await {
+            let pod = new_pod(rs);
+            match self.registry.create(&pod).await {
                 Ok(p) => return Ok(p.resource_version),
                 Err(RegistryError::AlreadyExists { .. }) => continue,
+                Err(e @ RegistryError::OutcomeUnknown(_)) => {
+                    self.uncertain
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(name.to_string())
+                        .or_default()
+                        .push(pod);
+                    return Err(e.into());
+                }
                 Err(e) => return Err(e.into()),
             }
         }
