@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{mpsc, Notify};
 
@@ -40,7 +40,7 @@ const HISTORY_BATCH: usize = 1000;
 struct Slot {
     key: Vec<u8>,
     range_end: Vec<u8>,
-    tx: mpsc::Sender<RevisionEvents>,
+    tx: mpsc::Sender<Arc<SharedEvents>>,
     synced: bool,
     notify: Arc<Notify>,
 }
@@ -66,16 +66,73 @@ pub struct WatchHub {
 }
 
 /// Keeps only the events of `rev` inside the range; None if none are.
-fn filter(rev: &RevisionEvents, key: &[u8], range_end: &[u8]) -> Option<RevisionEvents> {
+/// One revision's events as the hub hands them out, shared by every watcher that gets all of
+/// them, with slots where the serving layer keeps its encoding of the revision, so that a
+/// revision is encoded once, not once per watcher.
+#[derive(Debug)]
+pub struct SharedEvents {
+    content: RevisionEvents,
+    encoded: [OnceLock<Arc<str>>; 2],
+}
+
+impl PartialEq for SharedEvents {
+    fn eq(&self, other: &Self) -> bool {
+        self.content == other.content
+    }
+}
+impl Eq for SharedEvents {}
+
+impl std::ops::Deref for SharedEvents {
+    type Target = RevisionEvents;
+    fn deref(&self) -> &RevisionEvents {
+        &self.content
+    }
+}
+
+impl SharedEvents {
+    pub fn new(content: RevisionEvents) -> Self {
+        SharedEvents {
+            content,
+            encoded: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// The encoding in slot `variant` (0 or 1, e.g. without and with previous values),
+    /// made by `encode` the first time it is asked for.
+    pub fn encoded(
+        &self,
+        variant: bool,
+        encode: impl FnOnce(&RevisionEvents) -> String,
+    ) -> Arc<str> {
+        self.encoded[usize::from(variant)]
+            .get_or_init(|| encode(&self.content).into())
+            .clone()
+    }
+}
+
+/// A revision's events in a watcher's range. When every event is in range (the usual
+/// case), the revision itself is shared, not copied: ten thousand watchers of one prefix
+/// hold ten thousand pointers to one revision, not ten thousand copies of its values.
+fn filter(rev: &Arc<SharedEvents>, key: &[u8], range_end: &[u8]) -> Option<Arc<SharedEvents>> {
+    let inside = rev
+        .events
+        .iter()
+        .filter(|e| in_range(&e.kv.key, key, range_end))
+        .count();
+    if inside == rev.events.len() {
+        return (inside > 0).then(|| rev.clone());
+    }
     let events: Vec<_> = rev
         .events
         .iter()
         .filter(|e| in_range(&e.kv.key, key, range_end))
         .cloned()
         .collect();
-    (!events.is_empty()).then_some(RevisionEvents {
-        revision: rev.revision,
-        events,
+    (!events.is_empty()).then(|| {
+        Arc::new(SharedEvents::new(RevisionEvents {
+            revision: rev.revision,
+            events,
+        }))
     })
 }
 
@@ -175,12 +232,12 @@ impl WatchHub {
     /// Offers newly applied revisions to synced watchers.
     pub fn publish(&self, events: Vec<RevisionEvents>) {
         let mut st = self.lock();
-        for rev in &events {
+        for rev in events.into_iter().map(|r| Arc::new(SharedEvents::new(r))) {
             if rev.revision <= st.last_published {
                 continue;
             }
             for slot in st.slots.values_mut().filter(|s| s.synced) {
-                let Some(mine) = filter(rev, &slot.key, &slot.range_end) else {
+                let Some(mine) = filter(&rev, &slot.key, &slot.range_end) else {
                     continue;
                 };
                 if slot.tx.try_send(mine).is_err() {
@@ -214,7 +271,7 @@ impl ApplyListener for WatchHub {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchItem {
     /// One revision's events inside the watched range.
-    Events(RevisionEvents),
+    Events(Arc<SharedEvents>),
     /// History this watcher needs is gone; the watch is over.
     Compacted { compact_revision: i64 },
 }
@@ -225,13 +282,13 @@ pub struct WatchSubscription {
     id: u64,
     key: Vec<u8>,
     range_end: Vec<u8>,
-    rx: mpsc::Receiver<RevisionEvents>,
+    rx: mpsc::Receiver<Arc<SharedEvents>>,
     notify: Arc<Notify>,
     /// Every matching revision below this one has been handed out.
     next_revision: i64,
     /// History has been read up to here (inclusive).
     history_reached: i64,
-    backlog: VecDeque<RevisionEvents>,
+    backlog: VecDeque<Arc<SharedEvents>>,
 }
 
 impl WatchSubscription {
@@ -296,8 +353,8 @@ impl WatchSubscription {
                     } else {
                         last
                     };
-                    for r in &revs {
-                        if let Some(mine) = filter(r, &self.key, &self.range_end) {
+                    for r in revs.into_iter().map(|r| Arc::new(SharedEvents::new(r))) {
+                        if let Some(mine) = filter(&r, &self.key, &self.range_end) {
                             self.backlog.push_back(mine);
                         }
                     }

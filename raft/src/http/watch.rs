@@ -92,20 +92,26 @@ pub async fn watch(
                     }
                 }
                 Some(WatchItem::Events(re)) => {
-                    let msg = WatchMessage {
-                        header: st.handle.header(re.revision),
-                        events: re
-                            .events
-                            .into_iter()
-                            .map(|e| api::Event::from_internal(e, st.prev_kv))
-                            .collect(),
-                        progress_notify: false,
-                        canceled: false,
-                        compact_revision: None,
-                        reason: None,
-                    };
+                    // Encoded once per revision (and prev_kv setting) for every watcher
+                    // that shares it.
+                    let data = re.encoded(st.prev_kv, |events| {
+                        let msg = WatchMessage {
+                            header: st.handle.header(events.revision),
+                            events: events
+                                .events
+                                .iter()
+                                .map(|e| api::Event::from_internal(e.clone(), st.prev_kv))
+                                .collect(),
+                            progress_notify: false,
+                            canceled: false,
+                            compact_revision: None,
+                            reason: None,
+                        };
+                        serde_json::to_string(&msg)
+                            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+                    });
                     st.handle.metrics().watch_events_sent(1);
-                    let ev = message(re.revision, &msg);
+                    let ev = Ok(Event::default().id(re.revision.to_string()).data(&*data));
                     return Some((ev, Some(st)));
                 }
                 Some(WatchItem::Compacted { compact_revision }) => {
