@@ -664,4 +664,93 @@ mod tests {
         assert!(r.ok(), "{:?}", r.anomalies.first().map(|a| &a.message));
         assert_eq!(r.operations_checked, 5_000);
     }
+
+    /// Every order the real-time constraints allow, tried one by one (unknown operations
+    /// may also be left out): the definition itself, for tiny histories.
+    fn brute(ops: &[&Operation]) -> bool {
+        fn go(ops: &[&Operation], steps: &[Step], placed: &mut Vec<bool>, state: u32) -> bool {
+            let known_left = ops
+                .iter()
+                .zip(placed.iter())
+                .any(|(o, p)| !p && o.outcome != Outcome::Unknown);
+            if !known_left {
+                return true;
+            }
+            for i in 0..ops.len() {
+                if placed[i] {
+                    continue;
+                }
+                // Every unplaced known operation that ended before this one began must go first.
+                let blocked = ops.iter().enumerate().any(|(j, o)| {
+                    j != i
+                        && !placed[j]
+                        && o.outcome != Outcome::Unknown
+                        && o.complete_ns < ops[i].invoke_ns
+                });
+                if blocked {
+                    continue;
+                }
+                if let Some(next) = steps[i].apply(state) {
+                    placed[i] = true;
+                    if go(ops, steps, placed, next) {
+                        return true;
+                    }
+                    placed[i] = false;
+                }
+            }
+            false
+        }
+        let ops: Vec<&Operation> = ops.iter().copied().filter(|o| counts(o)).collect();
+        let mut values = Interner(HashMap::new());
+        let steps: Vec<Step> = ops.iter().map(|o| step_of(o, &mut values)).collect();
+        go(&ops, &steps, &mut vec![false; ops.len()], 0)
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_random_small_histories() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let pool = ["a", "b", "c"];
+        let (mut yes, mut no) = (0, 0);
+        for _ in 0..3_000 {
+            let mut h = H::new();
+            for _ in 0..rng.random_range(1..7) {
+                let a = rng.random_range(0..20u64);
+                let b = a + rng.random_range(0..8u64);
+                let v = |rng: &mut rand::rngs::StdRng| {
+                    (rng.random_range(0..4) > 0).then(|| pool[rng.random_range(0..3)].to_string())
+                };
+                let unknown = rng.random_range(0..8) == 0;
+                let (op, outcome) = match rng.random_range(0..3) {
+                    0 => (Op::Get { key: "k".into() }, Outcome::Read(v(&mut rng))),
+                    1 => (
+                        Op::Put {
+                            key: "k".into(),
+                            value: pool[rng.random_range(0..3)].into(),
+                        },
+                        Outcome::Written,
+                    ),
+                    _ => (
+                        Op::Cas {
+                            key: "k".into(),
+                            expected: v(&mut rng),
+                            new: pool[rng.random_range(0..3)].into(),
+                        },
+                        Outcome::Swapped(rng.random_bool(0.5)),
+                    ),
+                };
+                let outcome = if unknown { Outcome::Unknown } else { outcome };
+                h.add(op, a, b, outcome);
+            }
+            let refs: Vec<&Operation> = h.0.iter().collect();
+            let expected = brute(&refs);
+            assert_eq!(h.ok(), expected, "history: {:#?}", h.0);
+            if expected {
+                yes += 1;
+            } else {
+                no += 1;
+            }
+        }
+        assert!(yes > 300 && no > 300, "both kinds were tried: {yes} / {no}");
+    }
 }
