@@ -80,7 +80,7 @@ pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
 pub struct ElectionArgs {
     /// Seconds the leader's lock lives without renewal; a standby takes over within this
     /// long after the leader dies. Renewed every sixth of it; a leader that could not renew
-    /// for two thirds of it stops (and exits).
+    /// for a whole lease stops (and exits).
     #[arg(long, default_value_t = 10)]
     pub leader_lease_secs: i64,
     /// This instance's name in the election (default: hostname-pid).

@@ -121,13 +121,14 @@ async fn wait_for_release(client: &StoreClient, key: &str) {
 }
 
 /// Renews the lease every sixth of its TTL; returns an error once it could not be renewed
-/// within two thirds of it (Kubernetes' renew deadline), counted from when the last
-/// successful renewal was *sent*: the store's lease cannot have expired yet at that point,
-/// so a leader always stops before another can take over.
+/// for a whole TTL, counted from when the last successful renewal was *sent* (the store's
+/// lease cannot expire before that). Stopping is not what keeps two leaders apart: every
+/// leader write is fenced by the leader key's revision, so a leader that acts a moment too
+/// long has its writes refused.
 async fn keep_alive(client: StoreClient, lease: i64, ttl_secs: i64) -> String {
     let ttl = Duration::from_secs(ttl_secs.max(1) as u64);
     let every = ttl / 6;
-    let renew_deadline = ttl * 2 / 3;
+    let renew_deadline = ttl;
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
