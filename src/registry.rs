@@ -87,6 +87,10 @@ pub enum RegistryError {
     Fenced(String),
     #[error("the store's answer was not understood: {0}")]
     Decode(String),
+    /// The store is out of disk space (its NOSPACE alarm is raised): creates and updates
+    /// are refused, deletes still work.
+    #[error("the store is out of disk space: {0}")]
+    NoSpace(String),
 }
 
 impl From<ClientError> for RegistryError {
@@ -97,6 +101,7 @@ impl From<ClientError> for RegistryError {
             }
             ClientError::Decode(m) => RegistryError::Decode(m),
             ClientError::OutcomeUnknown(m) => RegistryError::OutcomeUnknown(m),
+            ClientError::Api { status: 507, body } => RegistryError::NoSpace(body.message),
             other => RegistryError::Unavailable(other.to_string()),
         }
     }

@@ -61,6 +61,15 @@ pub struct StoreArgs {
     /// peer API only listens on loopback.
     #[arg(long)]
     pub peer_token_file: Option<PathBuf>,
+    /// Raise the cluster-wide NOSPACE alarm (refusing writes that add data) when the data
+    /// directory's filesystem has less free space than this many MiB; cleared by itself at
+    /// 1.5 times this.
+    #[arg(long, default_value_t = 128)]
+    pub min_free_disk_mb: u64,
+    /// Raise the NOSPACE alarm when the database files exceed this many bytes (etcd's flag
+    /// of the same name; default 8 GiB).
+    #[arg(long, default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub quota_backend_bytes: u64,
     /// TESTING ONLY, UNSAFE: answer linearizable reads from local state without a read
     /// index (stale reads). Lets the fault-injection harness prove its checker catches them.
     #[arg(long, hide = true)]
@@ -112,18 +121,77 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     };
     config.client_token = token("--token-file", &args.token_file)?;
     config.peer_token = token("--peer-token-file", &args.peer_token_file)?;
+    config.space.min_free_bytes = args.min_free_disk_mb.saturating_mul(1024 * 1024);
+    config.space.quota_bytes = args.quota_backend_bytes;
     if args.unsafe_stale_reads {
         tracing::warn!("--unsafe-stale-reads: linearizable reads may be stale (testing only)");
         config.unsafe_stale_reads = true;
     }
 
+    let data_dir = config.data_dir.clone();
+    let min_free = config.space.min_free_bytes;
     let node = StoreNode::start(config)
         .await
         .context("starting the store node")?;
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    node.shutdown().await;
-    Ok(())
+    let handle = node.handle();
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+        fault = handle.wait_storage_fault() => {
+            tracing::error!(
+                error = %fault,
+                dir = %data_dir.display(),
+                "storage failed: this member stopped taking part in Raft; it answers 503 to writes \
+                 and restarts itself once the data directory is writable again"
+            );
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    node.shutdown().await;
+                    Ok(())
+                }
+                _ = wait_writable(&data_dir, min_free) => {
+                    // No orderly shutdown: Raft already stopped on the fault, and what the
+                    // database holds is recovered on start exactly as after a crash.
+                    tracing::warn!("the data directory is writable again: restarting this member");
+                    Err(restart_self())
+                }
+            }
+        }
+    }
+}
+
+/// Returns once `dir` has room and takes a write again.
+async fn wait_writable(dir: &std::path::Path, min_free: u64) {
+    let mut last = String::new();
+    loop {
+        match miniku_store::disk::probe_writable(dir, min_free) {
+            Ok(()) => return,
+            Err(e) if e != last => {
+                tracing::warn!(error = %e, "data directory still not writable");
+                last = e;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Replaces this process with a fresh start of the same command line: the database is
+/// reopened and recovered as after a crash (everything acknowledged was fsync'd). Returns
+/// only if that fails.
+fn restart_self() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return anyhow::anyhow!("cannot find this program to restart it: {e}"),
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::anyhow!("cannot restart this member: {err}")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -40,6 +40,7 @@ fn store_routes() -> Vec<(Method, &'static str, Option<Value>)> {
             Some(json!({"id": 9, "peer_addr": "127.0.0.1:1"})),
         ),
         (Method::DELETE, "/v1/cluster/members/2", None),
+        (Method::GET, "/v1/alarms", None),
         (Method::GET, "/metrics", None),
         (Method::GET, "/no/such/route", None),
     ]

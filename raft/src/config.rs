@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Token;
+use crate::disk::SpaceLimits;
 use crate::types::NodeId;
 
 /// Limits enforced at the API edge (documented in README.md).
@@ -76,6 +77,8 @@ pub struct StoreConfig {
     /// The cluster's shared secret for peer RPCs (sent and required). Without one the peer
     /// API may only listen on loopback.
     pub peer_token: Option<Token>,
+    /// When this member raises its NOSPACE alarm.
+    pub space: SpaceLimits,
 }
 
 impl StoreConfig {
@@ -106,6 +109,7 @@ impl StoreConfig {
             unsafe_stale_reads: false,
             client_token: None,
             peer_token: None,
+            space: SpaceLimits::default(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod http;
 pub mod lease;

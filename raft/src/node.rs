@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::api::{ClusterResponse, Member, ResponseHeader};
 use crate::config::StoreConfig;
+use crate::disk::DiskGuard;
 use crate::error::StoreError;
 use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
@@ -106,9 +107,13 @@ impl StoreNode {
         let metrics = Metrics::new();
         let mvcc = MvccStore::open(&db).map_err(|e| NodeError::Storage(e.to_string()))?;
         let hub = WatchHub::new(mvcc.clone(), config.limits.max_watchers);
-        let (log_store, state_machine) =
-            crate::storage::open_stores(db, &config.data_dir, mvcc.clone(), Arc::new(hub.clone()))
-                .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let (log_store, state_machine) = crate::storage::open_stores(
+            db.clone(),
+            &config.data_dir,
+            mvcc.clone(),
+            Arc::new(hub.clone()),
+        )
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         let raft_config = openraft::Config {
             cluster_name: "miniku".into(),
@@ -207,7 +212,18 @@ impl StoreNode {
                 crate::http::router(handle.clone()),
                 stopped.clone(),
             ),
-            tokio::spawn(leases.run(proposer)),
+            tokio::spawn(leases.run(proposer.clone())),
+            tokio::spawn(
+                DiskGuard {
+                    id: config.id,
+                    data_dir: config.data_dir.clone(),
+                    db,
+                    mvcc: handle.mvcc().clone(),
+                    proposer,
+                    limits: config.space.clone(),
+                }
+                .run(stopped.clone()),
+            ),
             tokio::spawn(watch_leadership(raft.clone(), handle.metrics().clone())),
         ];
 
@@ -343,14 +359,47 @@ impl StoreHandle {
     /// the leader) and returns its result once applied on this node. A command the state
     /// machine refused comes back as `Err(StoreError::Rejected)`.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, StoreError> {
+        if let Some(fault) = self.storage_fault() {
+            return Err(StoreError::Unavailable(format!(
+                "this member's storage failed ({fault}); it restarts once its data directory \
+                 is writable again: use another member"
+            )));
+        }
         let result = self.inner.proposer.propose(cmd).await?;
         // Forwarded writes are applied on the leader first: make sure this member has
-        // applied them too, so a read here right after sees the write.
+        // applied them too, so a read here right after sees the write. If it cannot catch
+        // up in time the write still happened: say so rather than fail it (a linearizable
+        // read here waits for the apply anyway).
         let rev = result.revision();
         if self.inner.mvcc.current_revision() < rev {
-            self.wait_revision(rev).await?;
+            if let Err(e) = self.wait_revision(rev).await {
+                tracing::warn!(error = %e, revision = rev, "acknowledging a write this member has not applied yet");
+            }
         }
         Ok(result)
+    }
+
+    /// Why this member's Raft stopped, if it stopped on a fault (in practice storage: the
+    /// disk filled up or the data directory became unwritable). Such a member serves no
+    /// writes and no linearizable reads.
+    pub fn storage_fault(&self) -> Option<String> {
+        match &self.inner.raft.metrics().borrow().running_state {
+            Ok(()) => None,
+            Err(fatal) => Some(fatal.to_string()),
+        }
+    }
+
+    /// Returns once Raft has stopped on a fault, with the reason.
+    pub async fn wait_storage_fault(&self) -> String {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &rx.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "raft stopped".into();
+            }
+        }
     }
 
     async fn wait_revision(&self, rev: i64) -> Result<(), StoreError> {

@@ -32,6 +32,9 @@ use crate::types::{Command, CommandResult, NodeId, Raft, WriteBatch};
 /// once per entry, so while one entry is out, arriving writes gather into the next batch.
 /// Measured at 64 clients on 2 cores: 2 in flight ~6,000 puts/s, 4 ~4,900/s, 16 ~2,600/s.
 const MAX_IN_FLIGHT: usize = 2;
+/// Most key and value bytes in one Raft entry (one command always goes, however large), so
+/// that an entry travels to followers well within a heartbeat interval.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 type Reply = oneshot::Sender<Result<CommandResult, StoreError>>;
 
@@ -160,17 +163,31 @@ impl Proposer {
 impl ProposerLoop {
     async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        // A command that did not fit the last batch starts the next one.
+        let mut carry: Option<Pending> = None;
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let Some(first) = rx.recv().await else {
-                return;
+            let first = match carry.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
             };
+            let mut bytes = first.cmd.payload_bytes();
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) if bytes.saturating_add(p.cmd.payload_bytes()) > MAX_BATCH_BYTES => {
+                        carry = Some(p);
+                        break;
+                    }
+                    Ok(p) => {
+                        bytes = bytes.saturating_add(p.cmd.payload_bytes());
+                        batch.push(p);
+                    }
                     Err(_) => break,
                 }
             }

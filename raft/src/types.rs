@@ -79,11 +79,58 @@ pub enum Command {
     Compact {
         revision: i64,
     },
+    /// Raise (`raise: true`) or clear `member`'s NOSPACE alarm. While any member's alarm is
+    /// raised, commands that add data (puts, transactions with puts, lease grants) are
+    /// refused on every member; reads, deletes, lease revokes and compaction still work.
+    /// Writes no revision.
+    Alarm {
+        member: NodeId,
+        raise: bool,
+    },
+}
+
+impl Command {
+    /// Roughly how many bytes the command adds to a log entry (its keys and values).
+    pub fn payload_bytes(&self) -> usize {
+        let ops = |ops: &[RequestOp]| -> usize {
+            ops.iter()
+                .map(|op| match op {
+                    RequestOp::Put(p) => p.key.len() + p.value.len(),
+                    RequestOp::Range(r) => r.key.len() + r.range_end.len(),
+                    RequestOp::DeleteRange(d) => d.key.len() + d.range_end.len(),
+                })
+                .sum()
+        };
+        match self {
+            Command::Put(p) => p.key.len() + p.value.len(),
+            Command::DeleteRange(d) => d.key.len() + d.range_end.len(),
+            Command::Txn(t) => {
+                let compares: usize = t
+                    .compare
+                    .iter()
+                    .map(|c| {
+                        let value = match &c.target {
+                            CompareTarget::Value(v) => v.len(),
+                            _ => 0,
+                        };
+                        c.key.len() + c.range_end.len() + value
+                    })
+                    .sum();
+                compares + ops(&t.success) + ops(&t.failure)
+            }
+            Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::Compact { .. }
+            | Command::Alarm { .. } => 0,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct PutOp {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// 0 = no lease.
     pub lease: i64,
@@ -94,7 +141,9 @@ pub struct PutOp {
 /// `range_end == [0]` means "every key >= key" (etcd's convention).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct RangeOp {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// 0 = no limit.
     pub limit: i64,
@@ -106,7 +155,9 @@ pub struct RangeOp {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct DeleteOp {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     pub prev_kv: bool,
 }
@@ -132,7 +183,9 @@ pub enum RequestOp {
 /// for `Value` (etcd: a value compare on a missing key fails).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Compare {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     pub target: CompareTarget,
     pub result: CompareResult,
@@ -143,7 +196,7 @@ pub enum CompareTarget {
     Version(i64),
     CreateRevision(i64),
     ModRevision(i64),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Lease(i64),
 }
 
@@ -158,7 +211,9 @@ pub enum CompareResult {
 /// One stored key-value pair as etcd describes it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: i64,
     pub mod_revision: i64,
@@ -242,6 +297,9 @@ pub enum CommandResult {
     Compact {
         revision: i64,
     },
+    Alarm {
+        revision: i64,
+    },
     /// The command was rejected deterministically by the state machine; nothing changed.
     Rejected {
         revision: i64,
@@ -259,6 +317,7 @@ impl CommandResult {
             | CommandResult::LeaseGrant { revision, .. }
             | CommandResult::LeaseRevoke { revision }
             | CommandResult::Compact { revision }
+            | CommandResult::Alarm { revision }
             | CommandResult::Rejected { revision, .. } => *revision,
         }
     }
@@ -278,6 +337,10 @@ pub enum CommandError {
     },
     #[error("revision {requested} is in the future (current revision {current})")]
     FutureRevision { requested: i64, current: i64 },
+    /// A member is out of disk space (its NOSPACE alarm is raised): commands that add data
+    /// are refused cluster-wide until it has space again.
+    #[error("no space: the NOSPACE alarm is raised by member(s) {members:?}, so writes that add data are refused (reads, deletes, lease revokes and compaction still work); free disk space on those members and the alarm clears by itself")]
+    NoSpace { members: Vec<NodeId> },
     /// A local read failed in storage (never produced by applying a command).
     #[error("storage: {0}")]
     Storage(String),
@@ -321,6 +384,39 @@ pub fn in_range(key: &[u8], start: &[u8], range_end: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `PutOp` as it was declared before its byte fields were marked `serde_bytes`.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct PlainPutOp {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+        prev_kv: bool,
+    }
+
+    #[test]
+    fn byte_fields_encode_as_before_so_old_logs_and_snapshots_still_decode() {
+        let cfg = bincode::config::standard();
+        let value: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let old = PlainPutOp {
+            key: b"k\xff".to_vec(),
+            value: value.clone(),
+            lease: 7,
+            prev_kv: true,
+        };
+        let new = PutOp {
+            key: b"k\xff".to_vec(),
+            value,
+            lease: 7,
+            prev_kv: true,
+        };
+        let old_bytes = bincode::serde::encode_to_vec(&old, cfg).expect("encode");
+        let new_bytes = bincode::serde::encode_to_vec(&new, cfg).expect("encode");
+        assert_eq!(old_bytes, new_bytes);
+        let (back, _): (PutOp, usize) =
+            bincode::serde::decode_from_slice(&old_bytes, cfg).expect("decode");
+        assert_eq!(back, new);
+    }
 
     #[test]
     fn prefix_end_increments_last_byte() {

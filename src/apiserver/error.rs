@@ -144,6 +144,9 @@ impl From<RegistryError> for ApiError {
                 format!("{message}; read the object to see whether it took effect"),
                 None,
             ),
+            RegistryError::NoSpace(_) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", message, None)
+            }
             RegistryError::Decode(_) => {
                 tracing::error!(error = %message, "stored data could not be read");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, None)

@@ -109,7 +109,7 @@ impl StoreCluster {
         Self::start_in(tmp, n, &extra, Some(client_token.to_string())).await
     }
 
-    async fn start_in(
+    pub async fn start_in(
         tmp: tempfile::TempDir,
         n: u64,
         extra: &[&str],

@@ -50,6 +50,11 @@ pub async fn remove_member(
 }
 
 pub async fn health(State(h): State<StoreHandle>) -> Result<Json<serde_json::Value>, HttpError> {
+    if let Some(fault) = h.storage_fault() {
+        return Err(HttpError(StoreError::Unavailable(format!(
+            "this member's storage failed: {fault}"
+        ))));
+    }
     let leader = h.raft().metrics().borrow().current_leader;
     match leader {
         Some(l) => Ok(Json(serde_json::json!({
@@ -57,11 +62,28 @@ pub async fn health(State(h): State<StoreHandle>) -> Result<Json<serde_json::Val
             "member_id": h.id(),
             "leader_id": l,
             "revision": h.mvcc().current_revision(),
+            "alarms": alarm_list(&h),
         }))),
         None => Err(HttpError(StoreError::Unavailable(
             "no leader is known to this member".into(),
         ))),
     }
+}
+
+/// `GET /v1/alarms`: the raised alarms (etcd's `etcdctl alarm list`).
+pub async fn alarms(State(h): State<StoreHandle>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "header": h.header(h.mvcc().current_revision()),
+        "alarms": alarm_list(&h),
+    }))
+}
+
+fn alarm_list(h: &StoreHandle) -> Vec<serde_json::Value> {
+    h.mvcc()
+        .alarms()
+        .into_iter()
+        .map(|member| serde_json::json!({"member_id": member, "alarm": "NOSPACE"}))
+        .collect()
 }
 
 pub async fn metrics(State(h): State<StoreHandle>) -> Response {

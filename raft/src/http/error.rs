@@ -47,6 +47,7 @@ pub fn classify(e: &StoreError) -> (StatusCode, &'static str, Option<i64>) {
             CommandError::FutureRevision { .. } => {
                 (StatusCode::BAD_REQUEST, "future_revision", None)
             }
+            CommandError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space", None),
             CommandError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         },
         StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),

@@ -49,6 +49,7 @@ pub fn router(handle: StoreHandle) -> Router {
         .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/cluster/members", post(cluster::add_member))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .route("/v1/alarms", get(cluster::alarms))
         .route("/health", get(cluster::health))
         .route("/metrics", get(cluster::metrics))
         .fallback(|| async {

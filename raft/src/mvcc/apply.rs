@@ -5,7 +5,7 @@
 //! [`MvccStore::apply_batch`](super::MvccStore::apply_batch) applies the batch; a failure
 //! half-way leaves the store untouched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{at_revision, keys, range_at, KeyRev, MvccError, State};
 use crate::types::*;
@@ -20,6 +20,8 @@ pub(super) struct Output {
     pub revision: i64,
     pub compact: i64,
     pub lease_seq: i64,
+    /// The alarm set, if this entry changed it.
+    pub alarms: Option<BTreeSet<NodeId>>,
 }
 
 pub(super) struct ApplyCtx<'a> {
@@ -35,6 +37,8 @@ pub(super) struct ApplyCtx<'a> {
     revision: i64,
     compact: i64,
     lease_seq: i64,
+    /// The alarm set, if this entry changed it.
+    alarms: Option<BTreeSet<NodeId>>,
     /// Events of the revision being written.
     pending: Vec<Event>,
     events: Vec<RevisionEvents>,
@@ -54,6 +58,7 @@ impl<'a> ApplyCtx<'a> {
             revision,
             compact,
             lease_seq: st.lease_seq,
+            alarms: None,
             pending: Vec::new(),
             events: Vec::new(),
             index_adds: Vec::new(),
@@ -64,6 +69,14 @@ impl<'a> ApplyCtx<'a> {
     /// Applies one command. Deterministic: the same state and command give the same result
     /// on every member.
     pub fn apply(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
+        if adds_data(cmd) {
+            let alarms = self.alarms();
+            if !alarms.is_empty() {
+                return Ok(self.rejected(CommandError::NoSpace {
+                    members: alarms.iter().copied().collect(),
+                }));
+            }
+        }
         let result = match cmd {
             Command::Put(op) => {
                 if op.lease != 0 && !self.lease_exists(op.lease)? {
@@ -144,8 +157,25 @@ impl<'a> ApplyCtx<'a> {
                     revision: self.revision,
                 }
             }
+            Command::Alarm { member, raise } => {
+                let mut alarms = self.alarms().clone();
+                if *raise {
+                    alarms.insert(*member);
+                } else {
+                    alarms.remove(member);
+                }
+                self.alarms = Some(alarms);
+                CommandResult::Alarm {
+                    revision: self.revision,
+                }
+            }
         };
         Ok(result)
+    }
+
+    /// The alarm set as of this point of the entry.
+    fn alarms(&self) -> &BTreeSet<NodeId> {
+        self.alarms.as_ref().unwrap_or(&self.st.alarms)
     }
 
     fn rejected(&self, error: CommandError) -> CommandResult {
@@ -465,6 +495,9 @@ impl<'a> ApplyCtx<'a> {
         if let Some(m) = membership {
             self.batch.insert(keys::META_MEMBERSHIP, keys::encode(m)?);
         }
+        if let Some(alarms) = &self.alarms {
+            self.batch.insert(keys::META_ALARMS, keys::encode(alarms)?);
+        }
         Ok(Output {
             batch: self.batch,
             events: self.events,
@@ -473,7 +506,22 @@ impl<'a> ApplyCtx<'a> {
             revision: self.revision,
             compact: self.compact,
             lease_seq: self.lease_seq,
+            alarms: self.alarms,
         })
+    }
+}
+
+/// Whether a command can grow the store (and so is refused while a NOSPACE alarm is
+/// raised, as etcd does). A transaction counts if either branch puts.
+fn adds_data(cmd: &Command) -> bool {
+    let puts = |ops: &[RequestOp]| ops.iter().any(|op| matches!(op, RequestOp::Put(_)));
+    match cmd {
+        Command::Put(_) | Command::LeaseGrant { .. } => true,
+        Command::Txn(t) => puts(&t.success) || puts(&t.failure),
+        Command::DeleteRange(_)
+        | Command::LeaseRevoke { .. }
+        | Command::Compact { .. }
+        | Command::Alarm { .. } => false,
     }
 }
 

@@ -28,6 +28,8 @@ pub const META_COMPACT: &[u8] = b"mcompact";
 pub const META_APPLIED: &[u8] = b"mapplied";
 pub const META_MEMBERSHIP: &[u8] = b"mmembership";
 pub const META_LEASE_SEQ: &[u8] = b"mlease_seq";
+/// The members whose NOSPACE alarm is raised (a sorted list of ids).
+pub const META_ALARMS: &[u8] = b"malarms";
 
 pub fn cur(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);

@@ -14,7 +14,7 @@
 mod apply;
 pub mod keys;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -49,6 +49,8 @@ struct State {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     lease_seq: i64,
+    /// Members whose NOSPACE alarm is raised.
+    alarms: BTreeSet<NodeId>,
 }
 
 /// What one `apply_batch` produced.
@@ -132,6 +134,10 @@ impl MvccStore {
             Some(v) => keys::decode(&v)?,
             None => StoredMembership::default(),
         };
+        st.alarms = match tree.get(keys::META_ALARMS)? {
+            Some(v) => keys::decode(&v)?,
+            None => BTreeSet::new(),
+        };
         st.index.clear();
         for item in tree.scan_prefix([keys::HIST]) {
             let (k, v) = item?;
@@ -186,6 +192,9 @@ impl MvccStore {
             st.membership = m;
         }
         st.lease_seq = out.lease_seq;
+        if let Some(alarms) = out.alarms {
+            st.alarms = alarms;
+        }
         self.inner.compact.store(out.compact, Ordering::SeqCst);
         self.inner.revision.store(out.revision, Ordering::SeqCst);
         Ok(Applied {
@@ -336,6 +345,11 @@ impl MvccStore {
     /// The membership as of the last applied membership entry.
     pub fn last_membership(&self) -> StoredMembership {
         self.read_state().membership.clone()
+    }
+
+    /// The members whose NOSPACE alarm is raised, ascending.
+    pub fn alarms(&self) -> Vec<NodeId> {
+        self.read_state().alarms.iter().copied().collect()
     }
 
     /// Number of live keys (for metrics and status).

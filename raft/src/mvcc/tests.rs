@@ -395,3 +395,62 @@ fn export_then_import_reproduces_the_state() {
         2
     );
 }
+
+#[test]
+fn a_nospace_alarm_refuses_what_adds_data_until_cleared_and_survives_a_restart() {
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    let rev = f.store.current_revision();
+    assert_eq!(
+        f.one(Command::Alarm {
+            member: 3,
+            raise: true
+        }),
+        CommandResult::Alarm { revision: rev }
+    );
+    assert_eq!(f.store.alarms(), vec![3]);
+    let no_space = CommandResult::Rejected {
+        revision: rev,
+        error: CommandError::NoSpace { members: vec![3] },
+    };
+    assert_eq!(f.one(put("b", "1", 0)), no_space);
+    assert_eq!(f.one(Command::LeaseGrant { id: 0, ttl: 10 }), no_space);
+    let txn_put = Command::Txn(TxnOp {
+        compare: vec![],
+        success: vec![RequestOp::Put(PutOp {
+            key: b"c".to_vec(),
+            value: b"1".to_vec(),
+            lease: 0,
+            prev_kv: false,
+        })],
+        failure: vec![],
+    });
+    assert_eq!(f.one(txn_put.clone()), no_space);
+    // Deletes and compaction still work; nothing else changed.
+    assert!(f.get("b").is_none());
+    let deleted = f.one(Command::DeleteRange(DeleteOp {
+        key: b"a".to_vec(),
+        range_end: vec![],
+        prev_kv: false,
+    }));
+    assert!(matches!(
+        deleted,
+        CommandResult::DeleteRange { deleted: 1, .. }
+    ));
+    assert!(matches!(
+        f.one(Command::Compact { revision: rev }),
+        CommandResult::Compact { .. }
+    ));
+
+    // The alarm is part of the persisted state.
+    let reopened = MvccStore::open(&f.db).expect("reopen");
+    assert_eq!(reopened.alarms(), vec![3]);
+
+    f.one(Command::Alarm {
+        member: 3,
+        raise: false,
+    });
+    assert!(f.store.alarms().is_empty());
+    assert!(matches!(f.one(txn_put), CommandResult::Txn { .. }));
+    assert!(f.get("c").is_some());
+}

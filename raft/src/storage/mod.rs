@@ -148,13 +148,40 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => self.log.range(index_key(start)..index_key(*i)),
             Bound::Unbounded => self.log.range(index_key(start)..),
         };
-        let mut out = Vec::new();
-        for item in iter {
-            let (_, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            out.push(decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?);
-        }
-        Ok(out)
+        read_entries(iter, usize::MAX)
     }
+
+    /// What replication sends in one AppendEntries: at most [`MAX_APPEND_BYTES`] of entries
+    /// (at least one), so that a run of large values never makes a request too big to
+    /// travel within openraft's per-request timeout (the heartbeat interval).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        read_entries(
+            self.log.range(index_key(start)..index_key(end)),
+            MAX_APPEND_BYTES,
+        )
+    }
+}
+
+/// Most encoded entry bytes replication sends in one AppendEntries (one entry always goes,
+/// however large).
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+fn read_entries(iter: sled::Iter, max_bytes: usize) -> Result<Vec<Entry>, StorageError> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for item in iter {
+        let (_, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        if !out.is_empty() && bytes.saturating_add(v.len()) > max_bytes {
+            break;
+        }
+        bytes = bytes.saturating_add(v.len());
+        out.push(decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?);
+    }
+    Ok(out)
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
