@@ -671,3 +671,51 @@ async fn last_event_id_resumes_and_progress_notifications_carry_the_revision() -
     );
     Ok(())
 }
+
+/// Values at the size limit, written concurrently (so they batch), replicate to every
+/// member: no AppendEntries may grow too big to travel within a heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_at_the_size_limit_replicate_to_every_member() -> Result<()> {
+    const LIMIT: usize = 3 * 512 * 1024;
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let writes = (0..12).map(|i| {
+        let http = http.clone();
+        let url = c.member(1 + i % 3).url(&format!("/v1/kv/large/{i:02}"));
+        let value = char::from(b'a' + i as u8).to_string().repeat(LIMIT);
+        async move { put(&http, &url, &value).await.map(|b| (i, b)) }
+    });
+    let mut last = 0;
+    for r in futures::future::join_all(writes).await {
+        let (_, body) = r?;
+        last = last.max(body["header"]["revision"].as_i64().unwrap_or(0));
+    }
+    for m in 1..=3u64 {
+        let url = c
+            .member(m)
+            .url("/v1/kv/large/?prefix=true&serializable=true");
+        let (_, v) = wait_until(Duration::from_secs(30), "the member to catch up", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let (s, v) = get_json(&http, &url).await.ok()?;
+                (s == 200 && v["header"]["revision"].as_i64()? >= last).then_some((s, v))
+            }
+        })
+        .await?;
+        let kvs = v["kvs"].as_array().context("kvs")?;
+        ensure!(
+            kvs.len() == 12,
+            "member {m} holds {} large values",
+            kvs.len()
+        );
+        for kv in kvs {
+            let value = kv["value"].as_str().unwrap_or_default();
+            ensure!(
+                value.len() == LIMIT,
+                "member {m}: a value of {}",
+                value.len()
+            );
+        }
+    }
+    Ok(())
+}
