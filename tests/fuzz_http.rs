@@ -335,6 +335,7 @@ async fn random_requests_get_clear_answers_and_change_nothing_else() -> Result<(
         (&[Method::POST], "/v1/compact"),
         (&[Method::GET], "/v1/watch/{key}"),
         (&[Method::GET], "/v1/cluster"),
+        (&[Method::GET], "/v1/alarms"),
         (&[Method::POST], "/v1/cluster/members"),
         // Only ids that are not members: removing one is valid and would end the run.
         (&[Method::DELETE], "/v1/cluster/members/9{id}"),
