@@ -61,6 +61,12 @@ pub struct StoreArgs {
     /// peer API only listens on loopback.
     #[arg(long)]
     pub peer_token_file: Option<PathBuf>,
+    /// TLS and the connection limit of the client API (the limit applies to the peer
+    /// listener too).
+    #[command(flatten)]
+    pub serving: crate::listen_args::ListenArgs,
+    #[command(flatten)]
+    pub peer_tls: crate::listen_args::PeerTlsArgs,
     /// TESTING ONLY, UNSAFE: answer linearizable reads from local state without a read
     /// index (stale reads). Lets the fault-injection harness prove its checker catches them.
     #[arg(long, hide = true)]
@@ -112,6 +118,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     };
     config.client_token = token("--token-file", &args.token_file)?;
     config.peer_token = token("--peer-token-file", &args.peer_token_file)?;
+    config.client_tls = args.serving.tls();
+    config.peer_tls = args.peer_tls.tls();
+    config.limits.max_connections = args.serving.max_connections();
     if args.unsafe_stale_reads {
         tracing::warn!("--unsafe-stale-reads: linearizable reads may be stale (testing only)");
         config.unsafe_stale_reads = true;

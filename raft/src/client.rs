@@ -114,6 +114,17 @@ fn encode_bytes(b: &[u8]) -> String {
     out
 }
 
+/// The pooled HTTP client, trusting `ca` only when given.
+fn http_client(ca: Option<&std::path::Path>) -> Result<reqwest::Client, ClientError> {
+    crate::tls::reqwest_builder(ca, None)
+        .map_err(|e| ClientError::Config(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(256)
+        .build()
+        .map_err(|e| ClientError::Config(e.to_string()))
+}
+
 struct Inner {
     endpoints: Vec<String>,
     preferred: AtomicUsize,
@@ -175,7 +186,8 @@ enum Safety {
 }
 
 impl StoreClient {
-    /// `endpoints` are `host:port` or `http://host:port` of store client APIs.
+    /// `endpoints` are `host:port`, `http://host:port` or `https://host:port` of store
+    /// client APIs (a bare `host:port` means plain HTTP).
     pub fn new(endpoints: Vec<String>) -> Result<Self, ClientError> {
         let endpoints: Vec<String> = endpoints
             .into_iter()
@@ -192,12 +204,7 @@ impl StoreClient {
         if endpoints.is_empty() {
             return Err(ClientError::Config("no store endpoint given".into()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(256)
-            .build()
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let http = http_client(None)?;
         Ok(StoreClient {
             inner: Arc::new(Inner {
                 endpoints,
@@ -209,12 +216,17 @@ impl StoreClient {
         })
     }
 
-    fn rebuilt(&self, timeout: Duration, auth: Option<reqwest::header::HeaderValue>) -> Self {
+    fn rebuilt(
+        &self,
+        http: reqwest::Client,
+        timeout: Duration,
+        auth: Option<reqwest::header::HeaderValue>,
+    ) -> Self {
         StoreClient {
             inner: Arc::new(Inner {
                 endpoints: self.inner.endpoints.clone(),
                 preferred: AtomicUsize::new(self.inner.preferred.load(Ordering::Relaxed)),
-                http: self.inner.http.clone(),
+                http,
                 timeout,
                 auth,
             }),
@@ -223,7 +235,15 @@ impl StoreClient {
 
     /// Per-request timeout (default 5 s; watches are exempt).
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        self.rebuilt(timeout, self.inner.auth.clone())
+        self.rebuilt(self.inner.http.clone(), timeout, self.inner.auth.clone())
+    }
+
+    /// Trusts only the CA certificates in the PEM file `ca` for `https://` endpoints (for a
+    /// store whose certificate a private CA signed). Without it, the system's roots are
+    /// trusted.
+    pub fn with_ca_file(self, ca: Option<&std::path::Path>) -> Result<Self, ClientError> {
+        let http = http_client(ca)?;
+        Ok(self.rebuilt(http, self.inner.timeout, self.inner.auth.clone()))
     }
 
     /// Sends `token` as `Authorization: Bearer` on every request (for a store started with
@@ -233,7 +253,7 @@ impl StoreClient {
             .map(|t| t.header_value())
             .transpose()
             .map_err(ClientError::Config)?;
-        Ok(self.rebuilt(self.inner.timeout, auth))
+        Ok(self.rebuilt(self.inner.http.clone(), self.inner.timeout, auth))
     }
 
     pub fn endpoints(&self) -> &[String] {

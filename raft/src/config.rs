@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Token;
+use crate::tls::{CertKey, PeerTls};
 use crate::types::NodeId;
 
 /// Limits enforced at the API edge (documented in README.md).
@@ -21,6 +22,9 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Most watch streams one node serves at once.
     pub max_watchers: usize,
+    /// Most connections each listener (client API, peer API) serves at once; more are
+    /// answered 429 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -31,6 +35,7 @@ impl Default for Limits {
             max_value_bytes: 3 * 512 * 1024,
             max_txn_ops: 128,
             max_watchers: 20_000,
+            max_connections: crate::serve::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -76,6 +81,10 @@ pub struct StoreConfig {
     /// The cluster's shared secret for peer RPCs (sent and required). Without one the peer
     /// API may only listen on loopback.
     pub peer_token: Option<Token>,
+    /// TLS on the client API (certificate and key); `None` serves plain HTTP.
+    pub client_tls: Option<CertKey>,
+    /// TLS on the peer API, and for dialling peers; with a trusted CA, mutual TLS.
+    pub peer_tls: Option<PeerTls>,
 }
 
 impl StoreConfig {
@@ -106,6 +115,8 @@ impl StoreConfig {
             unsafe_stale_reads: false,
             client_token: None,
             peer_token: None,
+            client_tls: None,
+            peer_tls: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use super::{decode, encode, PeerError, PeerRequest, PeerResponse};
 use crate::auth::Token;
+use crate::tls::PeerTls;
 use crate::types::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Paths of the peer API.
@@ -49,16 +50,28 @@ pub struct PeerClient {
     http: reqwest::Client,
     /// Peer address -> address to dial instead (see `StoreConfig::peer_routes`).
     routes: Arc<HashMap<String, String>>,
+    /// `https` when peer traffic uses TLS, else `http`.
+    scheme: &'static str,
 }
 
 impl PeerClient {
-    /// `token`: the cluster's secret, sent on every peer request.
-    pub fn new(routes: HashMap<String, String>, token: Option<Token>) -> Result<Self, String> {
+    /// `token`: the cluster's secret, sent on every peer request. `tls`: dial peers over
+    /// TLS, trusting its CA and presenting this member's certificate (for mutual TLS).
+    pub fn new(
+        routes: HashMap<String, String>,
+        token: Option<Token>,
+        tls: Option<&PeerTls>,
+    ) -> Result<Self, String> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token {
             headers.insert(reqwest::header::AUTHORIZATION, t.header_value()?);
         }
-        let http = reqwest::Client::builder()
+        let builder = match tls {
+            Some(t) => crate::tls::reqwest_builder(t.trusted_ca.as_deref(), Some(&t.cert_key)),
+            None => crate::tls::reqwest_builder(None, None),
+        }
+        .map_err(|e| format!("peer TLS: {e}"))?;
+        let http = builder
             .default_headers(headers)
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
@@ -68,6 +81,7 @@ impl PeerClient {
         Ok(PeerClient {
             http,
             routes: Arc::new(routes),
+            scheme: if tls.is_some() { "https" } else { "http" },
         })
     }
 
@@ -83,7 +97,7 @@ impl PeerClient {
             message,
         })?;
         let dial = self.routes.get(addr).map_or(addr, String::as_str);
-        let url = format!("http://{dial}{path}");
+        let url = format!("{}://{dial}{path}", self.scheme);
         let resp = self
             .http
             .post(&url)
@@ -96,19 +110,19 @@ impl PeerClient {
                 if e.is_connect() {
                     TransportError::Unreachable {
                         addr: addr.to_string(),
-                        message: e.to_string(),
+                        message: with_causes(&e),
                     }
                 } else {
                     TransportError::NoAnswer {
                         addr: addr.to_string(),
-                        message: e.to_string(),
+                        message: with_causes(&e),
                     }
                 }
             })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| TransportError::NoAnswer {
             addr: addr.to_string(),
-            message: e.to_string(),
+            message: with_causes(&e),
         })?;
         if !status.is_success() {
             return Err(TransportError::NoAnswer {
@@ -131,6 +145,19 @@ impl PeerClient {
     ) -> Result<Result<PeerResponse, PeerError>, TransportError> {
         self.post(addr, paths::CALL, req, timeout).await
     }
+}
+
+/// An error and every cause under it (reqwest's own message leaves out why, e.g. which TLS
+/// alert a peer sent).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// openraft's factory: one [`PeerConnection`] per target.
