@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::api::*;
+use crate::error::with_causes;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -114,9 +115,19 @@ fn encode_bytes(b: &[u8]) -> String {
     out
 }
 
-/// The pooled HTTP client, trusting `ca` only when given.
-fn http_client(ca: Option<&std::path::Path>) -> Result<reqwest::Client, ClientError> {
-    crate::tls::reqwest_builder(ca, None)
+/// The pooled HTTP client, trusting `ca` only when given, else the system's roots if an
+/// endpoint is `https://`.
+fn http_client(
+    endpoints: &[String],
+    ca: Option<&std::path::Path>,
+) -> Result<reqwest::Client, ClientError> {
+    use crate::tls::Trust;
+    let trust = match ca {
+        Some(ca) => Trust::Ca(ca),
+        None if endpoints.iter().any(|e| e.starts_with("https://")) => Trust::System,
+        None => Trust::PlainHttp,
+    };
+    crate::tls::reqwest_builder(trust, None)
         .map_err(|e| ClientError::Config(e.to_string()))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
@@ -204,7 +215,7 @@ impl StoreClient {
         if endpoints.is_empty() {
             return Err(ClientError::Config("no store endpoint given".into()));
         }
-        let http = http_client(None)?;
+        let http = http_client(&endpoints, None)?;
         Ok(StoreClient {
             inner: Arc::new(Inner {
                 endpoints,
@@ -242,7 +253,7 @@ impl StoreClient {
     /// store whose certificate a private CA signed). Without it, the system's roots are
     /// trusted.
     pub fn with_ca_file(self, ca: Option<&std::path::Path>) -> Result<Self, ClientError> {
-        let http = http_client(ca)?;
+        let http = http_client(&self.inner.endpoints, ca)?;
         Ok(self.rebuilt(http, self.inner.timeout, self.inner.auth.clone()))
     }
 
@@ -301,7 +312,7 @@ impl StoreClient {
                     let bytes = match resp.bytes().await {
                         Ok(b) => b,
                         Err(e) => {
-                            last = format!("{url}: reading the answer: {e}");
+                            last = format!("{url}: reading the answer: {}", with_causes(&e));
                             match safety {
                                 Safety::Retry => continue,
                                 Safety::Once => return Err(ClientError::OutcomeUnknown(last)),
@@ -331,7 +342,7 @@ impl StoreClient {
                     return Err(ClientError::Api { status, body });
                 }
                 Err(e) => {
-                    last = format!("{url}: {e}");
+                    last = format!("{url}: {}", with_causes(&e));
                     if e.is_connect() {
                         continue;
                     }

@@ -174,18 +174,57 @@ pub fn client_config(
     Ok(config)
 }
 
-/// A reqwest client builder that trusts `ca` only (and presents `identity`), or, without
-/// `ca`, the system's roots.
+/// What a client trusts when it dials `https://`.
+#[derive(Clone, Copy, Debug)]
+pub enum Trust<'a> {
+    /// It only dials plain `http://`: no roots are loaded (an `https://` URL would fail).
+    PlainHttp,
+    /// The system's roots (loaded once per process, on first use).
+    System,
+    /// Only the CA certificates in this PEM file.
+    Ca(&'a Path),
+}
+
+/// The client side trusting the system's roots, built once: loading them takes a while.
+fn system_config() -> Result<rustls::ClientConfig, TlsError> {
+    static SYSTEM: std::sync::OnceLock<Result<rustls::ClientConfig, String>> =
+        std::sync::OnceLock::new();
+    let built = SYSTEM.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "reading the system's CA certificates");
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let (_added, _ignored) = roots.add_parsable_certificates(found.certs);
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    });
+    built.clone().map_err(TlsError::Config)
+}
+
+/// A reqwest client builder with TLS per `trust` (presenting `identity`, a client
+/// certificate, to servers `Trust::Ca` names). Always the ring provider. Also installs ring
+/// as the process default, so that other reqwest clients in the process can be built.
 pub fn reqwest_builder(
-    ca: Option<&Path>,
+    trust: Trust<'_>,
     identity: Option<&CertKey>,
 ) -> Result<reqwest::ClientBuilder, TlsError> {
     install_crypto_provider();
-    let builder = reqwest::Client::builder();
-    Ok(match ca {
-        Some(ca) => builder.tls_backend_preconfigured(client_config(ca, identity)?),
-        None => builder,
-    })
+    let config = match trust {
+        Trust::PlainHttp => rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        Trust::System => system_config()?,
+        Trust::Ca(ca) => client_config(ca, identity)?,
+    };
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(config))
 }
 
 #[cfg(test)]

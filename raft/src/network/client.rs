@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::{decode, encode, PeerError, PeerRequest, PeerResponse};
 use crate::auth::Token;
-use crate::tls::PeerTls;
+use crate::tls::{PeerTls, Trust};
 use crate::types::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Paths of the peer API.
@@ -66,11 +66,17 @@ impl PeerClient {
         if let Some(t) = token {
             headers.insert(reqwest::header::AUTHORIZATION, t.header_value()?);
         }
-        let builder = match tls {
-            Some(t) => crate::tls::reqwest_builder(t.trusted_ca.as_deref(), Some(&t.cert_key)),
-            None => crate::tls::reqwest_builder(None, None),
-        }
-        .map_err(|e| format!("peer TLS: {e}"))?;
+        let trust = match tls {
+            Some(PeerTls {
+                trusted_ca: Some(ca),
+                ..
+            }) => Trust::Ca(ca),
+            Some(_) => Trust::System,
+            None => Trust::PlainHttp,
+        };
+        let identity = tls.map(|t| &t.cert_key);
+        let builder =
+            crate::tls::reqwest_builder(trust, identity).map_err(|e| format!("peer TLS: {e}"))?;
         let http = builder
             .default_headers(headers)
             .pool_max_idle_per_host(64)
@@ -110,19 +116,19 @@ impl PeerClient {
                 if e.is_connect() {
                     TransportError::Unreachable {
                         addr: addr.to_string(),
-                        message: with_causes(&e),
+                        message: crate::error::with_causes(&e),
                     }
                 } else {
                     TransportError::NoAnswer {
                         addr: addr.to_string(),
-                        message: with_causes(&e),
+                        message: crate::error::with_causes(&e),
                     }
                 }
             })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| TransportError::NoAnswer {
             addr: addr.to_string(),
-            message: with_causes(&e),
+            message: crate::error::with_causes(&e),
         })?;
         if !status.is_success() {
             return Err(TransportError::NoAnswer {
@@ -145,19 +151,6 @@ impl PeerClient {
     ) -> Result<Result<PeerResponse, PeerError>, TransportError> {
         self.post(addr, paths::CALL, req, timeout).await
     }
-}
-
-/// An error and every cause under it (reqwest's own message leaves out why, e.g. which TLS
-/// alert a peer sent).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// openraft's factory: one [`PeerConnection`] per target.
