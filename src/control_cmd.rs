@@ -12,8 +12,8 @@ use crate::store_cmd::shutdown_signal;
 /// Where the store is: every member's client address.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreEndpoints {
-    /// Store client endpoints, comma-separated HOST:PORT (give every member: requests move to
-    /// another one when a member is down).
+    /// Store client endpoints, comma-separated HOST:PORT, or https://HOST:PORT for a store
+    /// serving TLS (give every member: requests move to another one when a member is down).
     #[arg(
         long = "store",
         env = "MINIKU_STORE",
@@ -57,7 +57,7 @@ pub struct ApiServerArgs {
     pub token_file: Option<std::path::PathBuf>,
     /// TLS and the connection limit.
     #[command(flatten)]
-    pub serving: crate::listen_args::ListenArgs,
+    pub serving: crate::listen_args::ApiListenArgs,
     #[command(flatten)]
     pub store: StoreEndpoints,
 }
@@ -74,13 +74,14 @@ pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?;
     let tls = args
         .serving
+        .tls
         .tls()
         .map(|ck| miniku_store::tls::server_config(&ck, None))
         .transpose()
         .context("--cert-file/--key-file")?;
     let serving = miniku_store::serve::ServeConfig {
         tls,
-        max_connections: args.serving.max_connections(),
+        max_connections: args.serving.max_connections as usize,
         ..miniku_store::serve::ServeConfig::new("API server")
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use miniku_store::tls::{CertKey, PeerTls};
 
-/// TLS and the connection limit of a client-facing listener.
+/// TLS of a client-facing listener (the store's client API, the API server).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ListenArgs {
     /// PEM file with the certificate chain (leaf first) to serve HTTPS with; needs
@@ -17,10 +17,6 @@ pub struct ListenArgs {
     /// PEM file with the private key of --cert-file (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, requires = "cert_file")]
     pub key_file: Option<PathBuf>,
-    /// Most connections served at once on each listener (TLS handshakes included); further
-    /// ones get one 429 answer and are closed. Keep it below the open-file limit (ulimit -n).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: u32,
 }
 
 impl ListenArgs {
@@ -34,10 +30,30 @@ impl ListenArgs {
             _ => None,
         }
     }
+}
 
-    pub fn max_connections(&self) -> usize {
-        self.max_connections as usize
-    }
+/// The store's client TLS and its connection limit.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreListenArgs {
+    #[command(flatten)]
+    pub tls: ListenArgs,
+    /// Most connections served at once on each listener, client and peer (TLS handshakes
+    /// included); further ones get one 429 answer and are closed. Above the 20,000 watchers
+    /// a member serves, since each watch stream holds a connection. Keep it below the
+    /// open-file limit (ulimit -n).
+    #[arg(long, default_value_t = 25_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+/// The API server's TLS and its connection limit.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiListenArgs {
+    #[command(flatten)]
+    pub tls: ListenArgs,
+    /// Most connections served at once (TLS handshakes included); further ones get one 429
+    /// answer and are closed. Keep it below the open-file limit (ulimit -n).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
 
 /// TLS between store members.

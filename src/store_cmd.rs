@@ -64,7 +64,7 @@ pub struct StoreArgs {
     /// TLS and the connection limit of the client API (the limit applies to the peer
     /// listener too).
     #[command(flatten)]
-    pub serving: crate::listen_args::ListenArgs,
+    pub serving: crate::listen_args::StoreListenArgs,
     #[command(flatten)]
     pub peer_tls: crate::listen_args::PeerTlsArgs,
     /// TESTING ONLY, UNSAFE: answer linearizable reads from local state without a read
@@ -118,9 +118,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     };
     config.client_token = token("--token-file", &args.token_file)?;
     config.peer_token = token("--peer-token-file", &args.peer_token_file)?;
-    config.client_tls = args.serving.tls();
+    config.client_tls = args.serving.tls.tls();
     config.peer_tls = args.peer_tls.tls();
-    config.limits.max_connections = args.serving.max_connections();
+    config.limits.max_connections = args.serving.max_connections as usize;
     if args.unsafe_stale_reads {
         tracing::warn!("--unsafe-stale-reads: linearizable reads may be stale (testing only)");
         config.unsafe_stale_reads = true;

@@ -23,7 +23,8 @@ pub struct Limits {
     /// Most watch streams one node serves at once.
     pub max_watchers: usize,
     /// Most connections each listener (client API, peer API) serves at once; more are
-    /// answered 429 and closed.
+    /// answered 429 and closed. Above `max_watchers`: over HTTP/1.1 every watch stream
+    /// holds a connection of its own.
     pub max_connections: usize,
 }
 
@@ -35,7 +36,7 @@ impl Default for Limits {
             max_value_bytes: 3 * 512 * 1024,
             max_txn_ops: 128,
             max_watchers: 20_000,
-            max_connections: crate::serve::DEFAULT_MAX_CONNECTIONS,
+            max_connections: 25_000,
         }
     }
 }
