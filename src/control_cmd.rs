@@ -12,8 +12,8 @@ use crate::store_cmd::shutdown_signal;
 /// Where the store is: every member's client address.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreEndpoints {
-    /// Store client endpoints, comma-separated HOST:PORT (give every member: requests move to
-    /// another one when a member is down).
+    /// Store client endpoints, comma-separated HOST:PORT, or https://HOST:PORT for a store
+    /// serving TLS (give every member: requests move to another one when a member is down).
     #[arg(
         long = "store",
         env = "MINIKU_STORE",
@@ -24,6 +24,10 @@ pub struct StoreEndpoints {
     /// File holding the store's client token (for a store started with --token-file).
     #[arg(long, env = "MINIKU_STORE_TOKEN_FILE")]
     pub store_token_file: Option<std::path::PathBuf>,
+    /// PEM file with the CA certificate(s) that signed the store's certificate, for https://
+    /// endpoints (only these are trusted then; without it, the system's roots are).
+    #[arg(long, env = "MINIKU_STORE_CA_FILE")]
+    pub store_ca_file: Option<std::path::PathBuf>,
 }
 
 impl StoreEndpoints {
@@ -36,6 +40,7 @@ impl StoreEndpoints {
             .map_err(|e| anyhow::anyhow!("--store-token-file: {e}"))?;
         let client = miniku_store::client::StoreClient::new(self.endpoints.clone())
             .and_then(|c| c.with_token(token))
+            .and_then(|c| c.with_ca_file(self.store_ca_file.as_deref()))
             .context("connecting to the store")?;
         Ok(Registry::new(client))
     }
@@ -50,6 +55,9 @@ pub struct ApiServerArgs {
     /// one the API server only listens on loopback.
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
+    /// TLS and the connection limit.
+    #[command(flatten)]
+    pub serving: crate::listen_args::ApiListenArgs,
     #[command(flatten)]
     pub store: StoreEndpoints,
 }
@@ -64,14 +72,29 @@ pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--token-file: {e}"))?;
     miniku_store::auth::check_listen("API server", &args.listen, token.as_ref(), "--token-file")
         .map_err(|e| anyhow::anyhow!(e))?;
+    let tls = args
+        .serving
+        .tls
+        .tls()
+        .map(|ck| miniku_store::tls::server_config(&ck, None))
+        .transpose()
+        .context("--cert-file/--key-file")?;
+    let serving = miniku_store::serve::ServeConfig {
+        tls,
+        max_connections: args.serving.max_connections as usize,
+        ..miniku_store::serve::ServeConfig::new("API server")
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, store = ?args.store.endpoints, "api server started");
-    axum::serve(listener, miniku::apiserver::router(registry, token))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("api server")?;
+    tracing::info!(
+        listen = %args.listen,
+        tls = serving.tls.is_some(),
+        store = ?args.store.endpoints,
+        "api server started"
+    );
+    let router = miniku::apiserver::router(registry, token);
+    miniku_store::serve::serve(listener, router, serving, shutdown_signal()).await;
     Ok(())
 }
 

@@ -28,6 +28,7 @@ enum Command {
 }
 
 mod control_cmd;
+mod listen_args;
 mod store_cmd;
 
 #[tokio::main]
@@ -38,6 +39,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // rustls (behind reqwest and every TLS listener) uses ring.
+    miniku_store::tls::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Store(args) => store_cmd::run(args).await,

@@ -70,6 +70,12 @@ pub struct StoreArgs {
     /// of the same name; default 8 GiB).
     #[arg(long, default_value_t = 8 * 1024 * 1024 * 1024)]
     pub quota_backend_bytes: u64,
+    /// TLS and the connection limit of the client API (the limit applies to the peer
+    /// listener too).
+    #[command(flatten)]
+    pub serving: crate::listen_args::StoreListenArgs,
+    #[command(flatten)]
+    pub peer_tls: crate::listen_args::PeerTlsArgs,
     /// TESTING ONLY, UNSAFE: answer linearizable reads from local state without a read
     /// index (stale reads). Lets the fault-injection harness prove its checker catches them.
     #[arg(long, hide = true)]
@@ -123,6 +129,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     config.peer_token = token("--peer-token-file", &args.peer_token_file)?;
     config.space.min_free_bytes = args.min_free_disk_mb.saturating_mul(1024 * 1024);
     config.space.quota_bytes = args.quota_backend_bytes;
+    config.client_tls = args.serving.tls.tls();
+    config.peer_tls = args.peer_tls.tls();
+    config.limits.max_connections = args.serving.max_connections as usize;
     if args.unsafe_stale_reads {
         tracing::warn!("--unsafe-stale-reads: linearizable reads may be stale (testing only)");
         config.unsafe_stale_reads = true;

@@ -86,7 +86,7 @@ impl Drop for Tmpfs {
 async fn cluster_with_member3_on(fs: &Tmpfs, extra: &[&str]) -> Result<StoreCluster> {
     let tmp = tempfile::tempdir()?;
     std::os::unix::fs::symlink(fs.path(), tmp.path().join("m3"))?;
-    StoreCluster::start_in(tmp, 3, extra, None).await
+    StoreCluster::start_in(tmp, 3, extra, None, None).await
 }
 
 fn value_for(i: usize) -> String {

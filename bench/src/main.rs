@@ -330,6 +330,8 @@ fn report(
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // reqwest's rustls needs a crypto provider: ring (an error means one is installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let value: Arc<str> = "x".repeat(args.value_size).into();
     let ks = args.key_size;

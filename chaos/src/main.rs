@@ -95,6 +95,8 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    // reqwest's rustls needs a crypto provider: ring.
+    miniku_store::tls::install_crypto_provider();
     let args = Args::parse();
     if let Some(path) = &args.check {
         let history: History = serde_json::from_slice(

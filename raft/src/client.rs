@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::api::*;
+use crate::error::with_causes;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -114,6 +115,27 @@ fn encode_bytes(b: &[u8]) -> String {
     out
 }
 
+/// The pooled HTTP client, trusting `ca` only when given, else the system's roots if an
+/// endpoint is `https://`.
+fn http_client(
+    endpoints: &[String],
+    ca: Option<&std::path::Path>,
+) -> Result<reqwest::Client, ClientError> {
+    use crate::tls::Trust;
+    let trust = match ca {
+        Some(ca) => Trust::Ca(ca),
+        None if endpoints.iter().any(|e| e.starts_with("https://")) => Trust::System,
+        None => Trust::PlainHttp,
+    };
+    crate::tls::reqwest_builder(trust, None)
+        .map_err(|e| ClientError::Config(e.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(256)
+        .build()
+        .map_err(|e| ClientError::Config(e.to_string()))
+}
+
 struct Inner {
     endpoints: Vec<String>,
     preferred: AtomicUsize,
@@ -175,7 +197,8 @@ enum Safety {
 }
 
 impl StoreClient {
-    /// `endpoints` are `host:port` or `http://host:port` of store client APIs.
+    /// `endpoints` are `host:port`, `http://host:port` or `https://host:port` of store
+    /// client APIs (a bare `host:port` means plain HTTP).
     pub fn new(endpoints: Vec<String>) -> Result<Self, ClientError> {
         let endpoints: Vec<String> = endpoints
             .into_iter()
@@ -192,12 +215,7 @@ impl StoreClient {
         if endpoints.is_empty() {
             return Err(ClientError::Config("no store endpoint given".into()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(256)
-            .build()
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let http = http_client(&endpoints, None)?;
         Ok(StoreClient {
             inner: Arc::new(Inner {
                 endpoints,
@@ -209,12 +227,17 @@ impl StoreClient {
         })
     }
 
-    fn rebuilt(&self, timeout: Duration, auth: Option<reqwest::header::HeaderValue>) -> Self {
+    fn rebuilt(
+        &self,
+        http: reqwest::Client,
+        timeout: Duration,
+        auth: Option<reqwest::header::HeaderValue>,
+    ) -> Self {
         StoreClient {
             inner: Arc::new(Inner {
                 endpoints: self.inner.endpoints.clone(),
                 preferred: AtomicUsize::new(self.inner.preferred.load(Ordering::Relaxed)),
-                http: self.inner.http.clone(),
+                http,
                 timeout,
                 auth,
             }),
@@ -223,7 +246,15 @@ impl StoreClient {
 
     /// Per-request timeout (default 5 s; watches are exempt).
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        self.rebuilt(timeout, self.inner.auth.clone())
+        self.rebuilt(self.inner.http.clone(), timeout, self.inner.auth.clone())
+    }
+
+    /// Trusts only the CA certificates in the PEM file `ca` for `https://` endpoints (for a
+    /// store whose certificate a private CA signed). Without it, the system's roots are
+    /// trusted.
+    pub fn with_ca_file(self, ca: Option<&std::path::Path>) -> Result<Self, ClientError> {
+        let http = http_client(&self.inner.endpoints, ca)?;
+        Ok(self.rebuilt(http, self.inner.timeout, self.inner.auth.clone()))
     }
 
     /// Sends `token` as `Authorization: Bearer` on every request (for a store started with
@@ -233,7 +264,7 @@ impl StoreClient {
             .map(|t| t.header_value())
             .transpose()
             .map_err(ClientError::Config)?;
-        Ok(self.rebuilt(self.inner.timeout, auth))
+        Ok(self.rebuilt(self.inner.http.clone(), self.inner.timeout, auth))
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -281,7 +312,7 @@ impl StoreClient {
                     let bytes = match resp.bytes().await {
                         Ok(b) => b,
                         Err(e) => {
-                            last = format!("{url}: reading the answer: {e}");
+                            last = format!("{url}: reading the answer: {}", with_causes(&e));
                             match safety {
                                 Safety::Retry => continue,
                                 Safety::Once => return Err(ClientError::OutcomeUnknown(last)),
@@ -311,7 +342,7 @@ impl StoreClient {
                     return Err(ClientError::Api { status, body });
                 }
                 Err(e) => {
-                    last = format!("{url}: {e}");
+                    last = format!("{url}: {}", with_causes(&e));
                     if e.is_connect() {
                         continue;
                     }

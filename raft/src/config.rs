@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::auth::Token;
 use crate::disk::SpaceLimits;
+use crate::tls::{CertKey, PeerTls};
 use crate::types::NodeId;
 
 /// Limits enforced at the API edge (documented in README.md).
@@ -22,6 +23,10 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Most watch streams one node serves at once.
     pub max_watchers: usize,
+    /// Most connections each listener (client API, peer API) serves at once; more are
+    /// answered 429 and closed. Above `max_watchers`: over HTTP/1.1 every watch stream
+    /// holds a connection of its own.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +37,7 @@ impl Default for Limits {
             max_value_bytes: 3 * 512 * 1024,
             max_txn_ops: 128,
             max_watchers: 20_000,
+            max_connections: 25_000,
         }
     }
 }
@@ -79,6 +85,10 @@ pub struct StoreConfig {
     pub peer_token: Option<Token>,
     /// When this member raises its NOSPACE alarm.
     pub space: SpaceLimits,
+    /// TLS on the client API (certificate and key); `None` serves plain HTTP.
+    pub client_tls: Option<CertKey>,
+    /// TLS on the peer API, and for dialling peers; with a trusted CA, mutual TLS.
+    pub peer_tls: Option<PeerTls>,
 }
 
 impl StoreConfig {
@@ -110,6 +120,8 @@ impl StoreConfig {
             client_token: None,
             peer_token: None,
             space: SpaceLimits::default(),
+            client_tls: None,
+            peer_tls: None,
         }
     }
 }

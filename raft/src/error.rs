@@ -33,3 +33,16 @@ pub enum StoreError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// An error and every cause under it, `: `-separated (reqwest's own message leaves out why a
+/// request failed, e.g. a reset connection or the TLS alert a server sent).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

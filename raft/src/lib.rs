@@ -20,6 +20,8 @@
 //! - [`http`]: the client-facing KV API, watch streams (SSE), cluster, health and metrics.
 //! - [`metrics`]: counters and histograms rendered in Prometheus text format.
 //! - [`client`]: [`client::StoreClient`], the Rust client the control plane uses.
+//! - [`auth`], [`tls`], [`serve`]: bearer tokens, TLS configuration (rustls), and the
+//!   listening loop shared by every server (TLS handshakes, connection limit, shutdown).
 
 pub mod api;
 pub mod auth;
@@ -34,6 +36,8 @@ pub mod mvcc;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod serve;
 pub mod storage;
+pub mod tls;
 pub mod types;
 pub mod watch;

@@ -26,6 +26,8 @@ use crate::mvcc::MvccStore;
 use crate::network::client::{PeerClient, PeerNetworkFactory, TransportError};
 use crate::network::{PeerError, PeerRequest, PeerResponse, WireLeaseStatus};
 use crate::proposer::{leader_of, wait_for_leader, Proposer, ReadIndexer};
+use crate::serve::ServeConfig;
+use crate::tls::PeerTls;
 use crate::types::{Command, CommandResult, MemberNode, NodeId, Raft};
 use crate::watch::WatchHub;
 
@@ -131,8 +133,12 @@ impl StoreNode {
         .validate()
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let peers = PeerClient::new(config.peer_routes.clone(), config.peer_token.clone())
-            .map_err(NodeError::Raft)?;
+        let peers = PeerClient::new(
+            config.peer_routes.clone(),
+            config.peer_token.clone(),
+            config.peer_tls.as_ref(),
+        )
+        .map_err(NodeError::Config)?;
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
@@ -159,13 +165,18 @@ impl StoreNode {
         );
         let leases = LeaseClock::new(config.id, raft.clone(), mvcc.clone());
 
-        crate::auth::check_listen(
-            "peer API",
-            &config.peer_addr,
-            config.peer_token.as_ref(),
-            "--peer-token-file",
-        )
-        .map_err(NodeError::Config)?;
+        // A verified client certificate authenticates a peer as well as the secret does.
+        let peer_mtls = config.peer_tls.as_ref().is_some_and(PeerTls::is_mutual);
+        if !peer_mtls {
+            crate::auth::check_listen(
+                "peer API",
+                &config.peer_addr,
+                config.peer_token.as_ref(),
+                "--peer-token-file (or mutual TLS: --peer-cert-file, --peer-key-file and \
+                 --peer-trusted-ca-file)",
+            )
+            .map_err(NodeError::Config)?;
+        }
         crate::auth::check_listen(
             "client API",
             &config.client_addr,
@@ -173,6 +184,18 @@ impl StoreNode {
             "--token-file",
         )
         .map_err(NodeError::Config)?;
+        let tls_error = |e: crate::tls::TlsError| NodeError::Config(e.to_string());
+        let peer_tls = match &config.peer_tls {
+            Some(t) => Some(
+                crate::tls::server_config(&t.cert_key, t.trusted_ca.as_deref())
+                    .map_err(tls_error)?,
+            ),
+            None => None,
+        };
+        let client_tls = match &config.client_tls {
+            Some(ck) => Some(crate::tls::server_config(ck, None).map_err(tls_error)?),
+            None => None,
+        };
         let peer_listener = bind(&config.peer_addr).await?;
         let client_listener = bind(&config.client_addr).await?;
         let peer_addr = peer_listener.local_addr().map_err(|e| NodeError::Listen {
@@ -201,15 +224,22 @@ impl StoreNode {
         };
 
         let (stop, stopped) = watch::channel(false);
+        let serving = |name, tls| ServeConfig {
+            tls,
+            max_connections: config.limits.max_connections,
+            ..ServeConfig::new(name)
+        };
         let tasks = vec![
             serve(
                 peer_listener,
                 crate::network::server::router(raft.clone(), handle.clone()),
+                serving("peer API", peer_tls),
                 stopped.clone(),
             ),
             serve(
                 client_listener,
                 crate::http::router(handle.clone()),
+                serving("client API", client_tls),
                 stopped.clone(),
             ),
             tokio::spawn(leases.run(proposer.clone())),
@@ -290,19 +320,13 @@ impl StoreNode {
 fn serve(
     listener: TcpListener,
     router: axum::Router,
+    config: ServeConfig,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "server stopped");
-        }
-    })
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::spawn(crate::serve::serve(listener, router, config, shutdown))
 }
 
 /// Counts leader changes for the metrics.

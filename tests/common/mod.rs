@@ -59,14 +59,22 @@ pub struct StoreMember {
     pub peer_port: u16,
     pub dir: PathBuf,
     pub child: Option<Child>,
+    /// True when the client API serves TLS.
+    pub https: bool,
 }
 
 impl StoreMember {
+    /// `127.0.0.1:PORT`, or `https://127.0.0.1:PORT` for a TLS member.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        if self.https {
+            format!("https://127.0.0.1:{}", self.client_port)
+        } else {
+            format!("127.0.0.1:{}", self.client_port)
+        }
     }
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.client_port, path)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{}", self.client_port, path)
     }
 }
 
@@ -78,6 +86,8 @@ pub struct StoreCluster {
     initial: String,
     /// The client token, when the members were started with one.
     pub token: Option<String>,
+    /// The CA that signed the members' client certificates, when they serve TLS.
+    pub ca: Option<PathBuf>,
 }
 
 impl StoreCluster {
@@ -87,7 +97,19 @@ impl StoreCluster {
     }
 
     pub async fn start_with(n: u64, extra: &[&str]) -> Result<StoreCluster> {
-        Self::start_in(tempfile::tempdir()?, n, extra, None).await
+        Self::start_in(tempfile::tempdir()?, n, extra, None, None).await
+    }
+
+    /// Members whose client API serves TLS (`extra` carries the certificate flags) with a
+    /// certificate that `ca` signed; `tmp` holds the files.
+    pub async fn start_tls(
+        tmp: tempfile::TempDir,
+        n: u64,
+        extra: &[&str],
+        ca: PathBuf,
+        token: Option<String>,
+    ) -> Result<StoreCluster> {
+        Self::start_in(tmp, n, extra, token, Some(ca)).await
     }
 
     /// Members with a client token and a peer secret (files in the cluster's directory).
@@ -106,7 +128,7 @@ impl StoreCluster {
             peer_file.display().to_string(),
         );
         let extra = ["--token-file", c.as_str(), "--peer-token-file", p.as_str()];
-        Self::start_in(tmp, n, &extra, Some(client_token.to_string())).await
+        Self::start_in(tmp, n, &extra, Some(client_token.to_string()), None).await
     }
 
     pub async fn start_in(
@@ -114,7 +136,9 @@ impl StoreCluster {
         n: u64,
         extra: &[&str],
         token: Option<String>,
+        ca: Option<PathBuf>,
     ) -> Result<StoreCluster> {
+        miniku_store::tls::install_crypto_provider();
         let mut members = Vec::new();
         for id in 1..=n {
             members.push(StoreMember {
@@ -123,6 +147,7 @@ impl StoreCluster {
                 peer_port: free_port(),
                 dir: tmp.path().join(format!("m{id}")),
                 child: None,
+                https: ca.is_some(),
             });
         }
         let initial = members
@@ -136,6 +161,7 @@ impl StoreCluster {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             initial,
             token,
+            ca,
         };
         for id in 1..=n {
             c.spawn(id)?;
@@ -202,6 +228,7 @@ impl StoreCluster {
             peer_port: free_port(),
             dir: self.tmp.path().join(format!("m{id}")),
             child: None,
+            https: self.ca.is_some(),
         });
         self.extra_args.push("--join".into());
         let r = self.spawn(id);
@@ -217,8 +244,9 @@ impl StoreCluster {
         }
     }
 
-    /// Waits until every member in `alive` reports the same leader; returns its id.
-    pub async fn wait_leader(&self, alive: &[u64]) -> Result<u64> {
+    /// An HTTP client for the members' client APIs: sends the token and trusts the CA
+    /// when the cluster has them.
+    pub fn http(&self) -> Result<reqwest::Client> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = &self.token {
             headers.insert(
@@ -226,9 +254,17 @@ impl StoreCluster {
                 format!("Bearer {t}").parse()?,
             );
         }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()?;
+        let mut builder = reqwest::Client::builder().default_headers(headers);
+        if let Some(ca) = &self.ca {
+            let certs = reqwest::Certificate::from_pem_bundle(&std::fs::read(ca)?)?;
+            builder = builder.tls_certs_only(certs);
+        }
+        Ok(builder.build()?)
+    }
+
+    /// Waits until every member in `alive` reports the same leader; returns its id.
+    pub async fn wait_leader(&self, alive: &[u64]) -> Result<u64> {
+        let http = self.http()?;
         let urls: Vec<String> = alive
             .iter()
             .map(|id| self.member(*id).url("/v1/cluster"))

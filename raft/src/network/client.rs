@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use super::{decode, encode, PeerError, PeerRequest, PeerResponse};
 use crate::auth::Token;
+use crate::tls::{PeerTls, Trust};
 use crate::types::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Paths of the peer API.
@@ -49,16 +50,34 @@ pub struct PeerClient {
     http: reqwest::Client,
     /// Peer address -> address to dial instead (see `StoreConfig::peer_routes`).
     routes: Arc<HashMap<String, String>>,
+    /// `https` when peer traffic uses TLS, else `http`.
+    scheme: &'static str,
 }
 
 impl PeerClient {
-    /// `token`: the cluster's secret, sent on every peer request.
-    pub fn new(routes: HashMap<String, String>, token: Option<Token>) -> Result<Self, String> {
+    /// `token`: the cluster's secret, sent on every peer request. `tls`: dial peers over
+    /// TLS, trusting its CA and presenting this member's certificate (for mutual TLS).
+    pub fn new(
+        routes: HashMap<String, String>,
+        token: Option<Token>,
+        tls: Option<&PeerTls>,
+    ) -> Result<Self, String> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token {
             headers.insert(reqwest::header::AUTHORIZATION, t.header_value()?);
         }
-        let http = reqwest::Client::builder()
+        let trust = match tls {
+            Some(PeerTls {
+                trusted_ca: Some(ca),
+                ..
+            }) => Trust::Ca(ca),
+            Some(_) => Trust::System,
+            None => Trust::PlainHttp,
+        };
+        let identity = tls.map(|t| &t.cert_key);
+        let builder =
+            crate::tls::reqwest_builder(trust, identity).map_err(|e| format!("peer TLS: {e}"))?;
+        let http = builder
             .default_headers(headers)
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
@@ -68,6 +87,7 @@ impl PeerClient {
         Ok(PeerClient {
             http,
             routes: Arc::new(routes),
+            scheme: if tls.is_some() { "https" } else { "http" },
         })
     }
 
@@ -83,7 +103,7 @@ impl PeerClient {
             message,
         })?;
         let dial = self.routes.get(addr).map_or(addr, String::as_str);
-        let url = format!("http://{dial}{path}");
+        let url = format!("{}://{dial}{path}", self.scheme);
         let resp = self
             .http
             .post(&url)
@@ -96,19 +116,19 @@ impl PeerClient {
                 if e.is_connect() {
                     TransportError::Unreachable {
                         addr: addr.to_string(),
-                        message: e.to_string(),
+                        message: crate::error::with_causes(&e),
                     }
                 } else {
                     TransportError::NoAnswer {
                         addr: addr.to_string(),
-                        message: e.to_string(),
+                        message: crate::error::with_causes(&e),
                     }
                 }
             })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| TransportError::NoAnswer {
             addr: addr.to_string(),
-            message: e.to_string(),
+            message: crate::error::with_causes(&e),
         })?;
         if !status.is_success() {
             return Err(TransportError::NoAnswer {
