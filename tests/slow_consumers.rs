@@ -54,7 +54,10 @@ async fn ten_thousand_stuck_watchers_keep_memory_bounded_and_writes_flowing() ->
     let store = StoreCluster::start(3).await?;
     let m = store.member(1);
     let pid = m.child.as_ref().map(|c| c.id()).context("member 1 pid")?;
-    let client = StoreClient::new(vec![m.endpoint()])?;
+    // Until the stuck connections' kernel buffers are full, every write is delivered to
+    // every watcher: on a 2-core machine in a debug build that first phase takes tens of
+    // seconds, so no write may be given up after the default 5 s.
+    let client = StoreClient::new(vec![m.endpoint()])?.with_timeout(Duration::from_secs(120));
     // A baseline burst with no watcher at all.
     let quiet = write_burst(&client, "warm/", WRITES).await?;
     let rss_before = rss_mib(pid)?;
