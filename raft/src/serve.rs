@@ -32,12 +32,12 @@ use tokio_rustls::TlsAcceptor;
 /// Default limit on concurrent connections per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
-/// Connections over the limit that are being answered 429 at once; beyond these, excess
-/// connections are closed without an answer.
 /// Most requests (watch streams included) one HTTP/2 connection carries at once; HTTP/1.1
 /// carries one at a time. With the connection limit, this bounds watchers per connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
+/// Connections over the limit that are being answered 429 at once; beyond these, excess
+/// connections are closed without an answer.
 const REJECTING_SLOTS: usize = 256;
 
 /// Longest time one over-limit connection is given to receive its 429 (handshake included).
