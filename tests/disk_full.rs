@@ -307,6 +307,45 @@ async fn a_full_disk_raises_nospace_refuses_data_writes_and_recovers() -> Result
     c.wait_leader(&[1, 2, 3]).await?;
     check_member_holds(&http, &c, 3, last_revision, &acked).await?;
     check_member_holds(&http, &c, 1, last_revision, &acked).await?;
+
+    // A member removed while its alarm is up does not keep the cluster read-only: the
+    // removal clears its alarm, and its still-running process cannot raise it again.
+    let _filler = fs.fill(16 * MIB)?;
+    wait_until(
+        Duration::from_secs(30),
+        "member 3's alarm again",
+        || async { (alarms(&http, &c, 1).await? == vec![3]).then_some(()) },
+    )
+    .await?;
+    let resp = http
+        .delete(c.member(1).url("/v1/cluster/members/3"))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 200,
+        "removing member 3: {}",
+        resp.status()
+    );
+    ensure!(
+        alarms(&http, &c, 1).await == Some(vec![]),
+        "the removed member's alarm was cleared"
+    );
+    for i in 0..20 {
+        let (status, body) = put(
+            &http,
+            &c.member(2).url(&format!("/v1/kv/after/{i}")),
+            "x".into(),
+        )
+        .await?;
+        ensure!(
+            status == 200,
+            "a write after member 3 left: {status} {body}"
+        );
+    }
+    ensure!(
+        alarms(&http, &c, 2).await == Some(vec![]),
+        "the removed member raised its alarm again"
+    );
     Ok(())
 }
 

@@ -512,7 +512,16 @@ impl StoreHandle {
     pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
         self.leader_call(PeerRequest::RemoveMember(id)).await?;
         self.wait_membership(|| !is_member(&self.inner.raft, id))
-            .await
+            .await?;
+        // A removed member can no longer clear its own NOSPACE alarm: clear it for it.
+        if self.inner.mvcc.alarms().contains(&id) {
+            self.write(Command::Alarm {
+                member: id,
+                raise: false,
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn wait_membership(&self, done: impl Fn() -> bool) -> Result<(), StoreError> {

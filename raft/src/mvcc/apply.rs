@@ -159,10 +159,18 @@ impl<'a> ApplyCtx<'a> {
             }
             Command::Alarm { member, raise } => {
                 let mut alarms = self.alarms().clone();
-                if *raise {
-                    alarms.insert(*member);
-                } else {
+                // A member that was removed cannot raise an alarm any more (its process may
+                // still be running); clearing is always allowed.
+                let is_member = self
+                    .st
+                    .membership
+                    .membership()
+                    .nodes()
+                    .any(|(id, _)| id == member);
+                if !*raise {
                     alarms.remove(member);
+                } else if is_member {
+                    alarms.insert(*member);
                 }
                 self.alarms = Some(alarms);
                 CommandResult::Alarm {

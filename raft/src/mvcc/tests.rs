@@ -399,6 +399,32 @@ fn export_then_import_reproduces_the_state() {
 #[test]
 fn a_nospace_alarm_refuses_what_adds_data_until_cleared_and_survives_a_restart() {
     let mut f = Fixture::new();
+    // Members 1..=3; an alarm for a non-member is ignored.
+    f.index += 1;
+    let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), f.index);
+    let nodes: BTreeMap<NodeId, MemberNode> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                MemberNode {
+                    addr: format!("127.0.0.1:{id}"),
+                },
+            )
+        })
+        .collect();
+    let membership = openraft::Membership::new(vec![nodes.keys().copied().collect()], nodes);
+    f.store
+        .apply_batch(
+            log_id,
+            &[],
+            Some(StoredMembership::new(Some(log_id), membership)),
+        )
+        .expect("membership");
+    f.one(Command::Alarm {
+        member: 9,
+        raise: true,
+    });
+    assert!(f.store.alarms().is_empty(), "a non-member raised an alarm");
     f.put("a", "1");
     let rev = f.store.current_revision();
     assert_eq!(
