@@ -157,8 +157,10 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
                  and restarts itself once the data directory is writable again"
             );
             tokio::select! {
+                // Raft has already stopped: there is nothing to shut down in order (and
+                // asking a stopped Raft to shut down can wait forever).
                 _ = shutdown_signal() => {
-                    node.shutdown().await;
+                    tracing::info!("shutting down");
                     Ok(())
                 }
                 _ = wait_writable(&data_dir, min_free) => {
