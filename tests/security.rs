@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{free_port, wait_until, StoreCluster, BIN};
+use common::{free_port, impostor_is_refused, wait_until, StoreCluster, BIN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -181,46 +181,14 @@ async fn a_stranger_cannot_speak_raft_to_a_member() -> Result<()> {
     // requests are refused and the cluster's term does not move.
     let wrong = store.tmp.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-cluster-secret-0123")?;
-    let log = store.tmp.path().join("impostor.log");
-    let initial = format!(
-        "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
-        store.member(1).peer_port,
-        free_port(),
-        store.member(3).peer_port
-    );
-    let peer = initial
-        .split(',')
-        .nth(1)
-        .and_then(|p| p.strip_prefix("2="))
-        .context("impostor peer address")?
-        .to_string();
-    let f = std::fs::File::create(&log)?;
-    let mut impostor = Command::new(BIN)
-        .args(["store", "--id", "2", "--data-dir"])
-        .arg(store.tmp.path().join("impostor"))
-        .args(["--client-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--peer-addr", &peer, "--initial-cluster", &initial])
-        .arg("--peer-token-file")
-        .arg(&wrong)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(f.try_clone()?))
-        .stderr(Stdio::from(f))
-        .spawn()?;
-    let refused = wait_until(
-        Duration::from_secs(30),
-        "the impostor's refused RPCs",
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).ok()?;
-                text.contains("HTTP 401 Unauthorized").then_some(())
-            }
-        },
+    let credentials = ["--peer-token-file".into(), wrong.into_os_string()];
+    impostor_is_refused(
+        &store,
+        store.tmp.path(),
+        &credentials,
+        "HTTP 401 Unauthorized",
     )
-    .await;
-    let _ = impostor.kill();
-    let _ = impostor.wait();
-    refused?;
+    .await?;
     let v = cluster(leader).await?;
     ensure!(
         v["leader_id"].as_u64() == Some(leader) && v["term"].as_u64() == Some(term),

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{free_port, wait_until, StoreCluster, BIN};
+use common::{free_port, impostor_is_refused, wait_until, StoreCluster, BIN};
 use futures::StreamExt;
 use miniku_store::client::{GetOptions, PutOptions, StoreClient, WatchOptions};
 use rcgen::{
@@ -292,48 +292,14 @@ async fn a_peer_without_a_certificate_from_the_cluster_ca_cannot_speak_raft() ->
     // An impostor member 2 with its own data and a self-signed certificate (trusting the
     // cluster's CA) campaigns: its RPCs fail the handshake and the term does not move.
     let impostor_pem = self_signed(dir, "impostor")?;
-    let log = dir.join("impostor.log");
-    let initial = format!(
-        "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
-        store.member(1).peer_port,
-        free_port(),
-        store.member(3).peer_port
-    );
-    let peer = initial
-        .split(',')
-        .nth(1)
-        .and_then(|p| p.strip_prefix("2="))
-        .context("impostor peer address")?
-        .to_string();
-    let f = std::fs::File::create(&log)?;
-    let mut impostor = Command::new(BIN)
-        .args(["store", "--id", "2", "--data-dir"])
-        .arg(dir.join("impostor"))
-        .args(["--client-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--peer-addr", &peer, "--initial-cluster", &initial])
-        .args(impostor_pem.args("--peer-cert-file", "--peer-key-file"))
-        .arg("--peer-trusted-ca-file")
-        .arg(&ca.file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(f.try_clone()?))
-        .stderr(Stdio::from(f))
-        .spawn()?;
-    let refused = wait_until(
-        Duration::from_secs(30),
-        "the impostor's refused handshakes",
-        || {
-            let log = log.clone();
-            async move {
-                let text = std::fs::read_to_string(&log).ok()?;
-                text.contains("received fatal alert: UnknownCA")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
-    let _ = impostor.kill();
-    let _ = impostor.wait();
-    refused.with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+    let mut credentials: Vec<std::ffi::OsString> = impostor_pem
+        .args("--peer-cert-file", "--peer-key-file")
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    credentials.push("--peer-trusted-ca-file".into());
+    credentials.push(ca.file.clone().into_os_string());
+    impostor_is_refused(&store, dir, &credentials, "received fatal alert: UnknownCA").await?;
     let v = cluster(leader).await?;
     ensure!(
         v["leader_id"].as_u64() == Some(leader) && v["term"].as_u64() == Some(term),
@@ -557,6 +523,16 @@ fn check_429(status: u16, body: &str, limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// A new connection to `addr` on which a request is served (200); retried until one is.
+async fn served_connection(addr: &str, what: &str) -> Result<TcpStream> {
+    wait_until(Duration::from_secs(10), what, || async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let (status, _) = raw_get(&mut s, false).await.ok()?;
+        (status == 200).then_some(s)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_limit_get_429_until_some_close() -> Result<()> {
     const LIMIT: usize = 8;
@@ -566,19 +542,7 @@ async fn connections_over_the_limit_get_429_until_some_close() -> Result<()> {
     // harness used may still be closing: such a refusal is retried.)
     let mut idle = Vec::new();
     while idle.len() < LIMIT {
-        let mut s = wait_until(
-            Duration::from_secs(10),
-            "a connection within the limit",
-            || {
-                let addr = addr.clone();
-                async move {
-                    let mut s = TcpStream::connect(&addr).await.ok()?;
-                    let (status, _) = raw_get(&mut s, false).await.ok()?;
-                    (status == 200).then_some(s)
-                }
-            },
-        )
-        .await?;
+        let mut s = served_connection(&addr, "a connection within the limit").await?;
         let (status, _) = raw_get(&mut s, false).await?;
         ensure!(status == 200, "connection {} reused: {status}", idle.len());
         idle.push(s);
@@ -605,15 +569,7 @@ async fn connections_over_the_limit_get_429_until_some_close() -> Result<()> {
     idle.truncate(LIMIT - 3);
     let mut reopened = Vec::new();
     for _ in 0..3 {
-        let s = wait_until(Duration::from_secs(10), "a freed slot", || {
-            let addr = addr.clone();
-            async move {
-                let mut s = TcpStream::connect(&addr).await.ok()?;
-                let (status, _) = raw_get(&mut s, false).await.ok()?;
-                (status == 200).then_some(s)
-            }
-        })
-        .await?;
+        let s = served_connection(&addr, "a freed slot").await?;
         reopened.push(s);
     }
     // Full again.

@@ -311,6 +311,51 @@ impl StoreCluster {
     }
 }
 
+/// Starts an impostor of member 2 of the three-member `store`: its own empty data in `dir`,
+/// its own ports, and `credentials` (the wrong secret, a certificate the cluster does not
+/// trust). It campaigns; this waits until its log shows `refusal` (the cluster turning its
+/// RPCs away), then kills it.
+pub async fn impostor_is_refused(
+    store: &StoreCluster,
+    dir: &std::path::Path,
+    credentials: &[std::ffi::OsString],
+    refusal: &str,
+) -> Result<()> {
+    let log = dir.join("impostor.log");
+    let peer = format!("127.0.0.1:{}", free_port());
+    let initial = format!(
+        "1=127.0.0.1:{},2={peer},3=127.0.0.1:{}",
+        store.member(1).peer_port,
+        store.member(3).peer_port
+    );
+    let f = std::fs::File::create(&log)?;
+    let mut impostor = Command::new(BIN)
+        .args(["store", "--id", "2", "--data-dir"])
+        .arg(dir.join("impostor"))
+        .args(["--client-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--peer-addr", &peer, "--initial-cluster", &initial])
+        .args(credentials)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(f.try_clone()?))
+        .stderr(Stdio::from(f))
+        .spawn()?;
+    let refused = wait_until(
+        Duration::from_secs(30),
+        "the impostor's refused RPCs",
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).ok()?;
+                text.contains(refusal).then_some(())
+            }
+        },
+    )
+    .await;
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    refused.with_context(|| std::fs::read_to_string(&log).unwrap_or_default())
+}
+
 impl Drop for StoreCluster {
     fn drop(&mut self) {
         for m in &mut self.members {
