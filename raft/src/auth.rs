@@ -46,6 +46,12 @@ impl Token {
         Token::new(&text).map_err(|e| format!("token file {}: {e}", path.display()))
     }
 
+    /// The token's text (for the etcd API, whose `Authenticate` hands it back to a client
+    /// that proved it knows it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// The `Authorization` header value that carries it.
     pub fn header_value(&self) -> Result<HeaderValue, String> {
         HeaderValue::from_str(&format!("Bearer {}", self.0)).map_err(|e| e.to_string())
@@ -53,12 +59,14 @@ impl Token {
 
     /// True if `header` is `Bearer <this token>`; constant time in the token's length.
     pub fn accepts(&self, header: Option<&HeaderValue>) -> bool {
-        let Some(given) = header
+        header
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
+            .is_some_and(|given| self.matches(given))
+    }
+
+    /// True if `given` is this token; constant time in the token's length.
+    pub fn matches(&self, given: &str) -> bool {
         let (a, b) = (given.as_bytes(), self.0.as_bytes());
         let mut diff = a.len() ^ b.len();
         for (i, want) in b.iter().enumerate() {

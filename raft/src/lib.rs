@@ -17,11 +17,14 @@
 //! - [`lease`]: the leader's lease clock; expiry is carried out through the log.
 //! - [`node`]: starts a store node from a [`config::StoreConfig`] and hands out a
 //!   [`node::StoreHandle`].
+//! - [`grpc`]: etcd's v3 gRPC API (KV, Watch, Lease, Cluster, Maintenance, Auth) on the
+//!   same port as [`http`], chosen by content type.
 //! - [`http`]: the client-facing KV API, watch streams (SSE), cluster, health and metrics.
 //! - [`metrics`]: counters and histograms rendered in Prometheus text format.
 //! - [`client`]: [`client::StoreClient`], the Rust client the control plane uses.
 //! - [`auth`], [`tls`], [`serve`]: bearer tokens, TLS configuration (rustls), and the
-//!   listening loop shared by every server (TLS handshakes, connection limit, shutdown).
+//!   listening loop shared by every server (TLS handshakes, connection limit, shutdown);
+//!   [`h2_authority`] repairs the scheme-bearing `:authority` etcd's clients send.
 
 pub mod api;
 pub mod auth;
@@ -29,6 +32,8 @@ pub mod client;
 pub mod config;
 pub mod disk;
 pub mod error;
+pub mod grpc;
+pub mod h2_authority;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -47,6 +47,9 @@ struct NodeInner {
     reads: ReadIndexer,
     leases: LeaseClock,
     peers: PeerClient,
+    db: sled::Db,
+    /// The client API's URL as other members and clients should dial it.
+    client_url: String,
 }
 
 /// What `lease_time_to_live` reports.
@@ -220,6 +223,8 @@ impl StoreNode {
                 reads,
                 leases: leases.clone(),
                 peers,
+                db: db.clone(),
+                client_url: advertised_client_url(&config, client_addr),
             }),
         };
 
@@ -238,7 +243,7 @@ impl StoreNode {
             ),
             serve(
                 client_listener,
-                crate::http::router(handle.clone()),
+                crate::grpc::client_router(handle.clone()),
                 serving("client API", client_tls),
                 stopped.clone(),
             ),
@@ -329,6 +334,22 @@ fn serve(
     tokio::spawn(crate::serve::serve(listener, router, config, shutdown))
 }
 
+/// The client URL other members and clients dial: the bound address, with the peer
+/// address's host when the client API listens on every interface.
+fn advertised_client_url(config: &StoreConfig, bound: SocketAddr) -> String {
+    let scheme = if config.client_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if bound.ip().is_unspecified() {
+        if let Some((host, _)) = config.peer_addr.rsplit_once(':') {
+            return format!("{scheme}://{host}:{}", bound.port());
+        }
+    }
+    format!("{scheme}://{bound}")
+}
+
 /// Counts leader changes for the metrics.
 async fn watch_leadership(raft: Raft, metrics: Metrics) {
     let mut rx = raft.metrics();
@@ -368,6 +389,57 @@ impl StoreHandle {
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// This member's client URL (what `etcdctl member list` shows).
+    pub fn client_url(&self) -> &str {
+        &self.inner.client_url
+    }
+
+    /// The database's size on disk in bytes (0 if it cannot be read).
+    pub fn db_size(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Flushes the database to disk (what `etcdctl defrag` amounts to here: sled
+    /// reclaims its own space as it goes).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Internal(format!("flushing the database: {e}")))
+    }
+
+    /// Every member's client URL, asked of each member (`None` for one that did not
+    /// answer within `timeout`).
+    pub async fn member_client_urls(&self, timeout: Duration) -> BTreeMap<NodeId, Option<String>> {
+        let members: Vec<(NodeId, String)> = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect()
+        };
+        let asks = members.into_iter().map(|(id, addr)| async move {
+            if id == self.id() {
+                return (id, Some(self.inner.client_url.clone()));
+            }
+            let url = match self
+                .inner
+                .peers
+                .call(&addr, &PeerRequest::ClientUrl, timeout)
+                .await
+            {
+                Ok(Ok(PeerResponse::ClientUrl(url))) => Some(url),
+                _ => None,
+            };
+            (id, url)
+        });
+        futures::future::join_all(asks).await.into_iter().collect()
     }
 
     /// The header for a response reflecting `revision`.
@@ -579,6 +651,10 @@ impl StoreHandle {
 
     /// Serves a request another member sent to us as the leader.
     pub async fn serve_peer(&self, req: PeerRequest) -> Result<PeerResponse, PeerError> {
+        // Any member answers for itself.
+        if let PeerRequest::ClientUrl = req {
+            return Ok(PeerResponse::ClientUrl(self.inner.client_url.clone()));
+        }
         let (leader, _) = leader_of(&self.inner.raft);
         if leader != Some(self.id()) {
             return Err(PeerError::NotLeader(leader));
@@ -634,6 +710,7 @@ impl StoreHandle {
                     })?;
                 Ok(PeerResponse::Done)
             }
+            PeerRequest::ClientUrl => Ok(PeerResponse::ClientUrl(self.inner.client_url.clone())),
             PeerRequest::RemoveMember(id) => {
                 if !is_member(raft, id) {
                     return Err(StoreError::NotFound(format!("member {id} not found")).into());

@@ -197,7 +197,10 @@ async fn http<I, S, B>(
     if done.is_some() {
         builder.http1().keep_alive(false);
     }
-    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let mut conn = pin!(builder.serve_connection_with_upgrades(
+        TokioIo::new(crate::h2_authority::AuthorityFix::new(io)),
+        service,
+    ));
     let finish = async {
         match &done {
             Some(done) => done.notified().await,

@@ -30,6 +30,8 @@ pub const META_MEMBERSHIP: &[u8] = b"mmembership";
 pub const META_LEASE_SEQ: &[u8] = b"mlease_seq";
 /// The members whose NOSPACE alarm is raised (a sorted list of ids).
 pub const META_ALARMS: &[u8] = b"malarms";
+/// The cluster's id (etcd's `cluster_id`), fixed by the first log entry ever applied.
+pub const META_CLUSTER_ID: &[u8] = b"mcluster_id";
 
 pub fn cur(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);

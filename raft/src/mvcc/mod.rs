@@ -51,6 +51,8 @@ struct State {
     lease_seq: i64,
     /// Members whose NOSPACE alarm is raised.
     alarms: BTreeSet<NodeId>,
+    /// etcd's `cluster_id`; 0 until the first entry is applied.
+    cluster_id: u64,
 }
 
 /// What one `apply_batch` produced.
@@ -138,6 +140,7 @@ impl MvccStore {
             Some(v) => keys::decode(&v)?,
             None => BTreeSet::new(),
         };
+        st.cluster_id = get_i64(keys::META_CLUSTER_ID)?.map_or(0, |v| v as u64);
         st.index.clear();
         for item in tree.scan_prefix([keys::HIST]) {
             let (k, v) = item?;
@@ -173,8 +176,18 @@ impl MvccStore {
         for cmd in commands {
             results.push(ctx.apply(cmd)?);
         }
-        let out = ctx.finish(log_id, membership.as_ref())?;
+        let mut out = ctx.finish(log_id, membership.as_ref())?;
+        // The first entry any member applies is the same entry on every member (the
+        // cluster's first), so the id it gives is the same everywhere; snapshots carry it.
+        let new_cluster_id = (st.cluster_id == 0).then(|| cluster_id_of(log_id));
+        if let Some(id) = new_cluster_id {
+            out.batch
+                .insert(keys::META_CLUSTER_ID, &keys::i64_value(id as i64));
+        }
         self.inner.tree.apply_batch(out.batch)?;
+        if let Some(id) = new_cluster_id {
+            st.cluster_id = id;
+        }
 
         for (key, kr) in out.index_adds {
             st.index.entry(key).or_default().push(kr);
@@ -347,6 +360,12 @@ impl MvccStore {
         self.read_state().membership.clone()
     }
 
+    /// The cluster's id, as etcd reports it in every response header (0 before the first
+    /// entry is applied).
+    pub fn cluster_id(&self) -> u64 {
+        self.read_state().cluster_id
+    }
+
     /// The members whose NOSPACE alarm is raised, ascending.
     pub fn alarms(&self) -> Vec<NodeId> {
         self.read_state().alarms.iter().copied().collect()
@@ -407,6 +426,22 @@ impl MvccStore {
         self.load(&mut st)?;
         Ok(self.current_revision())
     }
+}
+
+/// A cluster id from the log id of the cluster's first entry (FNV-1a, never 0).
+fn cluster_id_of(log_id: LogId) -> u64 {
+    fnv1a64(log_id.to_string().as_bytes()).max(1)
+}
+
+/// The 64-bit FNV-1a hash: stable across Rust releases and platforms (unlike std's
+/// `DefaultHasher`), for values every member must compute alike.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// Counts one more pair in range; true if it also goes into the answer (not `count_only`,

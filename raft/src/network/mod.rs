@@ -29,6 +29,8 @@ pub enum PeerRequest {
         peer_addr: String,
     },
     RemoveMember(NodeId),
+    /// The receiver's client URL (any member answers, leader or not).
+    ClientUrl,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -38,6 +40,7 @@ pub enum PeerResponse {
     LeaseKeepAlive(i64),
     LeaseTimeToLive(WireLeaseStatus),
     Done,
+    ClientUrl(String),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
