@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks the Miniku store side by side with etcd 3.4 on this machine: both as
 # three-member clusters on loopback, data on the same disk, driven by the same load
-# generator (miniku-bench: HTTP for Miniku, gRPC through etcd-client for etcd), runs
-# interleaved and repeated. Prints a table (Miniku ÷ etcd ratios) and writes every run as
-# JSON lines.
+# generator, runs interleaved and repeated. The headline table drives both through the same
+# gRPC client (etcd-client; Miniku serves etcd's API); a second table gives Miniku over its
+# own HTTP API. The full run also prints `etcdctl check perf` verdicts for both. Every run
+# is written as JSON lines.
 #
 # Usage: scripts/bench.sh [--quick] [--json FILE]
 #   --quick      small sizes, one repetition (about a minute; CI runs it)
@@ -148,7 +149,7 @@ fi
 for rep in $(seq 1 "$REPS"); do
   for w in "${WORKLOADS[@]}"; do
     # Alternate which system goes first, so drift on a noisy machine shows as spread.
-    if [ $((rep % 2)) = 1 ]; then order="miniku etcd"; else order="etcd miniku"; fi
+    if [ $((rep % 2)) = 1 ]; then order="miniku-grpc etcd miniku"; else order="etcd miniku-grpc miniku"; fi
     for sys in $order; do
       echo "  [$rep/$REPS] $sys $w"
       # shellcheck disable=SC2086
@@ -158,29 +159,31 @@ for rep in $(seq 1 "$REPS"); do
 done
 
 # Memory and disk after loading keys.
-for sys in miniku etcd; do
+for sys in miniku-grpc etcd; do
+  cluster=${sys%-grpc}
   echo "  $sys: loading $LOAD_KEYS keys"
   run "$sys" load --keys "$LOAD_KEYS" --clients 64
   rss=0
   for i in 1 2 3; do
-    r=$(ps -o rss= -p "${PIDS[$sys$i]}" | tr -d ' ')
+    r=$(ps -o rss= -p "${PIDS[$cluster$i]}" | tr -d ' ')
     [ "$r" -gt "$rss" ] && rss=$r
   done
-  disk=$(du -sb "$WORK/${sys}1" | cut -f1)
-  echo "{\"system\":\"$sys\",\"workload\":\"memory\",\"params\":{\"keys\":$LOAD_KEYS},\"max_rss_mb\":$((rss / 1024)),\"disk_mb_per_node\":$((disk / 1048576))}" >>"$RAW"
+  disk=$(du -sb "$WORK/${cluster}1" | cut -f1)
+  echo "{\"system\":\"$cluster\",\"workload\":\"memory\",\"params\":{\"keys\":$LOAD_KEYS},\"max_rss_mb\":$((rss / 1024)),\"disk_mb_per_node\":$((disk / 1048576))}" >>"$RAW"
 done
 
 # Failover: steady writes, kill -9 the leader, time until writes flow again.
 for n in $(seq 1 "$FAILOVERS"); do
-  for sys in miniku etcd; do
+  for sys in miniku-grpc etcd; do
     echo "  failover $n/$FAILOVERS: $sys"
     ep=$M_EP; [ "$sys" = etcd ] && ep=$E_EP
+    cluster=${sys%-grpc}
     "$BENCH" --system "$sys" --endpoints "$ep" --json "$RAW" failover --seconds 6 >/dev/null &
     bench_pid=$!
     sleep 2
     l=""
     for _ in $(seq 1 50); do
-      l=$(leader_of "$sys" || true)
+      l=$(leader_of "$cluster" || true)
       [ -n "$l" ] && break
       sleep 0.1
     done
@@ -189,30 +192,45 @@ for n in $(seq 1 "$FAILOVERS"); do
       wait "$bench_pid" || true
       continue
     fi
-    kill -9 "${PIDS[$sys$l]}"
+    kill -9 "${PIDS[$cluster$l]}"
     wait "$bench_pid" || echo "  the failover load generator failed" >&2
-    "start_$sys" "$l"
-    wait_ready "$sys"
+    "start_$cluster" "$l"
+    wait_ready "$cluster"
     sleep 1
   done
 done
 
+# etcdctl's own verdict on each system (60 s of puts per load), full runs only.
+if [ "$QUICK" = 0 ]; then
+  for load in s m; do
+    for sys in miniku etcd; do
+      ep=$M_EP; [ "$sys" = etcd ] && ep=$E_EP
+      echo "  etcdctl check perf --load=$load: $sys"
+      verdict=$(ETCDCTL_API=3 etcdctl --endpoints="$ep" check perf --load="$load" 2>&1 | tr -d '\r' | tail -n 8 || true)
+      jq -nc --arg sys "$sys" --arg load "$load" --arg out "$verdict" \
+        '{system: $sys, workload: "check-perf", params: {load: $load}, verdict: (if ($out | test("FAIL")) then "FAIL" elif ($out | test("PASS")) then "PASS" else "ERROR" end), output: $out}' >>"$RAW"
+    done
+  done
+fi
+
 mkdir -p "$(dirname "$OUT")"
 cp "$RAW" "$OUT"
 
-echo
-echo "Miniku store vs etcd $(etcd --version | head -1 | awk '{print $3}') — $(date -u +%Y-%m-%d), $(nproc) cores, $REPS run(s) each (median)"
-jq -rs '
+# One table: Miniku driven as $1 (miniku-grpc or miniku) beside etcd.
+table() {
+  jq -rs --arg sys "$1" '
   def med: sort | if length == 0 then null else .[(length / 2 | floor)] end;
   def fmt: if . == null then "-" else (. * 100 | round / 100 | tostring) end;
   def key: .workload + " " + ((.params // {}) | to_entries | map("\(.key)=\(.value)") | join(" "));
   [.[] | select(.workload != "load")] | group_by(key) | map({
       name: (.[0] | key),
-      m: [.[] | select(.system == "miniku")],
+      m: [.[] | select(.system == $sys or (.workload == "memory" and .system == "miniku") or (.workload == "check-perf" and .system == "miniku"))],
       e: [.[] | select(.system == "etcd")]
-    }) | .[] |
+    }) | .[] | select((.m | length) > 0) |
   if (.name | startswith("memory")) then
     "\(.name)\t max RSS MB: miniku \(.m | map(.max_rss_mb) | med | fmt)  etcd \(.e | map(.max_rss_mb) | med | fmt)   disk MB/node: miniku \(.m | map(.disk_mb_per_node) | med | fmt)  etcd \(.e | map(.disk_mb_per_node) | med | fmt)"
+  elif (.name | startswith("check-perf")) then
+    "\(.name)\t etcdctl check perf: miniku \(.m | map(.verdict) | join(","))  etcd \(.e | map(.verdict) | join(","))"
   elif (.name | startswith("failover")) then
     "\(.name)\t writes stalled ms (median): miniku \(.m | map(.longest_gap_ms) | med | fmt)  etcd \(.e | map(.longest_gap_ms) | med | fmt)   ratio \(((.m | map(.longest_gap_ms) | med) / (.e | map(.longest_gap_ms) | med)) | fmt)"
   else
@@ -221,5 +239,14 @@ jq -rs '
     (if (.m[0].missing // null) != null then " | missing events \(.m | map(.missing) | add) vs \(.e | map(.missing) | add)" else "" end) +
     (if (.m[0].succeeded // null) != null then " | cas won \(.m | map(.succeeded) | med) vs \(.e | map(.succeeded) | med)" else "" end)
   end' "$OUT" | if command -v column >/dev/null; then column -t -s $'\t'; else tr '\t' ' '; fi
+}
+
+ETCD_VERSION=$(etcd --version | head -1 | awk '{print $3}')
+echo
+echo "Miniku store vs etcd $ETCD_VERSION, both through etcd's gRPC API and the same client — $(date -u +%Y-%m-%d), $(nproc) cores, $REPS run(s) each (median)"
+table miniku-grpc
+echo
+echo "Miniku over its HTTP API vs etcd $ETCD_VERSION over gRPC"
+table miniku
 echo
 echo "raw results: $OUT"

@@ -33,6 +33,9 @@
 #
 # Miniku-specific: only the snapshot check differs by design (EXPECT_SNAPSHOT_ERROR=1 against
 # Miniku; its error text is matched loosely, `^Error:`). Everything else is etcd's exact text.
+# Assumed of Miniku with --token-file: its gRPC Authenticate accepts (ETCDCTL_TEST_USER, the
+# token) and returns a token that its other RPCs accept (the way etcdctl 3.4 can authenticate).
+# 155 checks without --token-file, 166 with it.
 # Not validated against real etcd (could not be produced with etcdctl 3.4.23):
 #   - "etcdserver: invalid auth token": etcdctl 3.4 has no way to send an arbitrary token.
 #   - the `lease("k") = "id"` txn compare: etcdctl 3.4.23 panics in the client ("panic: bad
@@ -51,7 +54,11 @@
 # end in the lease ID in UNPADDED hex, while `lease grant` prints it padded to 16 digits;
 # `put --ignore-value` without --lease detaches the key's lease; a wrong password exits 2 but
 # a missing one exits 1; `watch -i` ends with "Error: Error reading watch request line: EOF"
-# (exit 3) at end of input.
+# (exit 3) at end of input; a txn whose ops touch one key twice fails with "Error: etcdserver:
+# duplicate key given in txn request"; `lease grant 1` grants TTL(2s) (etcd's minimum TTL).
+# With auth on, etcd 3.4 does not check credentials on Compact, LeaseGrant, MemberList or
+# Status, and `member promote` sent to a follower times out (etcd bug etcd-io/etcd#20757, not
+# fixed in 3.4): with --token-file the promote checks are therefore sent to the leader.
 set -uo pipefail
 
 usage() { echo "usage: $0 ENDPOINTS [--token-file FILE]" >&2; exit 2; }
@@ -182,6 +189,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# etcdctl logs JSON lines ({"level":"warn",...}) on stderr for every failed RPC; the checks read
+# its stderr themselves, so drop that noise from the calls whose stderr is not captured.
+exec 2> >(grep --line-buffered -v '^{"level":' >&2)
 
 echo "etcdctl conformance: endpoints $EP, prefix $P/"
 # Stop at once if the cluster is not there: every other check would only time out.
@@ -642,10 +652,19 @@ LD4=$(dec "${LEARNER_ID:-0}")
 want_eq isLearner true "$(js ".members[]|select(.ID==\"$LD4\")|.isLearner")"
 want_eq peerURLs "http://127.0.0.1:42380" "$(js ".members[]|select(.ID==\"$LD4\")|.peerURLs|join(\",\")")"
 want_eq clientURLs null "$(js ".members[]|select(.ID==\"$LD4\")|.clientURLs")"; end
+# With credentials, promote goes straight to the leader: etcd 3.4 has a bug (etcd-io/etcd#20757,
+# fixed in 3.5/3.6 only) where a follower forwards a promote to the leader without the auth
+# token, and it times out ("etcdserver: request timed out" / "context deadline exceeded").
+PROMOTE_EP=$EP
+if [ -n "$TOKEN_FILE" ]; then
+  LDR=$(ctl endpoint status -w json | jfix | jq -r '.[0].Status.leader')
+  PROMOTE_EP=$(printf '%s' "$MEMBERS_JSON" | jfix | jq -r ".members[]|select(.ID==\"$LDR\")|.clientURLs[0]")
+fi
 expect_err "member promote of a learner not in sync fails" 1 \
-  "Error: etcdserver: can only promote a learner member which is in sync with leader" ctl member promote "$LEARNER_ID"
+  "Error: etcdserver: can only promote a learner member which is in sync with leader" \
+  timeout 30 etcdctl --endpoints="$PROMOTE_EP" member promote "$LEARNER_ID"
 expect_err "member promote of a voting member fails" 1 "Error: etcdserver: can only promote a learner member" \
-  ctl member promote "$(head -n1 <<<"$MIDS")"
+  timeout 30 etcdctl --endpoints="$PROMOTE_EP" member promote "$(head -n1 <<<"$MIDS")"
 expect_out "member remove of the learner" "Member $LEARNER_ID removed from cluster $CIDH"$'\n' ctl member remove "$LEARNER_ID"
 [ "$RC" == 0 ] && OLD_LEARNER=$LEARNER_ID && LEARNER_ID=
 expect_err "member remove of an unknown member fails" 1 "Error: etcdserver: member not found" ctl member remove "${OLD_LEARNER:-1}"
@@ -784,6 +803,8 @@ snapshot_check() {
 snapshot_check
 
 # ---------------------------------------------------------------- credentials (--token-file)
+# Only what etcd 3.4 itself refuses without credentials is asserted: it does NOT check them on
+# Compact, LeaseGrant, MemberList or Status (a server that refuses those too still passes).
 if [ -n "$TOKEN_FILE" ]; then
   expect_out "auth: with the credentials, get works" "$P/h"$'\nh3\n' ctl get "$P/h"
   expect_err "auth: get without credentials fails" 1 "Error: etcdserver: user name is empty" noauth get "$P/h"
@@ -791,8 +812,6 @@ if [ -n "$TOKEN_FILE" ]; then
   expect_err "auth: del without credentials fails" 1 "Error: etcdserver: user name is empty" noauth del "$P/h"
   expect_err "auth: txn without credentials fails" 1 "Error: etcdserver: user name is empty" \
     noauth txn <<<$'\nput '"$P/noauth"$' x\n\n\n'
-  expect_err "auth: compaction without credentials fails" 1 "Error: etcdserver: user name is empty" \
-    noauth compaction "$C2"
   begin "auth: watch without credentials is canceled (gRPC InvalidArgument, stderr), exit 5"
   run noauth watch "$P/h" --rev=1; want_rc 5; want_eq stdout "" "$OUT"
   want_eq stderr $'watch was canceled (rpc error: code = InvalidArgument desc = etcdserver: user name is empty)\nError: watch is canceled by the server' "$(grep -v '^{' <<<"$ERR")"; end

@@ -22,8 +22,27 @@ use serde_json::json;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum System {
+    /// The Miniku store over its HTTP API.
     Miniku,
+    /// The Miniku store over etcd's gRPC API, through the same client as `etcd`.
+    MinikuGrpc,
     Etcd,
+}
+
+impl System {
+    /// Driven through etcd's gRPC client.
+    fn grpc(self) -> bool {
+        matches!(self, System::Etcd | System::MinikuGrpc)
+    }
+
+    /// The name results carry (as given on the command line).
+    fn name(self) -> &'static str {
+        match self {
+            System::Miniku => "miniku",
+            System::MinikuGrpc => "miniku-grpc",
+            System::Etcd => "etcd",
+        }
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -142,7 +161,7 @@ impl Kv {
                     .build()?,
                 base: format!("http://{endpoint}"),
             },
-            System::Etcd => {
+            System::Etcd | System::MinikuGrpc => {
                 let _ = all;
                 let opts = etcd_client::ConnectOptions::new()
                     .with_timeout(Duration::from_secs(5))
@@ -299,7 +318,7 @@ fn report(
     extra: serde_json::Value,
 ) -> Result<()> {
     let mut line = json!({
-        "system": format!("{:?}", args.system).to_lowercase(),
+        "system": args.system.name(),
         "workload": name,
         "params": params,
         "ops": lat.len(),
@@ -485,7 +504,7 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
     let mut tasks = Vec::new();
     // etcd: a few clients carry many watch streams each (gRPC multiplexes them).
     let mut etcd_clients = Vec::new();
-    if args.system == System::Etcd {
+    if args.system.grpc() {
         for ep in &args.endpoints {
             if let Kv::Etcd(c) = Kv::connect(System::Etcd, ep, &args.endpoints).await? {
                 etcd_clients.push(*c);
@@ -531,11 +550,16 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
                     anyhow::Ok(())
                 }));
             }
-            System::Etcd => {
+            System::Etcd | System::MinikuGrpc => {
                 let mut c = etcd_clients[w % etcd_clients.len()].clone();
                 tasks.push(tokio::spawn(async move {
                     let opts = etcd_client::WatchOptions::new().with_prefix();
-                    let (_watcher, mut stream) = c.watch(prefix.as_bytes(), Some(opts)).await?;
+                    let mut stream = c.watch(prefix.as_bytes(), Some(opts)).await?;
+                    // Ready once the server has created the watch, so no write is missed.
+                    match stream.message().await? {
+                        Some(resp) if resp.created() => {}
+                        _ => bail!("the watch was not created"),
+                    }
                     ready.fetch_add(1, Ordering::SeqCst);
                     let mut seen = 0;
                     while seen < events {
