@@ -70,6 +70,10 @@ struct Args {
     /// election; the run must then fail.
     #[arg(long)]
     unsafe_skip_election: bool,
+    /// Clients and watchers use etcd's gRPC API (through the etcd-client crate) instead of
+    /// the store's HTTP API; the checkers are the same.
+    #[arg(long)]
+    grpc: bool,
     /// Check a history saved with --history again, without running anything.
     #[arg(long)]
     check: Option<PathBuf>,
@@ -178,6 +182,7 @@ async fn main() -> Result<()> {
             r0 + 1,
             until.clone(),
             give_up.clone(),
+            args.grpc,
         )));
     }
     let opts = Arc::new(ClientOptions {
@@ -185,6 +190,7 @@ async fn main() -> Result<()> {
         keys: args.keys,
         timeout: Duration::from_millis(args.op_timeout_ms),
         seed,
+        grpc: args.grpc,
     });
     let mut clients = Vec::new();
     for c in 0..args.clients {
@@ -216,10 +222,11 @@ async fn main() -> Result<()> {
     // Final reads (recorded: the checker sees them after every write) and a sentinel write
     // that ends the watchers' and the store's record.
     let final_client = StoreClient::new(endpoints.clone())?.with_timeout(Duration::from_secs(10));
+    let mut final_conn = workload::Conn::Http(final_client.clone());
     let mut finals = BTreeMap::new();
     for k in 0..args.keys {
         let key = workload::key(k);
-        match workload::execute(&rec, &final_client, u32::MAX, Op::Get { key: key.clone() }).await {
+        match workload::execute(&rec, &mut final_conn, u32::MAX, Op::Get { key: key.clone() }).await {
             Outcome::Read(v) => {
                 finals.insert(key, v);
             }

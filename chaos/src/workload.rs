@@ -3,6 +3,10 @@
 //! with a timeout, and record every operation with its outcome. Watchers follow the key
 //! prefix and, whenever their connection dies or goes quiet, resume on the next member
 //! from the revision after the last one they received.
+//!
+//! Both go through one of the store's two fronts: its HTTP API (Miniku's own
+//! `StoreClient` and SSE watches) or etcd's gRPC API (the `etcd-client` crate), so the
+//! same checkers judge each.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,10 +71,104 @@ fn classify(e: &ClientError) -> Outcome {
     }
 }
 
-/// Runs one operation against `client` and records it.
-pub async fn execute(rec: &Recorder, client: &StoreClient, client_id: u32, op: Op) -> Outcome {
+/// How a failed gRPC request is classified: only answers that say the request was refused
+/// before it was proposed are `Failed`; a timeout, a broken connection or an unavailable
+/// member may have let it through.
+fn classify_grpc(e: &etcd_client::Error) -> Outcome {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => match s.code() {
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::ResourceExhausted => Outcome::Failed,
+            // tonic could not open the connection: nothing was sent.
+            Code::Unavailable if s.message().contains("tcp connect error") => Outcome::Failed,
+            _ => Outcome::Unknown,
+        },
+        _ => Outcome::Unknown,
+    }
+}
+
+/// A client of one member, through one of the store's fronts.
+pub enum Conn {
+    Http(StoreClient),
+    Grpc(etcd_client::Client),
+}
+
+impl Conn {
+    /// A client of `endpoint` (`http://host:port`) through the chosen front.
+    pub async fn connect(endpoint: &str, grpc: bool, timeout: Duration) -> anyhow::Result<Conn> {
+        Ok(if grpc {
+            let opts = etcd_client::ConnectOptions::new()
+                .with_timeout(timeout)
+                .with_connect_timeout(Duration::from_millis(500));
+            Conn::Grpc(etcd_client::Client::connect([endpoint], Some(opts)).await?)
+        } else {
+            Conn::Http(StoreClient::new(vec![endpoint.to_string()])?.with_timeout(timeout))
+        })
+    }
+}
+
+/// Runs one operation through `conn` and records it.
+pub async fn execute(rec: &Recorder, conn: &mut Conn, client_id: u32, op: Op) -> Outcome {
     let invoke_ns = rec.now_ns();
-    let (outcome, revision) = match &op {
+    let (outcome, revision) = match conn {
+        Conn::Http(client) => execute_http(client, &op).await,
+        Conn::Grpc(client) => execute_grpc(client, &op).await,
+    };
+    rec.record(Operation {
+        id: 0,
+        client: client_id,
+        op,
+        invoke_ns,
+        complete_ns: rec.now_ns(),
+        outcome: outcome.clone(),
+        revision,
+    });
+    outcome
+}
+
+async fn execute_grpc(client: &mut etcd_client::Client, op: &Op) -> (Outcome, Option<i64>) {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let revision = |h: Option<&etcd_client::ResponseHeader>| h.map(|h| h.revision());
+    match op {
+        Op::Get { key } => match client.get(key.as_str(), None).await {
+            Ok(r) => {
+                let v = r
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                (Outcome::Read(v), revision(r.header()))
+            }
+            Err(e) => (classify_grpc(&e), None),
+        },
+        Op::Put { key, value } => match client.put(key.as_str(), value.as_str(), None).await {
+            Ok(r) => (Outcome::Written, revision(r.header())),
+            Err(e) => (classify_grpc(&e), None),
+        },
+        Op::Cas { key, expected, new } => {
+            let compare = match expected {
+                Some(v) => Compare::value(key.as_str(), CompareOp::Equal, v.as_str()),
+                None => Compare::version(key.as_str(), CompareOp::Equal, 0),
+            };
+            let txn = Txn::new()
+                .when([compare])
+                .and_then([TxnOp::put(key.as_str(), new.as_str(), None)]);
+            match client.txn(txn).await {
+                Ok(r) => (Outcome::Swapped(r.succeeded()), revision(r.header())),
+                Err(e) => (classify_grpc(&e), None),
+            }
+        }
+    }
+}
+
+async fn execute_http(client: &StoreClient, op: &Op) -> (Outcome, Option<i64>) {
+    match op {
         Op::Get { key } => match client.get(key.as_bytes(), GetOptions::default()).await {
             Ok(r) => {
                 let v = r
@@ -122,17 +220,7 @@ pub async fn execute(rec: &Recorder, client: &StoreClient, client_id: u32, op: O
                 Err(e) => (classify(&e), None),
             }
         }
-    };
-    rec.record(Operation {
-        id: 0,
-        client: client_id,
-        op,
-        invoke_ns,
-        complete_ns: rec.now_ns(),
-        outcome: outcome.clone(),
-        revision,
-    });
-    outcome
+    }
 }
 
 pub struct ClientOptions {
@@ -140,6 +228,8 @@ pub struct ClientOptions {
     pub keys: usize,
     pub timeout: Duration,
     pub seed: u64,
+    /// Through etcd's gRPC API instead of the HTTP API.
+    pub grpc: bool,
 }
 
 /// One client: sequential operations until `stop`. After an operation with an unknown
@@ -156,10 +246,8 @@ pub async fn run_client(
     let mut id = n;
     let mut seq = 0u64;
     let mut last_read: Vec<Option<String>> = vec![None; opts.keys];
-    let connect = |i: usize| {
-        StoreClient::new(vec![opts.endpoints[i].clone()]).map(|c| c.with_timeout(opts.timeout))
-    };
-    let mut client = connect(member)?;
+    let connect = |i: usize| Conn::connect(&opts.endpoints[i], opts.grpc, opts.timeout);
+    let mut client = connect(member).await?;
     while !stop.load(Ordering::SeqCst) {
         let k = rng.random_range(0..opts.keys);
         let key = key(k);
@@ -178,7 +266,7 @@ pub async fn run_client(
             Op::Put { value, .. } | Op::Cas { new: value, .. } => Some(value.clone()),
             Op::Get { .. } => None,
         };
-        match execute(&rec, &client, id, op).await {
+        match execute(&rec, &mut client, id, op).await {
             Outcome::Read(v) => last_read[k] = v,
             Outcome::Written | Outcome::Swapped(true) => last_read[k] = written,
             Outcome::Swapped(false) => {}
@@ -187,7 +275,7 @@ pub async fn run_client(
                     id += 1_000_000;
                 }
                 member = (member + 1) % opts.endpoints.len();
-                client = connect(member)?;
+                client = connect(member).await?;
                 // Do not spin while a member is down.
                 tokio::time::sleep(Duration::from_millis(rng.random_range(10..60))).await;
             }
@@ -198,6 +286,7 @@ pub async fn run_client(
 
 /// One watcher: follows [`PREFIX`] from `start_revision` until it has received revision
 /// `until` (set when the run ends) or `give_up` is set.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_watcher(
     name: String,
     endpoints: Vec<String>,
@@ -205,6 +294,7 @@ pub async fn run_watcher(
     start_revision: i64,
     until: Arc<std::sync::atomic::AtomicI64>,
     give_up: Arc<AtomicBool>,
+    grpc: bool,
 ) -> WatcherLog {
     let mut log = WatcherLog {
         name,
@@ -232,11 +322,16 @@ pub async fn run_watcher(
             start_revision: next,
             batches: Vec::new(),
         };
-        let url = format!(
-            "{}/v1/watch/{PREFIX}?prefix=true&progress_notify=true&start_revision={next}",
-            endpoints[member]
-        );
-        if let Ok(resp) = http.get(&url).send().await {
+        if grpc {
+            watch_grpc(&endpoints[member], &mut seg, &mut next, &done, &give_up).await;
+        } else if let Ok(resp) = http
+            .get(format!(
+                "{}/v1/watch/{PREFIX}?prefix=true&progress_notify=true&start_revision={next}",
+                endpoints[member]
+            ))
+            .send()
+            .await
+        {
             if resp.status().is_success() {
                 let mut body = resp.bytes_stream();
                 let mut buf = String::new();
@@ -292,6 +387,60 @@ pub async fn run_watcher(
     }
 }
 
+/// One gRPC watch of [`PREFIX`] on `endpoint` from `*next`, recording into `seg` until the
+/// stream fails, goes quiet (progress notifications come every 5 s) or `done`.
+async fn watch_grpc(
+    endpoint: &str,
+    seg: &mut WatchSegment,
+    next: &mut i64,
+    done: &impl Fn(i64) -> bool,
+    give_up: &AtomicBool,
+) {
+    let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+    let Ok(mut client) = etcd_client::Client::connect([endpoint], Some(opts)).await else {
+        return;
+    };
+    let watch = etcd_client::WatchOptions::new()
+        .with_prefix()
+        .with_progress_notify()
+        .with_start_revision(*next);
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(2), client.watch(PREFIX, Some(watch))).await
+    else {
+        return;
+    };
+    while let Ok(Ok(Some(resp))) =
+        tokio::time::timeout(Duration::from_secs(8), stream.message()).await
+    {
+        if resp.canceled() {
+            return;
+        }
+        // A response may carry several revisions; each becomes one batch.
+        for e in resp.events() {
+            let Some(kv) = e.kv() else { continue };
+            let change = Change {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: match e.event_type() {
+                    etcd_client::EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
+                    etcd_client::EventType::Delete => None,
+                },
+            };
+            let revision = kv.mod_revision();
+            match seg.batches.last_mut() {
+                Some(b) if b.revision == revision => b.changes.push(change),
+                _ => seg.batches.push(RevisionBatch {
+                    revision,
+                    changes: vec![change],
+                }),
+            }
+            *next = revision + 1;
+        }
+        if done(*next) || give_up.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}
+
 /// The store's own record of the prefix from `start` up to `end`: one watch read on one
 /// member (retrying others) after the faults have stopped.
 pub async fn read_truth(
@@ -313,6 +462,7 @@ pub async fn read_truth(
         start,
         until,
         give_up.clone(),
+        false,
     )
     .await;
     timer.abort();

@@ -40,6 +40,36 @@ fn no_anomaly_under_every_fault_type() -> Result<()> {
 }
 
 #[test]
+fn no_anomaly_through_the_etcd_grpc_front() -> Result<()> {
+    let seed = rand::random::<u32>().to_string();
+    let (ok, out) = chaos(&["--seconds", "45", "--seed", &seed, "--grpc"])?;
+    assert!(
+        ok,
+        "the harness found anomalies through gRPC (seed {seed}); output above"
+    );
+    assert!(out.contains("OK: no anomaly"));
+    Ok(())
+}
+
+#[test]
+fn stale_reads_through_grpc_are_caught() -> Result<()> {
+    let (ok, out) = chaos(&[
+        "--seconds",
+        "30",
+        "--seed",
+        "1",
+        "--unsafe-stale-reads",
+        "--grpc",
+    ])?;
+    assert!(!ok, "members serving stale reads over gRPC passed the checker");
+    assert!(
+        out.contains("cannot be linearized"),
+        "the failure was not a linearizability anomaly"
+    );
+    Ok(())
+}
+
+#[test]
 fn stale_reads_are_caught() -> Result<()> {
     // Seed 1 isolates the leader early, so the old leader keeps answering reads alone.
     let (ok, out) = chaos(&["--seconds", "30", "--seed", "1", "--unsafe-stale-reads"])?;
