@@ -339,6 +339,7 @@ async fn random_requests_get_clear_answers_and_change_nothing_else() -> Result<(
         (&[Method::POST], "/v1/cluster/members"),
         // Only ids that are not members: removing one is valid and would end the run.
         (&[Method::DELETE], "/v1/cluster/members/9{id}"),
+        (&[Method::POST], "/v1/cluster/members/9{id}/promote"),
         (&[Method::GET], "/health"),
         (&[Method::GET], "/metrics"),
         (&[Method::GET, Method::POST], "/{key}"),

@@ -519,16 +519,7 @@ async fn a_member_joins_as_learner_becomes_voter_and_can_be_removed() -> Result<
     for i in 0..20 {
         put(&http, &c.member(1).url(&format!("/v1/kv/j/{i}")), "v").await?;
     }
-    let id = c.spawn_joiner()?;
-    let peer = format!("127.0.0.1:{}", c.member(id).peer_port);
-    let joiner = c.member(id).url("/v1/cluster");
-    wait_until(Duration::from_secs(20), "the new member to listen", || {
-        let http = http.clone();
-        let url = joiner.clone();
-        async move { http.get(&url).send().await.ok().map(|_| ()) }
-    })
-    .await
-    .with_context(|| c.log(id))?;
+    let (id, peer) = start_joiner(&mut c, &http).await?;
     let resp = http
         .post(c.member(2).url("/v1/cluster/members"))
         .json(&json!({"id": id, "peer_addr": peer}))
@@ -575,7 +566,67 @@ async fn a_member_joins_as_learner_becomes_voter_and_can_be_removed() -> Result<
     );
     c.kill(id);
     put(&http, &c.member(3).url("/v1/kv/j/after"), "v").await?;
+
+    // Added with `learner: true`, the next one stays a learner until promoted.
+    let (id, peer) = start_joiner(&mut c, &http).await?;
+    let (status, body) = post_json(
+        &http,
+        &c.member(3).url("/v1/cluster/members"),
+        &json!({"id": id, "peer_addr": peer, "learner": true}),
+    )
+    .await?;
+    ensure!(status == 200, "add learner: {status} {body}\n{}", c.log(id));
+    let members = body["members"].as_array().context("members")?;
+    ensure!(
+        members.iter().any(|m| m["id"] == id && m["voter"] == false),
+        "{body}"
+    );
+    let promoted = wait_until(
+        Duration::from_secs(20),
+        "the learner to be promoted",
+        || {
+            let http = http.clone();
+            let c = &c;
+            async move {
+                let (status, v) = promote(&http, c, 2, &id.to_string()).await.ok()?;
+                let not_ready =
+                    "etcdserver: can only promote a learner member which is in sync with leader";
+                match status {
+                    400 if v["message"] == not_ready => None,
+                    _ => Some((status, v)),
+                }
+            }
+        },
+    )
+    .await?;
+    ensure!(promoted.0 == 200, "promote: {promoted:?}\n{}", c.log(id));
+    let members = promoted.1["members"].as_array().context("members")?;
+    ensure!(
+        members.iter().any(|m| m["id"] == id && m["voter"] == true),
+        "{promoted:?}"
+    );
+    let (status, v) = get_json(
+        &http,
+        &c.member(id).url("/v1/kv/j/?prefix=true&count_only=true"),
+    )
+    .await?;
+    ensure!(status == 200 && v["count"] == 21, "{status} {v}");
     Ok(())
+}
+
+/// Starts the next member with `--join` and waits until it listens; returns its id and
+/// peer address.
+async fn start_joiner(c: &mut StoreCluster, http: &reqwest::Client) -> Result<(u64, String)> {
+    let id = c.spawn_joiner()?;
+    let joiner = c.member(id).url("/v1/cluster");
+    wait_until(Duration::from_secs(20), "the new member to listen", || {
+        let http = http.clone();
+        let url = joiner.clone();
+        async move { http.get(&url).send().await.ok().map(|_| ()) }
+    })
+    .await
+    .with_context(|| c.log(id))?;
+    Ok((id, format!("127.0.0.1:{}", c.member(id).peer_port)))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -717,5 +768,239 @@ async fn values_at_the_size_limit_replicate_to_every_member() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Result<(u16, Value)> {
+    let resp = http.post(url).json(body).send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await?))
+}
+
+/// `POST /v1/cluster/members/{id}/promote` through `member`.
+async fn promote(
+    http: &reqwest::Client,
+    c: &StoreCluster,
+    member: u64,
+    id: &str,
+) -> Result<(u16, Value)> {
+    let url = c
+        .member(member)
+        .url(&format!("/v1/cluster/members/{id}/promote"));
+    let resp = http.post(url).send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await?))
+}
+
+/// Member `id` as `member`'s `/v1/cluster` shows it.
+async fn member_entry(
+    http: &reqwest::Client,
+    c: &StoreCluster,
+    member: u64,
+    id: u64,
+) -> Option<Value> {
+    let (_, v) = get_json(http, &c.member(member).url("/v1/cluster"))
+        .await
+        .ok()?;
+    v["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id)
+        .cloned()
+}
+
+/// A follower of `leader` among `ids`.
+fn a_follower(ids: &[u64], leader: u64) -> Result<u64> {
+    ids.iter()
+        .copied()
+        .find(|i| *i != leader)
+        .context("no follower")
+}
+
+/// The bug this guards against: adding a member nobody runs made it a voter at once (4
+/// voters, 3 needed), so one more dead member stopped every write while `/health` said true.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_member_stays_a_learner_and_one_kill_keeps_the_quorum() -> Result<()> {
+    let mut c = StoreCluster::start_with(3, &["--request-timeout-secs", "2"]).await?;
+    let http = reqwest::Client::new();
+    let leader = c.wait_leader(&[1, 2, 3]).await?;
+    put(&http, &c.member(leader).url("/v1/kv/u/before"), "v").await?;
+    // Nothing listens at this address (a free port nobody binds).
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let via = a_follower(&[1, 2, 3], leader)?;
+    let (status, body) = post_json(
+        &http,
+        &c.member(via).url("/v1/cluster/members"),
+        &json!({"id": 4, "peer_addr": nowhere}),
+    )
+    .await?;
+    ensure!(
+        status == 503,
+        "adding an unreachable member: {status} {body}"
+    );
+    let message = body["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("member 4 was added as a learner")
+            && message.contains("has not caught up")
+            && message.contains("POST /v1/cluster/members/4/promote"),
+        "{body}"
+    );
+    // Every member shows it, as a learner.
+    for id in 1..=3 {
+        let m = wait_until(
+            Duration::from_secs(10),
+            "member 4 in the membership",
+            || member_entry(&http, &c, id, 4),
+        )
+        .await?;
+        ensure!(
+            m["voter"] == false && m["peer_addr"] == nowhere,
+            "member {id}: {m}"
+        );
+    }
+    // One real member dies: two of three voters are left, a quorum.
+    let victim = a_follower(&[1, 2, 3], leader)?;
+    c.kill(victim);
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != victim).collect();
+    for id in &survivors {
+        put(
+            &http,
+            &c.member(*id).url(&format!("/v1/kv/u/after-{id}")),
+            "v",
+        )
+        .await?;
+        let (status, health) = get_json(&http, &c.member(*id).url("/health")).await?;
+        ensure!(
+            status == 200 && health["health"] == "true",
+            "member {id}: {status} {health}"
+        );
+    }
+    // The learner can go again.
+    let resp = http
+        .delete(c.member(leader).url("/v1/cluster/members/4"))
+        .send()
+        .await?;
+    ensure!(
+        resp.status() == 200,
+        "removing the learner: {}",
+        resp.status()
+    );
+    ensure!(member_entry(&http, &c, leader, 4).await.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_refuses_voters_unknown_ids_and_learners_not_in_sync() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let leader = c.wait_leader(&[1, 2, 3]).await?;
+    let follower = a_follower(&[1, 2, 3], leader)?;
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    // `learner: true` adds it and answers at once.
+    let (status, body) = post_json(
+        &http,
+        &c.member(follower).url("/v1/cluster/members"),
+        &json!({"id": 4, "peer_addr": nowhere, "learner": true}),
+    )
+    .await?;
+    ensure!(status == 200, "adding a learner: {status} {body}");
+    let listed = body["members"].as_array().context("members")?;
+    ensure!(
+        listed.iter().any(|m| m["id"] == 4 && m["voter"] == false),
+        "{body}"
+    );
+    for via in [leader, follower] {
+        let (status, v) = promote(&http, &c, via, "4").await?;
+        ensure!(
+            status == 400
+                && v["message"]
+                    == "etcdserver: can only promote a learner member which is in sync with leader",
+            "promoting a learner that never answered, via {via}: {status} {v}"
+        );
+        let (status, v) = promote(&http, &c, via, &leader.to_string()).await?;
+        ensure!(
+            status == 400 && v["message"] == "etcdserver: can only promote a learner member",
+            "promoting a voter, via {via}: {status} {v}"
+        );
+        let (status, v) = promote(&http, &c, via, "99").await?;
+        ensure!(
+            status == 404 && v["message"] == "member 99 not found",
+            "promoting a stranger, via {via}: {status} {v}"
+        );
+        let (status, v) = promote(&http, &c, via, "x").await?;
+        ensure!(status == 400, "promoting `x`: {status} {v}");
+    }
+    ensure!(
+        member_entry(&http, &c, leader, 4)
+            .await
+            .context("member 4")?["voter"]
+            == false
+    );
+    // A wrong `learner` and an unknown field are refused before anything happens.
+    for bad in [
+        json!({"id": 5, "peer_addr": nowhere, "learner": "yes"}),
+        json!({"id": 5, "peer_addr": nowhere, "voter": true}),
+    ] {
+        let (status, v) =
+            post_json(&http, &c.member(leader).url("/v1/cluster/members"), &bad).await?;
+        ensure!(status == 400, "{bad}: {status} {v}");
+    }
+    ensure!(member_entry(&http, &c, leader, 5).await.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_answers_503_when_the_leader_loses_its_quorum() -> Result<()> {
+    let mut c = StoreCluster::start(3).await?;
+    let http = reqwest::Client::new();
+    let leader = c.wait_leader(&[1, 2, 3]).await?;
+    let (status, v) = get_json(&http, &c.member(leader).url("/health")).await?;
+    ensure!(status == 200 && v["health"] == "true", "{status} {v}");
+    let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    for f in &followers {
+        c.kill(*f);
+    }
+    // The leader is still the leader (nobody is left to elect another), but cannot commit.
+    let url = c.member(leader).url("/health");
+    let v = wait_until(
+        Duration::from_secs(20),
+        "the leader's /health to answer 503",
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let (status, v) = get_json(&http, &url).await.ok()?;
+                (status == 503).then_some(v)
+            }
+        },
+    )
+    .await?;
+    let message = v["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("no quorum")
+            && message.contains(&format!(
+                "unreachable voters: {}, {}",
+                followers[0], followers[1]
+            )),
+        "{v}"
+    );
+    // One follower back: a quorum again, and healthy again.
+    c.spawn(followers[0])?;
+    wait_until(Duration::from_secs(30), "/health to recover", || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let (status, _) = get_json(&http, &url).await.ok()?;
+            (status == 200).then_some(())
+        }
+    })
+    .await?;
+    let f = c.member(followers[0]).url("/health");
+    wait_until(Duration::from_secs(30), "the follower's /health", || {
+        let (http, f) = (http.clone(), f.clone());
+        async move {
+            let (status, _) = get_json(&http, &f).await.ok()?;
+            (status == 200).then_some(())
+        }
+    })
+    .await?;
     Ok(())
 }

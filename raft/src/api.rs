@@ -319,12 +319,15 @@ pub struct ClusterResponse {
 }
 
 /// `POST /v1/cluster/members` body: the new member's id and peer address. It joins as a
-/// learner and is promoted to voter once it has caught up.
+/// learner and, unless `learner` is true, is promoted to voter once it has caught up.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
     pub id: u64,
     pub peer_addr: String,
+    /// Stay a learner (promote later with `POST /v1/cluster/members/{id}/promote`).
+    #[serde(default)]
+    pub learner: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

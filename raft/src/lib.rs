@@ -15,6 +15,8 @@
 //! - [`network`]: peer RPCs between store nodes (bincode over HTTP), inbound and outbound.
 //! - [`proposer`]: batches concurrent client writes into Raft entries, forwards from followers.
 //! - [`lease`]: the leader's lease clock; expiry is carried out through the log.
+//! - [`membership`]: when a learner may become a voter, and when a leader has no quorum
+//!   (etcd's rules and error texts).
 //! - [`node`]: starts a store node from a [`config::StoreConfig`] and hands out a
 //!   [`node::StoreHandle`].
 //! - [`grpc`]: etcd's v3 gRPC API (KV, Watch, Lease, Cluster, Maintenance, Auth) on the
@@ -36,6 +38,7 @@ pub mod grpc;
 pub mod h2_authority;
 pub mod http;
 pub mod lease;
+pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod network;

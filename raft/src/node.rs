@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,6 +22,7 @@ use crate::config::StoreConfig;
 use crate::disk::DiskGuard;
 use crate::error::StoreError;
 use crate::lease::LeaseClock;
+use crate::membership;
 use crate::metrics::Metrics;
 use crate::mvcc::MvccStore;
 use crate::network::client::{PeerClient, PeerNetworkFactory, TransportError};
@@ -571,11 +573,87 @@ impl StoreHandle {
         }
     }
 
-    /// Adds a member (learner, then voter) through the leader; returns once this member
-    /// has applied the change, so its own `/v1/cluster` shows it.
-    pub async fn add_member(&self, id: NodeId, peer_addr: String) -> Result<(), StoreError> {
-        self.leader_call(PeerRequest::AddMember { id, peer_addr })
+    /// Adds member `id` at `peer_addr` as a learner, through the leader. With `learner`
+    /// false it then waits (up to the request timeout) until the learner is in sync with the
+    /// leader and promotes it; one that does not catch up in time stays a learner, and the
+    /// call fails with `Unavailable` saying so (promote it later: [`Self::promote_member`]).
+    /// So a member that is not running is never made a voter. Returns once this member has
+    /// applied the change, so its own `/v1/cluster` shows it.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        peer_addr: String,
+        learner: bool,
+    ) -> Result<(), StoreError> {
+        if id == 0 {
+            return Err(StoreError::InvalidArgument("member id must be >= 1".into()));
+        }
+        if !peer_addr.contains(':') {
+            return Err(StoreError::InvalidArgument(format!(
+                "peer_addr `{peer_addr}` is not HOST:PORT"
+            )));
+        }
+        let started = Instant::now();
+        let deadline = started + self.inner.config.request_timeout;
+        self.leader_call_until(PeerRequest::AddMember { id, peer_addr }, deadline)
             .await?;
+        if learner {
+            return self
+                .wait_membership(|| is_member(&self.inner.raft, id))
+                .await;
+        }
+        self.promote_once_in_sync(id, started, deadline).await?;
+        self.wait_membership(|| is_voter(&self.inner.raft, id))
+            .await
+    }
+
+    /// Promotes the new learner `id` as soon as the leader finds it in sync. The last try
+    /// starts a quarter of the request timeout before `deadline`, so that a promotion (two
+    /// membership entries to commit) and its answer fit before it.
+    async fn promote_once_in_sync(
+        &self,
+        id: NodeId,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        let last_try = deadline - self.inner.config.request_timeout / 4;
+        loop {
+            match self
+                .leader_call_until(PeerRequest::PromoteMember(id), deadline)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Promoted meanwhile (by another call): what was asked for.
+                Err(StoreError::InvalidArgument(m)) if m == membership::MEMBER_NOT_LEARNER => {
+                    return Ok(())
+                }
+                Err(StoreError::InvalidArgument(m)) if m == membership::LEARNER_NOT_READY => {}
+                Err(StoreError::Unavailable(why)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{} ({why})",
+                        membership::not_caught_up(id, started.elapsed())
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            if now >= last_try {
+                return Err(StoreError::Unavailable(membership::not_caught_up(
+                    id,
+                    now - started,
+                )));
+            }
+            tokio::time::sleep_until(last_try.min(now + Duration::from_millis(100))).await;
+        }
+    }
+
+    /// Makes learner `id` a voter, through the leader, if it is in sync with the leader
+    /// (etcd's `MemberPromote`). Refuses a stranger (`NotFound`), a voter
+    /// ([`membership::MEMBER_NOT_LEARNER`]) and a learner not in sync
+    /// ([`membership::LEARNER_NOT_READY`]), both `InvalidArgument`. Returns once this member
+    /// has applied the change.
+    pub async fn promote_member(&self, id: NodeId) -> Result<(), StoreError> {
+        self.leader_call(PeerRequest::PromoteMember(id)).await?;
         self.wait_membership(|| is_voter(&self.inner.raft, id))
             .await
     }
@@ -617,6 +695,15 @@ impl StoreHandle {
     /// refusals until the request timeout.
     async fn leader_call(&self, req: PeerRequest) -> Result<PeerResponse, StoreError> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
+        self.leader_call_until(req, deadline).await
+    }
+
+    /// [`Self::leader_call`] with its own deadline.
+    async fn leader_call_until(
+        &self,
+        req: PeerRequest,
+        deadline: Instant,
+    ) -> Result<PeerResponse, StoreError> {
         loop {
             let (leader, addr) = leader_of(&self.inner.raft);
             let answer = match (leader, addr) {
@@ -700,14 +787,25 @@ impl StoreHandle {
                         StoreError::InvalidArgument(format!("member {id} already exists")).into(),
                     );
                 }
-                raft.add_learner(id, MemberNode { addr: peer_addr }, true)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("adding learner {id}: {e}")))?;
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(|e| {
-                        StoreError::Unavailable(format!("promoting {id} to voter: {e}"))
-                    })?;
+                // Not blocking: the learner may be down, and its catching up is judged
+                // (and waited for) by whoever promotes it.
+                let addr = peer_addr.clone();
+                self.change_membership(
+                    &format!("adding learner {id}"),
+                    raft.add_learner(id, MemberNode { addr }, false),
+                )
+                .await?;
+                tracing::info!(id, peer_addr, "added a learner");
+                Ok(PeerResponse::Done)
+            }
+            PeerRequest::PromoteMember(id) => {
+                self.check_promotable(id)?;
+                self.change_membership(
+                    &format!("promoting {id} to voter"),
+                    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
+                )
+                .await?;
+                tracing::info!(id, "promoted a learner to voter");
                 Ok(PeerResponse::Done)
             }
             PeerRequest::ClientUrl => Ok(PeerResponse::ClientUrl(self.inner.client_url.clone())),
@@ -715,20 +813,190 @@ impl StoreHandle {
                 if !is_member(raft, id) {
                     return Err(StoreError::NotFound(format!("member {id} not found")).into());
                 }
-                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(|e| StoreError::InvalidArgument(format!("removing {id}: {e}")))?;
-                let still_learner = is_member(raft, id);
-                if still_learner {
-                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(|e| StoreError::InvalidArgument(format!("removing {id}: {e}")))?;
+                let what = format!("removing {id}");
+                if is_voter(raft, id) {
+                    self.change_membership(
+                        &what,
+                        raft.change_membership(
+                            ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                            false,
+                        ),
+                    )
+                    .await?;
+                }
+                if is_member(raft, id) {
+                    self.change_membership(
+                        &what,
+                        raft.change_membership(
+                            ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                            false,
+                        ),
+                    )
+                    .await?;
                 }
                 Ok(PeerResponse::Done)
             }
+            PeerRequest::QuorumCheck => self.quorum_here().await.map(|()| PeerResponse::Done),
         }
     }
+
+    /// On the leader: why learner `id` may not become a voter yet, if it may not.
+    fn check_promotable(&self, id: NodeId) -> Result<(), PeerError> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let members = m.membership_config.membership();
+        if members.get_node(&id).is_none() {
+            return Err(StoreError::NotFound(format!("member {id} not found")).into());
+        }
+        if members.voter_ids().any(|v| v == id) {
+            return Err(StoreError::InvalidArgument(membership::MEMBER_NOT_LEARNER.into()).into());
+        }
+        let Some(replication) = &m.replication else {
+            return Err(PeerError::NotLeader(None));
+        };
+        if !membership::learner_in_sync(
+            replication,
+            self.id(),
+            m.last_log_index,
+            id,
+            self.answered_lately(id),
+        ) {
+            return Err(StoreError::InvalidArgument(membership::LEARNER_NOT_READY.into()).into());
+        }
+        Ok(())
+    }
+
+    /// Whether `peer` answered this member's Raft RPCs within the election timeout (on a
+    /// leader: whether it is reachable).
+    fn answered_lately(&self, peer: NodeId) -> bool {
+        let limit = self.inner.config.election_timeout_max;
+        self.inner
+            .peers
+            .last_answer(peer)
+            .is_some_and(|t| t.elapsed() <= limit)
+    }
+
+    /// On the leader: a membership change, bounded by the request timeout (without a quorum
+    /// it would never commit), its refusals mapped to what a client can act on.
+    async fn change_membership<T>(
+        &self,
+        what: &str,
+        change: impl std::future::Future<
+            Output = Result<T, RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>>,
+        >,
+    ) -> Result<(), PeerError> {
+        let timeout = self.inner.config.request_timeout;
+        match tokio::time::timeout(timeout, change).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(PeerError::NotLeader(f.leader_id))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e @ ChangeMembershipError::InProgress(_),
+            )))) => Err(StoreError::Unavailable(format!(
+                "{what}: {e}: another membership change is under way, try again"
+            ))
+            .into()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(StoreError::InvalidArgument(format!("{what}: {e}")).into())
+            }
+            Ok(Err(RaftError::Fatal(e))) => {
+                Err(StoreError::Unavailable(format!("{what}: {e}")).into())
+            }
+            Err(_) => Err(StoreError::OutcomeUnknown(format!(
+                "{what}: proposed but not committed within {timeout:?}"
+            ))
+            .into()),
+        }
+    }
+
+    /// Whether this member can serve: its storage works, it knows a leader, and that leader
+    /// has heard from a quorum of voters within an election timeout. Returns the leader.
+    ///
+    /// Why the leader decides: only it knows. openraft's `millis_since_quorum_ack` (0.9) is
+    /// the age of the newest moment a quorum of voters (of both halves of a joint
+    /// configuration) had acknowledged it. A follower's own view cannot tell: hearing from
+    /// the leader shows only that those two are connected (of five members, a leader and one
+    /// follower may be cut off from the other three). So a follower asks the leader over the
+    /// peer route every forwarded request takes, with a short deadline; no leader, or no
+    /// answer, is unhealthy too. The limit is the election timeout: a voter that has not
+    /// heard from its leader that long campaigns, so a leader no quorum acknowledged for that
+    /// long is cut off from it and cannot commit (etcd's check-quorum uses the same bound).
+    /// openraft 0.9 leaders do not step down when they lose their quorum: without this check a
+    /// lone leader would call itself healthy forever.
+    pub async fn health(&self) -> Result<NodeId, StoreError> {
+        if let Some(fault) = self.storage_fault() {
+            return Err(StoreError::Unavailable(format!(
+                "this member's storage failed: {fault}"
+            )));
+        }
+        let Some(leader) = self.inner.raft.metrics().borrow().current_leader else {
+            return Err(StoreError::Unavailable(
+                "no leader is known to this member".into(),
+            ));
+        };
+        let wait = self.inner.config.request_timeout.min(HEALTH_CHECK_WAIT);
+        match self
+            .leader_call_until(PeerRequest::QuorumCheck, Instant::now() + wait)
+            .await
+        {
+            Ok(_) => Ok(leader),
+            Err(StoreError::OutcomeUnknown(why)) => Err(StoreError::Unavailable(format!(
+                "the leader did not answer the quorum check: {why}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// On the leader: `Ok` if a quorum of voters acknowledged it within the election timeout
+    /// (see [`Self::health`]). Right after an election no acknowledgement is known yet: wait
+    /// up to that timeout for one.
+    async fn quorum_here(&self) -> Result<(), PeerError> {
+        let limit = self.inner.config.election_timeout_max;
+        let deadline = Instant::now() + limit;
+        let mut rx = self.inner.raft.metrics();
+        let since_ack = loop {
+            let (leader, ack) = {
+                let m = rx.borrow_and_update();
+                (m.current_leader, m.millis_since_quorum_ack)
+            };
+            if leader != Some(self.id()) {
+                return Err(PeerError::NotLeader(leader));
+            }
+            match ack.map(Duration::from_millis) {
+                Some(since) if since <= limit => return Ok(()),
+                Some(since) => break Some(since),
+                None => match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => {}
+                    _ => break None,
+                },
+            }
+        };
+        let voters: Vec<NodeId> = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let unreachable: Vec<NodeId> = voters
+            .into_iter()
+            .filter(|v| *v != self.id() && !self.answered_lately(*v))
+            .collect();
+        Err(StoreError::Unavailable(membership::no_quorum(
+            self.id(),
+            since_ack,
+            limit,
+            &unreachable,
+        ))
+        .into())
+    }
 }
+
+/// How long `/health` waits for the leader's answer (at most the request timeout).
+const HEALTH_CHECK_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether `id` is a voter in the current membership.
 fn is_voter(raft: &Raft, id: NodeId) -> bool {

@@ -119,7 +119,7 @@ impl PbClusterService for ClusterService {
             ));
         }
         let id = cluster.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
-        h.add_member(id, addr /*MERGE*/)
+        h.add_member(id, addr, r.is_learner)
             .await
             .map_err(membership_status)?;
         let members = members(h).await;
@@ -173,10 +173,9 @@ impl PbClusterService for ClusterService {
         request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
         let h = &self.0;
-        let _ = request;
-        if h.id() > 0 {
-            return Err(unimplemented("MERGE promote"));
-        }
+        h.promote_member(request.into_inner().id)
+            .await
+            .map_err(membership_status)?;
         Ok(Response::new(PbMemberPromoteResponse {
             header: header(h, h.mvcc().current_revision()),
             members: members(h).await,

@@ -1,5 +1,7 @@
 //! `GET /v1/cluster`, `POST /v1/cluster/members`, `DELETE /v1/cluster/members/{id}`,
-//! `GET /health` and `GET /metrics`.
+//! `POST /v1/cluster/members/{id}/promote`, `GET /health` and `GET /metrics`. Membership
+//! policy (when a learner may vote, what counts as a quorum) is the store handle's: these
+//! handlers parse and call it.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -10,7 +12,6 @@ use axum::Json;
 use super::error::{invalid, HttpError};
 use super::json_body;
 use crate::api::{AddMemberRequest, ClusterResponse};
-use crate::error::StoreError;
 use crate::metrics::Gauges;
 use crate::node::StoreHandle;
 
@@ -23,16 +24,7 @@ pub async fn add_member(
     body: Body,
 ) -> Result<Json<ClusterResponse>, HttpError> {
     let req: AddMemberRequest = json_body(body, &h).await?;
-    if req.id == 0 {
-        return Err(invalid("member id must be >= 1"));
-    }
-    if !req.peer_addr.contains(':') {
-        return Err(invalid(format!(
-            "peer_addr `{}` is not HOST:PORT",
-            req.peer_addr
-        )));
-    }
-    h.add_member(req.id, req.peer_addr).await?;
+    h.add_member(req.id, req.peer_addr, req.learner).await?;
     Ok(Json(h.cluster()))
 }
 
@@ -40,34 +32,34 @@ pub async fn remove_member(
     State(h): State<StoreHandle>,
     Path(id): Path<String>,
 ) -> Result<Json<ClusterResponse>, HttpError> {
-    let id: u64 = id
-        .parse()
-        .ok()
-        .filter(|i| *i > 0)
-        .ok_or_else(|| invalid(format!("member id must be a positive integer, not `{id}`")))?;
-    h.remove_member(id).await?;
+    h.remove_member(member_id(&id)?).await?;
     Ok(Json(h.cluster()))
 }
 
+pub async fn promote_member(
+    State(h): State<StoreHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<ClusterResponse>, HttpError> {
+    h.promote_member(member_id(&id)?).await?;
+    Ok(Json(h.cluster()))
+}
+
+fn member_id(id: &str) -> Result<u64, HttpError> {
+    id.parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| invalid(format!("member id must be a positive integer, not `{id}`")))
+}
+
 pub async fn health(State(h): State<StoreHandle>) -> Result<Json<serde_json::Value>, HttpError> {
-    if let Some(fault) = h.storage_fault() {
-        return Err(HttpError(StoreError::Unavailable(format!(
-            "this member's storage failed: {fault}"
-        ))));
-    }
-    let leader = h.raft().metrics().borrow().current_leader;
-    match leader {
-        Some(l) => Ok(Json(serde_json::json!({
-            "health": "true",
-            "member_id": h.id(),
-            "leader_id": l,
-            "revision": h.mvcc().current_revision(),
-            "alarms": alarm_list(&h),
-        }))),
-        None => Err(HttpError(StoreError::Unavailable(
-            "no leader is known to this member".into(),
-        ))),
-    }
+    let leader = h.health().await?;
+    Ok(Json(serde_json::json!({
+        "health": "true",
+        "member_id": h.id(),
+        "leader_id": leader,
+        "revision": h.mvcc().current_revision(),
+        "alarms": alarm_list(&h),
+    })))
 }
 
 /// `GET /v1/alarms`: the raised alarms (etcd's `etcdctl alarm list`).

@@ -49,6 +49,10 @@ pub fn router(handle: StoreHandle) -> Router {
         .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/cluster/members", post(cluster::add_member))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .route(
+            "/v1/cluster/members/{id}/promote",
+            post(cluster::promote_member),
+        )
         .route("/v1/alarms", get(cluster::alarms))
         .route("/health", get(cluster::health))
         .route("/metrics", get(cluster::metrics))
@@ -114,7 +118,8 @@ fn endpoint_name(path: Option<&str>, method: &axum::http::Method) -> &'static st
         (Some("/v1/watch/{*key}"), _) => "watch",
         (Some("/v1/cluster"), _)
         | (Some("/v1/cluster/members"), _)
-        | (Some("/v1/cluster/members/{id}"), _) => "cluster",
+        | (Some("/v1/cluster/members/{id}"), _)
+        | (Some("/v1/cluster/members/{id}/promote"), _) => "cluster",
         (Some("/health"), _) => "health",
         (Some("/metrics"), _) => "metrics",
         _ => "other",

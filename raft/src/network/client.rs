@@ -5,8 +5,8 @@
 //! instead of spinning; a request that timed out after it was sent is a `Timeout`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
@@ -52,6 +52,8 @@ pub struct PeerClient {
     routes: Arc<HashMap<String, String>>,
     /// `https` when peer traffic uses TLS, else `http`.
     scheme: &'static str,
+    /// When each peer last answered one of this member's Raft RPCs.
+    answered: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl PeerClient {
@@ -88,7 +90,21 @@ impl PeerClient {
             http,
             routes: Arc::new(routes),
             scheme: if tls.is_some() { "https" } else { "http" },
+            answered: Arc::default(),
         })
+    }
+
+    /// When `peer` last answered a Raft RPC (append, vote, snapshot) from this member: any
+    /// answer, a refusal included, shows it is alive and reachable. `None` if it never did.
+    /// Only a leader (or candidate) sends those, so on a follower this says little.
+    pub fn last_answer(&self, peer: NodeId) -> Option<Instant> {
+        let answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        answered.get(&peer).copied()
+    }
+
+    fn note_answer(&self, peer: NodeId) {
+        let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        answered.insert(peer, Instant::now());
     }
 
     async fn post<Req: Serialize, Resp: DeserializeOwned>(
@@ -199,6 +215,9 @@ impl PeerConnection {
     {
         let answer: Result<Result<Resp, RaftError<NodeId, E>>, TransportError> =
             self.client.post(&self.addr, path, req, timeout).await;
+        if answer.is_ok() {
+            self.client.note_answer(self.target);
+        }
         match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
@@ -259,6 +278,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             self.client
                 .post(&self.addr, paths::SNAPSHOT, &req, timeout)
                 .await;
+        if answer.is_ok() {
+            self.client.note_answer(self.target);
+        }
         match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(

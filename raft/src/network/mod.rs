@@ -1,6 +1,6 @@
 //! Peer RPCs between store nodes: Raft's own messages (append entries, vote, full snapshot)
 //! and the few requests a follower sends its leader (forwarded writes, read index, lease
-//! keep-alive and TTL, membership changes).
+//! keep-alive and TTL, membership changes, the quorum check behind `/health`).
 //!
 //! Everything on this path is bincode over HTTP/1.1 with pooled keep-alive connections;
 //! JSON stays at the client edge. [`client`] is the outbound side (openraft's
@@ -24,11 +24,16 @@ pub enum PeerRequest {
     ReadIndex,
     LeaseKeepAlive(i64),
     LeaseTimeToLive(i64),
+    /// Add a learner (it votes only once promoted).
     AddMember {
         id: NodeId,
         peer_addr: String,
     },
     RemoveMember(NodeId),
+    /// Make a learner that is in sync with the leader a voter.
+    PromoteMember(NodeId),
+    /// Answer `Done` if the leader has heard from a quorum of voters lately.
+    QuorumCheck,
     /// The receiver's client URL (any member answers, leader or not).
     ClientUrl,
 }
