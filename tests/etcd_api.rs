@@ -62,7 +62,11 @@ async fn read_events(
 async fn a_watch_resumes_on_another_member_after_its_member_is_killed() -> Result<()> {
     let mut store = StoreCluster::start(3).await?;
     let mut writer = connect(&store.member(2).endpoint()).await?;
-    let start = writer.put("w/0", "0", None).await?.header().map_or(0, |h| h.revision());
+    let start = writer
+        .put("w/0", "0", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
 
     let mut watcher = connect(&store.member(1).endpoint()).await?;
     let mut stream = watcher
@@ -71,7 +75,10 @@ async fn a_watch_resumes_on_another_member_after_its_member_is_killed() -> Resul
             Some(WatchOptions::new().with_prefix().with_start_revision(start)),
         )
         .await?;
-    let created = stream.message().await?.ok_or_else(|| anyhow!("no created response"))?;
+    let created = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("no created response"))?;
     ensure!(created.created(), "the first response must say created");
     for i in 1..10 {
         writer.put(format!("w/{i}"), i.to_string(), None).await?;
@@ -89,7 +96,11 @@ async fn a_watch_resumes_on_another_member_after_its_member_is_killed() -> Resul
     let mut stream = resumed
         .watch(
             "w/",
-            Some(WatchOptions::new().with_prefix().with_start_revision(last + 1)),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(last + 1),
+            ),
         )
         .await?;
     seen.extend(read_events(&mut stream, 10).await?);
@@ -111,8 +122,12 @@ async fn a_keep_alive_stream_holds_a_lease_and_its_end_lets_the_lease_expire() -
     let mut c = connect(&store.member(2).endpoint()).await?;
     let lease = c.lease_grant(2, None).await?;
     ensure!(lease.ttl() == 2, "granted TTL: {}", lease.ttl());
-    c.put("leased", "v", Some(PutOptions::new().with_lease(lease.id())))
-        .await?;
+    c.put(
+        "leased",
+        "v",
+        Some(PutOptions::new().with_lease(lease.id())),
+    )
+    .await?;
 
     // Keep it alive well past its TTL, through a follower or the leader alike.
     let (mut keeper, mut answers) = c.lease_keep_alive(lease.id()).await?;
@@ -124,35 +139,55 @@ async fn a_keep_alive_stream_holds_a_lease_and_its_end_lets_the_lease_expire() -
             .message()
             .await?
             .ok_or_else(|| anyhow!("the keep-alive stream ended"))?;
-        ensure!(answer.id() == lease.id() && answer.ttl() == 2, "answer: {answer:?}");
+        ensure!(
+            answer.id() == lease.id() && answer.ttl() == 2,
+            "answer: {answer:?}"
+        );
         renewals += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     ensure!(renewals >= 5, "only {renewals} renewals");
     let still = c.get("leased", None).await?;
-    ensure!(still.kvs().len() == 1, "the key must outlive its TTL while kept alive");
+    ensure!(
+        still.kvs().len() == 1,
+        "the key must outlive its TTL while kept alive"
+    );
 
     // Stop renewing: the lease expires and its key goes, seen as a DELETE event.
     let rev = still.header().map_or(0, |h| h.revision());
     drop(keeper);
     drop(answers);
     let mut stream = c
-        .watch("leased", Some(WatchOptions::new().with_start_revision(rev + 1)))
+        .watch(
+            "leased",
+            Some(WatchOptions::new().with_start_revision(rev + 1)),
+        )
         .await?;
     let deleted = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             let Some(resp) = stream.message().await? else {
                 bail!("watch ended")
             };
-            if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
                 return Ok(());
             }
         }
     })
     .await;
-    ensure!(matches!(deleted, Ok(Ok(()))), "the key was not deleted after the lease expired");
+    ensure!(
+        matches!(deleted, Ok(Ok(()))),
+        "the key was not deleted after the lease expired"
+    );
     let ttl = c.lease_time_to_live(lease.id(), None).await?;
-    ensure!(ttl.ttl() == -1, "an expired lease reports TTL -1, got {}", ttl.ttl());
+    ensure!(
+        ttl.ttl() == -1,
+        "an expired lease reports TTL -1, got {}",
+        ttl.ttl()
+    );
 
     // A keep-alive of a lease that does not exist answers TTL 0, as etcd's does, which the
     // client reports as "lease not found".
@@ -186,7 +221,11 @@ async fn concurrent_compare_and_swap_transactions_lose_no_update() -> Result<()>
                 let kv = cur.kvs().first().ok_or_else(|| anyhow!("no counter"))?;
                 let n: u64 = kv.value_str()?.parse()?;
                 let txn = Txn::new()
-                    .when([Compare::mod_revision("counter", CompareOp::Equal, kv.mod_revision())])
+                    .when([Compare::mod_revision(
+                        "counter",
+                        CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
                     .and_then([TxnOp::put("counter", (n + 1).to_string(), None)]);
                 let r = c.txn(txn).await?;
                 if r.succeeded() {
@@ -199,12 +238,23 @@ async fn concurrent_compare_and_swap_transactions_lose_no_update() -> Result<()>
     let mut revisions = BTreeSet::new();
     for t in tasks {
         for rev in t.await?? {
-            ensure!(revisions.insert(rev), "two transactions won at revision {rev}");
+            ensure!(
+                revisions.insert(rev),
+                "two transactions won at revision {rev}"
+            );
         }
     }
     let fin = setup.get("counter", None).await?;
-    let value = fin.kvs().first().ok_or_else(|| anyhow!("no counter"))?.value_str()?.to_string();
-    ensure!(value == "60", "60 won increments must leave 60, not {value}");
+    let value = fin
+        .kvs()
+        .first()
+        .ok_or_else(|| anyhow!("no counter"))?
+        .value_str()?
+        .to_string();
+    ensure!(
+        value == "60",
+        "60 won increments must leave 60, not {value}"
+    );
     Ok(())
 }
 
@@ -221,26 +271,65 @@ async fn errors_carry_etcds_codes_and_texts() -> Result<()> {
             .ok_or_else(|| anyhow!("a put with an unknown lease succeeded"))?,
     )?;
     ensure!(e.code() == Code::NotFound, "{e:?}");
-    ensure!(e.message() == "etcdserver: requested lease not found", "{e:?}");
+    ensure!(
+        e.message() == "etcdserver: requested lease not found",
+        "{e:?}"
+    );
 
     let big = "x".repeat(2 * 1024 * 1024 - 4096);
-    let e = grpc_status(c.put("big", big, None).await.err().ok_or_else(|| anyhow!("oversize put"))?)?;
+    let e = grpc_status(
+        c.put("big", big, None)
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("oversize put"))?,
+    )?;
     ensure!(e.code() == Code::InvalidArgument, "{e:?}");
     ensure!(e.message() == "etcdserver: request is too large", "{e:?}");
 
-    let e = grpc_status(c.put("", "v", None).await.err().ok_or_else(|| anyhow!("empty key"))?)?;
+    let e = grpc_status(
+        c.put("", "v", None)
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("empty key"))?,
+    )?;
     ensure!(e.message() == "etcdserver: key is not provided", "{e:?}");
 
-    let ops: Vec<TxnOp> = (0..129).map(|i| TxnOp::put(format!("t{i}"), "v", None)).collect();
-    let e = grpc_status(c.txn(Txn::new().and_then(ops)).await.err().ok_or_else(|| anyhow!("129 ops"))?)?;
-    ensure!(e.message() == "etcdserver: too many operations in txn request", "{e:?}");
+    let ops: Vec<TxnOp> = (0..129)
+        .map(|i| TxnOp::put(format!("t{i}"), "v", None))
+        .collect();
+    let e = grpc_status(
+        c.txn(Txn::new().and_then(ops))
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("129 ops"))?,
+    )?;
+    ensure!(
+        e.message() == "etcdserver: too many operations in txn request",
+        "{e:?}"
+    );
 
     let dup = Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]);
-    let e = grpc_status(c.txn(dup).await.err().ok_or_else(|| anyhow!("duplicate key txn"))?)?;
-    ensure!(e.message() == "etcdserver: duplicate key given in txn request", "{e:?}");
+    let e = grpc_status(
+        c.txn(dup)
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("duplicate key txn"))?,
+    )?;
+    ensure!(
+        e.message() == "etcdserver: duplicate key given in txn request",
+        "{e:?}"
+    );
 
-    let r1 = c.put("h", "1", None).await?.header().map_or(0, |h| h.revision());
-    let r2 = c.put("h", "2", None).await?.header().map_or(0, |h| h.revision());
+    let r1 = c
+        .put("h", "1", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    let r2 = c
+        .put("h", "2", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
     c.compact(r2, None).await?;
     let e = grpc_status(
         c.get("h", Some(GetOptions::new().with_revision(r1)))
@@ -249,20 +338,34 @@ async fn errors_carry_etcds_codes_and_texts() -> Result<()> {
             .ok_or_else(|| anyhow!("a compacted read succeeded"))?,
     )?;
     ensure!(e.code() == Code::OutOfRange, "{e:?}");
-    ensure!(e.message() == "etcdserver: mvcc: required revision has been compacted", "{e:?}");
+    ensure!(
+        e.message() == "etcdserver: mvcc: required revision has been compacted",
+        "{e:?}"
+    );
     let e = grpc_status(
         c.get("h", Some(GetOptions::new().with_revision(r2 + 1000)))
             .await
             .err()
             .ok_or_else(|| anyhow!("a future read succeeded"))?,
     )?;
-    ensure!(e.message() == "etcdserver: mvcc: required revision is a future revision", "{e:?}");
+    ensure!(
+        e.message() == "etcdserver: mvcc: required revision is a future revision",
+        "{e:?}"
+    );
 
     // A watch from a compacted revision: created, then canceled with the compact revision.
-    let mut stream = c.watch("h", Some(WatchOptions::new().with_start_revision(r1))).await?;
-    let created = stream.message().await?.ok_or_else(|| anyhow!("no created"))?;
+    let mut stream = c
+        .watch("h", Some(WatchOptions::new().with_start_revision(r1)))
+        .await?;
+    let created = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("no created"))?;
     ensure!(created.created(), "created first");
-    let canceled = stream.message().await?.ok_or_else(|| anyhow!("no cancel"))?;
+    let canceled = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("no cancel"))?;
     ensure!(
         canceled.canceled() && canceled.compact_revision() == r2,
         "canceled with compact revision {r2}: {canceled:?}"
@@ -278,7 +381,13 @@ async fn a_store_with_a_token_wants_it_from_etcd_clients_too() -> Result<()> {
     let ep = store.member(1).endpoint();
 
     let mut anonymous = connect(&ep).await?;
-    let e = grpc_status(anonymous.get("k", None).await.err().ok_or_else(|| anyhow!("no token, yet served"))?)?;
+    let e = grpc_status(
+        anonymous
+            .get("k", None)
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("no token, yet served"))?,
+    )?;
     ensure!(e.code() == Code::InvalidArgument, "{e:?}");
     ensure!(e.message() == "etcdserver: user name is empty", "{e:?}");
 
@@ -297,7 +406,10 @@ async fn a_store_with_a_token_wants_it_from_etcd_clients_too() -> Result<()> {
     let mut c = Client::connect([ep.as_str()], Some(right)).await?;
     c.put("k", "v", None).await?;
     let got = c.get("k", None).await?;
-    ensure!(got.kvs().first().map(|kv| kv.value()) == Some(&b"v"[..]), "read back");
+    ensure!(
+        got.kvs().first().map(|kv| kv.value()) == Some(&b"v"[..]),
+        "read back"
+    );
     let members = c.member_list().await?;
     ensure!(members.members().len() == 3, "{members:?}");
     wait_until(Duration::from_secs(5), "status", || {

@@ -226,7 +226,14 @@ async fn main() -> Result<()> {
     let mut finals = BTreeMap::new();
     for k in 0..args.keys {
         let key = workload::key(k);
-        match workload::execute(&rec, &mut final_conn, u32::MAX, Op::Get { key: key.clone() }).await {
+        match workload::execute(
+            &rec,
+            &mut final_conn,
+            u32::MAX,
+            Op::Get { key: key.clone() },
+        )
+        .await
+        {
             Outcome::Read(v) => {
                 finals.insert(key, v);
             }

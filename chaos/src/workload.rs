@@ -97,7 +97,7 @@ fn classify_grpc(e: &etcd_client::Error) -> Outcome {
 /// A client of one member, through one of the store's fronts.
 pub enum Conn {
     Http(StoreClient),
-    Grpc(etcd_client::Client),
+    Grpc(Box<etcd_client::Client>),
 }
 
 impl Conn {
@@ -107,7 +107,9 @@ impl Conn {
             let opts = etcd_client::ConnectOptions::new()
                 .with_timeout(timeout)
                 .with_connect_timeout(Duration::from_millis(500));
-            Conn::Grpc(etcd_client::Client::connect([endpoint], Some(opts)).await?)
+            Conn::Grpc(Box::new(
+                etcd_client::Client::connect([endpoint], Some(opts)).await?,
+            ))
         } else {
             Conn::Http(StoreClient::new(vec![endpoint.to_string()])?.with_timeout(timeout))
         })
@@ -156,9 +158,10 @@ async fn execute_grpc(client: &mut etcd_client::Client, op: &Op) -> (Outcome, Op
                 Some(v) => Compare::value(key.as_str(), CompareOp::Equal, v.as_str()),
                 None => Compare::version(key.as_str(), CompareOp::Equal, 0),
             };
-            let txn = Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(key.as_str(), new.as_str(), None)]);
+            let txn =
+                Txn::new()
+                    .when([compare])
+                    .and_then([TxnOp::put(key.as_str(), new.as_str(), None)]);
             match client.txn(txn).await {
                 Ok(r) => (Outcome::Swapped(r.succeeded()), revision(r.header())),
                 Err(e) => (classify_grpc(&e), None),
@@ -421,7 +424,9 @@ async fn watch_grpc(
             let change = Change {
                 key: String::from_utf8_lossy(kv.key()).into_owned(),
                 value: match e.event_type() {
-                    etcd_client::EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
+                    etcd_client::EventType::Put => {
+                        Some(String::from_utf8_lossy(kv.value()).into_owned())
+                    }
                     etcd_client::EventType::Delete => None,
                 },
             };

@@ -61,7 +61,10 @@ fn stale_reads_through_grpc_are_caught() -> Result<()> {
         "--unsafe-stale-reads",
         "--grpc",
     ])?;
-    assert!(!ok, "members serving stale reads over gRPC passed the checker");
+    assert!(
+        !ok,
+        "members serving stale reads over gRPC passed the checker"
+    );
     assert!(
         out.contains("cannot be linearized"),
         "the failure was not a linearizability anomaly"

@@ -332,7 +332,8 @@ mod tests {
         let mut rest = &out[PREFACE.len()..];
         let mut pending = Vec::new();
         while rest.len() >= FRAME_HEADER {
-            let len = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+            let len =
+                (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
             let (kind, flags) = (rest[3], rest[4]);
             let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
             if kind == HEADERS || kind == CONTINUATION {

@@ -11,10 +11,9 @@ use etcd_client::proto::{
     PbDefragmentResponse, PbDowngradeRequest, PbDowngradeResponse, PbHashKvRequest,
     PbHashKvResponse, PbHashRequest, PbHashResponse, PbMaintenanceService, PbMember,
     PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest, PbMemberListResponse,
-    PbMemberPromoteRequest, PbMemberPromoteResponse, PbMemberRemoveRequest,
-    PbMemberRemoveResponse, PbMemberUpdateRequest, PbMemberUpdateResponse, PbMoveLeaderRequest,
-    PbMoveLeaderResponse, PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest,
-    PbStatusResponse,
+    PbMemberPromoteRequest, PbMemberPromoteResponse, PbMemberRemoveRequest, PbMemberRemoveResponse,
+    PbMemberUpdateRequest, PbMemberUpdateResponse, PbMoveLeaderRequest, PbMoveLeaderResponse,
+    PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -61,12 +60,23 @@ async fn members(h: &StoreHandle) -> Vec<PbMember> {
     cluster
         .members
         .into_iter()
-        .map(|m| PbMember {
-            id: m.id,
-            name: member_name(m.id),
-            peer_ur_ls: vec![peer_url(h, &m.peer_addr)],
-            client_ur_ls: urls.get(&m.id).cloned().flatten().into_iter().collect(),
-            is_learner: !m.voter,
+        .map(|m| {
+            let client_url = urls.get(&m.id).cloned().flatten();
+            // etcd shows a member that never started without a name (etcdctl prints it
+            // "unstarted"): here, a learner that does not answer. A voter has caught up
+            // once, so it started.
+            let started = m.voter || client_url.is_some();
+            PbMember {
+                id: m.id,
+                name: if started {
+                    member_name(m.id)
+                } else {
+                    String::new()
+                },
+                peer_ur_ls: vec![peer_url(h, &m.peer_addr)],
+                client_ur_ls: client_url.into_iter().collect(),
+                is_learner: !m.voter,
+            }
         })
         .collect()
 }

@@ -37,6 +37,8 @@ const TARGET_VALUE: i32 = 4;
 /// (revision filters, sorting, and the client's limit when those need every key first).
 struct RangePlan {
     op: RangeOp,
+    /// The client asked for keys only (values are dropped after sorting by value).
+    keys_only: bool,
     limit: i64,
     order: i32,
     target: i32,
@@ -69,7 +71,8 @@ impl RangePlan {
         } else {
             r.sort_order
         };
-        let reorders = !(order == SORT_NONE || (order == SORT_ASCEND && r.sort_target == TARGET_KEY));
+        let reorders =
+            !(order == SORT_NONE || (order == SORT_ASCEND && r.sort_target == TARGET_KEY));
         let filters = r.min_mod_revision != 0
             || r.max_mod_revision != 0
             || r.min_create_revision != 0
@@ -81,9 +84,11 @@ impl RangePlan {
                 // Sorting and filters need every key before the limit is applied.
                 limit: if reorders || filters { 0 } else { r.limit },
                 revision: r.revision,
-                keys_only: r.keys_only,
+                // Sorting by value needs the values, even when only keys are answered.
+                keys_only: r.keys_only && !(reorders && r.sort_target == TARGET_VALUE),
                 count_only: r.count_only,
             },
+            keys_only: r.keys_only,
             limit: r.limit,
             order,
             target: r.sort_target,
@@ -121,6 +126,11 @@ impl RangePlan {
         if self.limit > 0 && kvs.len() as i64 > self.limit {
             kvs.truncate(self.limit as usize);
             more = true;
+        }
+        if self.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
         }
         PbRangeResponse {
             header: header(h, revision),

@@ -23,13 +23,13 @@ use axum::extract::Request;
 use axum::response::IntoResponse;
 use axum::Router;
 use etcd_client::proto::{PbKeyValue, PbResponseHeader};
-use tonic::service::interceptor::InterceptedService;
 use tonic::Status;
 use tower::ServiceExt;
 
 use crate::error::StoreError;
 use crate::node::StoreHandle;
 use crate::types::{CommandError, KeyValue};
+use auth::Guarded;
 
 /// etcd's error texts that clients match on (etcd's `rpctypes`).
 pub mod etcd_errors {
@@ -89,17 +89,21 @@ fn grpc_router(h: StoreHandle) -> Router {
     let max = h.config().limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let guard = auth::TokenCheck::new(h.config().client_token.clone());
     let kv = PbKvServer::new(kv::KvService(h.clone())).max_decoding_message_size(max);
-    let watch = PbWatchServer::new(watch::WatchService(h.clone())).max_decoding_message_size(max);
+    let watch = PbWatchServer::new(watch::WatchService {
+        handle: h.clone(),
+        tokens: guard.clone(),
+    })
+    .max_decoding_message_size(max);
     let lease = PbLeaseServer::new(lease::LeaseService(h.clone())).max_decoding_message_size(max);
     let cluster =
         PbClusterServer::new(cluster::ClusterService(h.clone())).max_decoding_message_size(max);
     let maintenance = PbMaintenanceServer::new(cluster::MaintenanceService(h.clone()))
         .max_decoding_message_size(max);
-    tonic::service::Routes::new(InterceptedService::new(kv, guard.clone()))
-        .add_service(InterceptedService::new(watch, guard.clone()))
-        .add_service(InterceptedService::new(lease, guard.clone()))
-        .add_service(InterceptedService::new(cluster, guard.clone()))
-        .add_service(InterceptedService::new(maintenance, guard))
+    tonic::service::Routes::new(Guarded::new(kv, guard.clone()))
+        .add_service(watch)
+        .add_service(Guarded::new(lease, guard.clone()))
+        .add_service(Guarded::new(cluster, guard.clone()))
+        .add_service(Guarded::new(maintenance, guard))
         .add_service(auth::AuthService::new(h))
         .into_axum_router()
 }

@@ -28,7 +28,11 @@ use crate::node::StoreHandle;
 use crate::types::{CommandError, EventType, RevisionEvents};
 use crate::watch::{WatchItem, WatchSubscription};
 
-pub struct WatchService(pub StoreHandle);
+pub struct WatchService {
+    pub handle: StoreHandle,
+    /// Checked per stream: a stream without the token gets each create canceled.
+    pub tokens: super::auth::TokenCheck,
+}
 
 /// Responses queued for one stream before its watches wait for the client.
 const STREAM_BUFFER: usize = 64;
@@ -67,7 +71,11 @@ impl PbWatchService for WatchService {
         &self,
         request: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let h = self.0.clone();
+        let h = self.handle.clone();
+        let refusal = self
+            .tokens
+            .check(&request.metadata().clone().into_headers())
+            .err();
         let wants_leader = request
             .metadata()
             .get("hasleader")
@@ -80,7 +88,7 @@ impl PbWatchService for WatchService {
         let requests = request.into_inner();
         // The stream task ends when the client hangs up (the channel closes): the JoinSet
         // it owns aborts every watch with it.
-        tokio::spawn(serve_stream(h, requests, tx, wants_leader));
+        tokio::spawn(serve_stream(h, requests, tx, wants_leader, refusal));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -90,6 +98,7 @@ async fn serve_stream(
     mut requests: Streaming<PbWatchRequest>,
     tx: Outgoing,
     wants_leader: bool,
+    refusal: Option<Status>,
 ) {
     let mut watches: BTreeMap<i64, mpsc::Sender<Ask>> = BTreeMap::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -102,6 +111,21 @@ async fn serve_stream(
                 Ok(Some(req)) => {
                     let Some(union) = req.request_union else { continue };
                     match union {
+                        PbWatchRequestUnion::CreateRequest(_) if refusal.is_some() => {
+                            // etcd: created and canceled at once, the gRPC error as reason.
+                            let reason = refusal.as_ref().map_or(String::new(), |s| {
+                                format!("rpc error: code = {} desc = {}", grpc_code_name(s.code()), s.message())
+                            });
+                            let resp = PbWatchResponse {
+                                header: header(&h, h.mvcc().current_revision()),
+                                watch_id: ALL_WATCHES,
+                                created: true,
+                                canceled: true,
+                                cancel_reason: reason,
+                                ..Default::default()
+                            };
+                            if tx.send(Ok(resp)).await.is_err() { return; }
+                        }
                         PbWatchRequestUnion::CreateRequest(c) => {
                             let id = if c.watch_id != 0 {
                                 c.watch_id
@@ -210,6 +234,11 @@ async fn serve_stream(
         }
         watches.retain(|_, ask| !ask.is_closed());
     }
+}
+
+/// A gRPC code as Go's grpc prints it in an error ("InvalidArgument", "Unauthenticated").
+fn grpc_code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
 }
 
 /// The revision up to which every watch on the stream has delivered everything: waits
