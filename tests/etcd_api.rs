@@ -419,3 +419,40 @@ async fn a_store_with_a_token_wants_it_from_etcd_clients_too() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_watch_that_requires_a_leader_ends_with_no_leader_when_the_quorum_is_gone() -> Result<()>
+{
+    let mut store = StoreCluster::start(3).await?;
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_require_leader(true);
+    let mut c = Client::connect([store.member(1).endpoint()], Some(opts)).await?;
+    let mut stream = c.watch("hl", None).await?;
+    let created = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("no created response"))?;
+    ensure!(created.created(), "created first");
+    // Member 1 is left alone: a follower without a leader, or a leader without a quorum.
+    store.kill(2);
+    store.kill(3);
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .context("the watch went on for 30 s without a leader")?;
+    let e = grpc_status(
+        ended
+            .err()
+            .ok_or_else(|| anyhow!("the watch ended without an error"))?,
+    )?;
+    ensure!(e.code() == tonic::Code::Unavailable, "{e:?}");
+    ensure!(e.message() == "etcdserver: no leader", "{e:?}");
+    Ok(())
+}

@@ -692,3 +692,50 @@ async fn tls_alone_keeps_a_listener_on_loopback_but_mutual_tls_authenticates_pee
     ensure!(exited.is_none(), "the member exited: {exited:?}");
     served
 }
+
+/// Runs the real `etcdctl` with `args`; returns (success, stdout, stderr).
+fn etcdctl(args: &[&str]) -> Result<(bool, String, String)> {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .output()
+        .context("running etcdctl (Debian's etcd-client)")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_speaks_to_a_tls_cluster_with_its_ca_and_not_without() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let ca = Ca::new(tmp.path(), "cluster")?;
+    let (client_pem, peer_pem) = (ca.issue("store")?, ca.issue("peer")?);
+    let args = tls_member_args(&ca, &client_pem, &peer_pem);
+    let store = StoreCluster::start_tls(tmp, 3, &strs(&args), ca.file.clone(), None).await?;
+    let endpoints = format!("--endpoints={}", store.endpoints().join(","));
+    let cacert = format!("--cacert={}", ca.file.display());
+
+    let (ok, out, err) = etcdctl(&[&cacert, &endpoints, "put", "tls/e", "over-tls"])?;
+    ensure!(ok && out.trim() == "OK", "put: {out} {err}");
+    let (ok, out, err) = etcdctl(&[&cacert, &endpoints, "get", "tls/e", "--print-value-only"])?;
+    ensure!(ok && out.trim() == "over-tls", "get: {out} {err}");
+    // --cluster dials the members' advertised client URLs, https ones here.
+    let (ok, out, err) = etcdctl(&[&cacert, &endpoints, "endpoint", "health", "--cluster"])?;
+    let healthy = format!("{out}{err}");
+    ensure!(
+        ok && healthy.matches("https://127.0.0.1:").count() == 3
+            && healthy.matches("is healthy").count() == 3,
+        "endpoint health --cluster: {healthy}"
+    );
+    // A CA that did not sign the members' certificates: nothing is answered.
+    let stranger = Ca::new(store.tmp.path(), "stranger")?;
+    let wrong = format!("--cacert={}", stranger.file.display());
+    let (ok, out, err) = etcdctl(&[&wrong, &endpoints, "--command-timeout=3s", "get", "tls/e"])?;
+    ensure!(
+        !ok && !out.contains("over-tls"),
+        "a stranger's CA read: {out} {err}"
+    );
+    Ok(())
+}

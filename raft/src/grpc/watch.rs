@@ -223,11 +223,9 @@ async fn serve_stream(
                 Ok(None) => reading = false,
                 Err(_) => return,
             },
-            lost = leaderless.wait(), if wants_leader => {
-                if lost {
-                    let _ = tx.send(Err(Status::unavailable(etcd_errors::NO_LEADER))).await;
-                    return;
-                }
+            () = leaderless.wait(), if wants_leader => {
+                let _ = tx.send(Err(Status::unavailable(etcd_errors::NO_LEADER))).await;
+                return;
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = tx.closed() => return,
@@ -266,42 +264,53 @@ async fn progress(h: &StoreHandle, watches: &BTreeMap<i64, mpsc::Sender<Ask>>) -
     }
 }
 
-/// Notices a member that has been without a leader for longer than an election takes.
+/// Notices a member that has been without a working leader for longer than an election
+/// takes: no leader known, or this member leads without a quorum's recent answer (openraft
+/// 0.9 leaders do not step down when they lose their quorum, as etcd's do).
 struct LeaderLoss {
-    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, crate::types::MemberNode>>,
+    handle: StoreHandle,
+    every: Duration,
     grace: Duration,
+    /// Since when the leader has been missing.
+    missing_since: Option<tokio::time::Instant>,
 }
 
 impl LeaderLoss {
     fn new(h: &StoreHandle) -> Self {
+        let election = h.config().election_timeout_max;
         LeaderLoss {
-            metrics: h.raft().metrics(),
-            grace: h.config().election_timeout_max * 3,
+            handle: h.clone(),
+            every: election.max(Duration::from_millis(100)),
+            grace: election * 3,
+            missing_since: None,
         }
     }
 
-    /// Returns true once the leader has been unknown for the whole grace period (false if
-    /// Raft stopped, which ends nothing by itself).
-    async fn wait(&mut self) -> bool {
+    fn leaderless(&self) -> bool {
+        let m = self.handle.raft().metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            None => true,
+            Some(l) if l == self.handle.id() => m
+                .millis_since_quorum_ack
+                .is_none_or(|ms| Duration::from_millis(ms) > self.grace),
+            Some(_) => false,
+        }
+    }
+
+    /// Returns once the leader has been missing for the whole grace period. Its state lives
+    /// in `self`, so a wait dropped for another event goes on where it was.
+    async fn wait(&mut self) {
         loop {
-            while self.metrics.borrow_and_update().current_leader.is_some() {
-                if self.metrics.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
+            tokio::time::sleep(self.every).await;
+            if !self.leaderless() {
+                self.missing_since = None;
+                continue;
             }
-            let back = tokio::time::timeout(self.grace, async {
-                loop {
-                    if self.metrics.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                    if self.metrics.borrow().current_leader.is_some() {
-                        return;
-                    }
-                }
-            })
-            .await;
-            if back.is_err() {
-                return true;
+            let now = tokio::time::Instant::now();
+            let since = *self.missing_since.get_or_insert(now);
+            if now.duration_since(since) >= self.grace {
+                return;
             }
         }
     }
