@@ -1,5 +1,5 @@
-//! Watchers per connection: one HTTP/2 connection carries at most 100 requests (watch
-//! streams included) at once. With 100 watches open on one connection a 101st is not
+//! Watchers per connection: one HTTP/2 connection carries at most 1,000 requests (watch
+//! streams included) at once. With 1,000 watches open on one connection a 1,001st is not
 //! served; once one of them ends, it is.
 
 mod common;
@@ -13,10 +13,10 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-const STREAMS: usize = 100;
+const STREAMS: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_http2_connection_carries_at_most_100_watch_streams() -> Result<()> {
+async fn one_http2_connection_carries_at_most_1000_watch_streams() -> Result<()> {
     let store = StoreCluster::start(1).await?;
     let endpoint = store.member(1).endpoint();
     let tcp = TcpStream::connect(&endpoint).await?;
@@ -40,7 +40,7 @@ async fn one_http2_connection_carries_at_most_100_watch_streams() -> Result<()> 
         ensure!(resp.status() == 200, "watch {i}: {}", resp.status());
         open.push(resp);
     }
-    // The 101st waits for a free stream (or is refused); it is never served alongside.
+    // The 1,001st waits for a free stream (or is refused); it is never served alongside.
     let mut extra = tokio::spawn(watch("h2/extra".into()));
     match tokio::time::timeout(Duration::from_secs(2), &mut extra).await {
         Err(_) => {} // still waiting: the limit holds it back

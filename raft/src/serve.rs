@@ -34,7 +34,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Most requests (watch streams included) one HTTP/2 connection carries at once; HTTP/1.1
 /// carries one at a time. With the connection limit, this bounds watchers per connection.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+/// etcd's client libraries put every gRPC call of a client on one connection, and some
+/// (the Rust `etcd-client`) open one stream per watch, so the bound is well above what one
+/// client needs; the member's watcher limit bounds the total.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 
 /// Connections over the limit that are being answered 429 at once; beyond these, excess
 /// connections are closed without an answer.
