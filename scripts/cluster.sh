@@ -122,6 +122,13 @@ wait_for_http() {
 case "${1:-}" in
   up)
     if [ -z "${MINIKU_NO_BUILD:-}" ]; then
+      # etcd's protos (the store's gRPC front) are compiled at build time.
+      if ! command -v protoc >/dev/null; then
+        echo "installing protobuf-compiler (protoc, needed to build)..."
+        if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq protobuf-compiler >/dev/null
+      fi
       echo "building (release)..."
       cargo build --release --quiet
     fi

@@ -138,15 +138,22 @@ fn tls_member_args(ca: &Ca, client: &Pem, peer: &Pem) -> Vec<String> {
     args
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tls_cluster_serves_https_to_clients_that_trust_its_ca_and_to_no_one_else() -> Result<()>
-{
+/// Three members with TLS on both listeners and mutual TLS between them, all certificates
+/// from one CA.
+async fn mutual_tls_cluster() -> Result<(Ca, StoreCluster)> {
     let tmp = tempfile::tempdir()?;
     let ca = Ca::new(tmp.path(), "cluster")?;
     let (client_pem, peer_pem) = (ca.issue("store")?, ca.issue("peer")?);
     let args = tls_member_args(&ca, &client_pem, &peer_pem);
     // Electing a leader already needs the members to dial each other over mutual TLS.
     let store = StoreCluster::start_tls(tmp, 3, &strs(&args), ca.file.clone(), None).await?;
+    Ok((ca, store))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_cluster_serves_https_to_clients_that_trust_its_ca_and_to_no_one_else() -> Result<()>
+{
+    let (ca, store) = mutual_tls_cluster().await?;
 
     let trusting = StoreClient::new(store.endpoints())?.with_ca_file(Some(&ca.file))?;
     ensure!(
@@ -237,11 +244,9 @@ async fn a_tls_cluster_serves_https_to_clients_that_trust_its_ca_and_to_no_one_e
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_without_a_certificate_from_the_cluster_ca_cannot_speak_raft() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let ca = Ca::new(tmp.path(), "cluster")?;
-    let (client_pem, peer_pem) = (ca.issue("store")?, ca.issue("peer")?);
-    let args = tls_member_args(&ca, &client_pem, &peer_pem);
-    let store = StoreCluster::start_tls(tmp, 3, &strs(&args), ca.file.clone(), None).await?;
+    let (ca, store) = mutual_tls_cluster().await?;
+    // Any certificate from the cluster's CA is a member's.
+    let peer_pem = ca.issue("peer-2")?;
     let leader = store.wait_leader(&[1, 2, 3]).await?;
     let http = store.http()?;
     let cluster = |id: u64| {
@@ -709,11 +714,7 @@ fn etcdctl(args: &[&str]) -> Result<(bool, String, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn etcdctl_speaks_to_a_tls_cluster_with_its_ca_and_not_without() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let ca = Ca::new(tmp.path(), "cluster")?;
-    let (client_pem, peer_pem) = (ca.issue("store")?, ca.issue("peer")?);
-    let args = tls_member_args(&ca, &client_pem, &peer_pem);
-    let store = StoreCluster::start_tls(tmp, 3, &strs(&args), ca.file.clone(), None).await?;
+    let (ca, store) = mutual_tls_cluster().await?;
     let endpoints = format!("--endpoints={}", store.endpoints().join(","));
     let cacert = format!("--cacert={}", ca.file.display());
 
