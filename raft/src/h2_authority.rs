@@ -28,8 +28,12 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// The frame size every HTTP/2 server accepts (hyper does not raise it).
+/// The frame size every HTTP/2 server accepts (hyper does not raise it). A larger frame is
+/// a protocol error the server reports; it is passed on at once rather than buffered.
 const MAX_FRAME: usize = 16_384;
+/// The largest header block gathered from CONTINUATION frames; beyond it the connection is
+/// passed through for the server to refuse, so no client makes this buffer grow unbounded.
+const MAX_BLOCK: usize = 256 * 1024;
 
 enum Mode {
     /// Still reading the first bytes to tell HTTP/2 from HTTP/1.
@@ -103,6 +107,10 @@ impl<IO> AuthorityFix<IO> {
                     let len = (usize::from(self.raw[0]) << 16)
                         | (usize::from(self.raw[1]) << 8)
                         | usize::from(self.raw[2]);
+                    if len > MAX_FRAME {
+                        self.give_up("an HTTP/2 frame over the maximum frame size");
+                        continue;
+                    }
                     if self.raw.len() < FRAME_HEADER + len {
                         return;
                     }
@@ -139,6 +147,12 @@ impl<IO> AuthorityFix<IO> {
             CONTINUATION if self.pending.is_some() => {
                 if let Some(p) = self.pending.as_mut() {
                     p.fragment.extend_from_slice(payload);
+                    if p.fragment.len() > MAX_BLOCK {
+                        self.pending = None;
+                        self.out.extend_from_slice(frame);
+                        self.give_up("an HTTP/2 header block over 256 KiB");
+                        return;
+                    }
                 }
                 if flags & END_HEADERS != 0 {
                     if let Some(p) = self.pending.take() {
@@ -150,14 +164,23 @@ impl<IO> AuthorityFix<IO> {
         }
     }
 
+    /// Stops repairing: from here on the connection passes through as it is (the server
+    /// then refuses whatever was wrong with it).
+    fn give_up(&mut self, why: &str) {
+        tracing::debug!(
+            reason = why,
+            "passing the rest of an HTTP/2 connection through"
+        );
+        self.mode = Mode::Plain;
+    }
+
     /// Re-encodes one whole header block and writes it out as HEADERS (+ CONTINUATION).
     fn emit(&mut self, p: Pending) {
         let decoded = self.decoder.decode(&p.fragment);
         let Ok(mut headers) = decoded else {
             // The compression state is lost; the server will refuse what follows.
-            tracing::debug!("an HTTP/2 header block did not decode; passing the rest through");
-            self.mode = Mode::Plain;
             write_block(&mut self.out, &p, &p.fragment);
+            self.give_up("an HTTP/2 header block that does not decode");
             return;
         };
         for (name, value) in headers.iter_mut() {
@@ -310,6 +333,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncReadExt;
 
     fn headers_frame(block: &[u8], flags: u8, stream: u8) -> Vec<u8> {
@@ -386,6 +410,27 @@ mod tests {
         assert_eq!(authority(&blocks[1]), Some(b"127.0.0.1:2379".to_vec()));
         assert!(blocks[1].contains(&(b":path".to_vec(), b"/etcdserverpb.KV/Put".to_vec())));
         assert!(out.windows(2).any(|w| w == b"hi"));
+    }
+
+    #[tokio::test]
+    async fn an_oversize_frame_is_passed_on_not_buffered() {
+        use tokio::io::AsyncWriteExt;
+        let mut input = PREFACE.to_vec();
+        let mut big = BytesMut::new();
+        frame_header(&mut big, 1 << 20, 0, 0, [0, 0, 0, 1]);
+        input.extend_from_slice(&big);
+        input.extend_from_slice(b"partial");
+        // The client sends the start of a 1 MiB frame and then nothing more.
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(&input).await.expect("write");
+        let mut fix = AuthorityFix::new(server);
+        let mut out = vec![0u8; input.len()];
+        tokio::time::timeout(Duration::from_secs(5), fix.read_exact(&mut out))
+            .await
+            .expect("the bytes must reach the server without waiting for the whole frame")
+            .expect("read");
+        assert_eq!(out, input, "passed through as it came");
+        drop(client);
     }
 
     #[tokio::test]
