@@ -456,3 +456,43 @@ async fn a_watch_that_requires_a_leader_ends_with_no_leader_when_the_quorum_is_g
     ensure!(e.message() == "etcdserver: no leader", "{e:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn watches_on_one_stream_get_ids_that_are_never_reused() -> Result<()> {
+    let store = StoreCluster::start(1).await?;
+    let mut c = connect(&store.member(1).endpoint()).await?;
+    let mut stream = c.watch("a", None).await?;
+    let first = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("no created"))?;
+    ensure!(
+        first.created() && first.watch_id() == 0,
+        "first watch: {first:?}"
+    );
+    stream.cancel(0).await?;
+    let canceled = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("no cancel"))?;
+    ensure!(
+        canceled.canceled() && canceled.watch_id() == 0,
+        "cancel: {canceled:?}"
+    );
+    stream.watch("b", None).await?;
+    let second = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow!("no second created"))?;
+    ensure!(
+        second.created() && second.watch_id() == 1,
+        "a new watch after a cancel takes a new id: {second:?}"
+    );
+    c.put("b", "v", None).await?;
+    let event = stream.message().await?.ok_or_else(|| anyhow!("no event"))?;
+    ensure!(
+        event.watch_id() == 1 && event.events().len() == 1,
+        "event: {event:?}"
+    );
+    Ok(())
+}

@@ -127,13 +127,17 @@ async fn serve_stream(
                             if tx.send(Ok(resp)).await.is_err() { return; }
                         }
                         PbWatchRequestUnion::CreateRequest(c) => {
+                            // Ids the stream picks only grow, as etcd's do: a canceled
+                            // watch's id is never reused, so a late event cannot be taken
+                            // for a newer watch's.
                             let id = if c.watch_id != 0 {
                                 c.watch_id
                             } else {
                                 while watches.contains_key(&next_id) {
                                     next_id += 1;
                                 }
-                                next_id
+                                next_id += 1;
+                                next_id - 1
                             };
                             if watches.contains_key(&id) || id < 0 {
                                 let resp = PbWatchResponse {
