@@ -110,7 +110,7 @@ wait_ready() {
 for i in 1 2 3; do start_miniku "$i"; start_etcd "$i"; done
 wait_ready miniku
 wait_ready etcd
-echo "Miniku on $M_EP, etcd $(etcd --version | head -1 | awk '{print $3}') on $E_EP; data in $WORK"
+echo "Miniku on $M_EP, etcd $(etcd --version | awk 'NR == 1 {print $3}') on $E_EP; data in $WORK"
 
 run() { # system, then miniku-bench arguments
   local sys=$1; shift
@@ -241,7 +241,7 @@ table() {
   end' "$OUT" | if command -v column >/dev/null; then column -t -s $'\t'; else tr '\t' ' '; fi
 }
 
-ETCD_VERSION=$(etcd --version | head -1 | awk '{print $3}')
+ETCD_VERSION=$(etcd --version | awk 'NR == 1 {print $3}')
 echo
 echo "Miniku store vs etcd $ETCD_VERSION, both through etcd's gRPC API and the same client — $(date -u +%Y-%m-%d), $(nproc) cores, $REPS run(s) each (median)"
 table miniku-grpc
