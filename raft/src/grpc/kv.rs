@@ -9,7 +9,9 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{check_key, check_value, etcd_errors, header, pb_kv, status, unimplemented};
+use super::{
+    check_key, check_value, etcd_errors, header, pb_kv, status, unexpected, unimplemented,
+};
 use crate::error::StoreError;
 use crate::node::StoreHandle;
 use crate::types::{
@@ -268,10 +270,6 @@ fn branch(
         }
     }
     Ok((out, plans))
-}
-
-fn unexpected(r: CommandResult) -> Status {
-    Status::internal(format!("unexpected result {r:?}"))
 }
 
 impl KvService {

@@ -12,7 +12,7 @@ use etcd_client::proto::{
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{etcd_errors, header, status};
+use super::{etcd_errors, header, status, unexpected};
 use crate::error::StoreError;
 use crate::http::lease::MAX_LEASE_TTL;
 use crate::node::StoreHandle;
@@ -51,7 +51,7 @@ impl PbLeaseService for LeaseService {
                     error: String::new(),
                 }))
             }
-            Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Ok(other) => Err(unexpected(other)),
             Err(e) => Err(status(e)),
         }
     }
@@ -68,7 +68,7 @@ impl PbLeaseService for LeaseService {
                     header: header(h, revision),
                 }))
             }
-            Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Ok(other) => Err(unexpected(other)),
             Err(e) => Err(status(e)),
         }
     }

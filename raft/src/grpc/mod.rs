@@ -173,6 +173,11 @@ pub(crate) fn check_value(h: &StoreHandle, value: &[u8]) -> Result<(), Status> {
     Ok(())
 }
 
+/// A command result of the wrong kind (a bug, never caused by input).
+pub(crate) fn unexpected(r: crate::types::CommandResult) -> Status {
+    Status::internal(format!("unexpected result {r:?}"))
+}
+
 /// An answer for a method of a newer etcd version than Miniku serves.
 pub(crate) fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("miniku: {what} is not supported by this store"))
