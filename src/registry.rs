@@ -1,5 +1,11 @@
 //! The registry: typed create/get/list/update/delete/watch of Miniku objects over the store
-//! client, and the one key layout (`/registry/<kind>/<name>`, values are JSON).
+//! client, and the one key layout: `/registry/<kind>/<namespace>/<name>` for namespaced kinds,
+//! `/registry/<kind>/<name>` for the others; values are the objects' Kubernetes JSON.
+//!
+//! Objects are addressed by their *key*, the part after `/registry/<kind>/`
+//! (`default/web-1a2b3c4d` for a pod, `node-a` for a node). A kind says how it is stored
+//! ([`Object::to_stored`], [`Object::from_stored`]): Miniku's views convert to and from the
+//! Kubernetes shape there, so the Kubernetes API and the components read the same bytes.
 //!
 //! Every write is conditional, so no component can clobber another's change:
 //! - create: a transaction that puts only if the key does not exist (`409` otherwise);
@@ -22,7 +28,7 @@ use miniku_store::client::{ClientError, GetOptions, StoreClient, WatchOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{Node, NodeLease, Pod, ReplicaSet};
+use crate::api::{kube, Node, NodeLease, Pod, ReplicaSet};
 
 /// Root of every Miniku key in the store.
 pub const ROOT: &str = "/registry/";
@@ -33,19 +39,36 @@ pub trait Object:
 {
     /// Plural, lowercase: the key segment and the URL segment.
     const KIND: &'static str;
-    fn name(&self) -> &str;
+    /// Whether objects of the kind live in namespaces.
+    const NAMESPACED: bool;
+    /// Where the object is below `/registry/<kind>/`: `namespace/name`, or `name` for a kind
+    /// that is not namespaced.
+    fn key(&self) -> String;
     fn resource_version(&self) -> i64;
     fn set_resource_version(&mut self, rv: i64);
+    /// The bytes the store holds for the object.
+    fn to_stored(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| e.to_string())
+    }
+    /// The object from the bytes the store holds (its resourceVersion is set afterwards).
+    fn from_stored(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
 }
 
-/// Implements [`Object`] for a kind whose name is at `$($name).+` and whose revision is
-/// the field `resource_version`.
-macro_rules! object {
-    ($ty:ty, $kind:literal, $($name:ident).+) => {
+/// The name part of a key (`web` of `default/web`), for messages.
+pub fn name_of_key(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// Implements [`Object`] for one of Miniku's views, stored as the Kubernetes object `$kube`.
+macro_rules! view_object {
+    ($ty:ty, $kind:literal, $namespaced:literal, $kube:ty, $into:path, $from:path) => {
         impl Object for $ty {
             const KIND: &'static str = $kind;
-            fn name(&self) -> &str {
-                &self.$($name).+
+            const NAMESPACED: bool = $namespaced;
+            fn key(&self) -> String {
+                <$ty>::key(self)
             }
             fn resource_version(&self) -> i64 {
                 self.resource_version
@@ -53,14 +76,97 @@ macro_rules! object {
             fn set_resource_version(&mut self, rv: i64) {
                 self.resource_version = rv;
             }
+            fn to_stored(&self) -> Result<Vec<u8>, String> {
+                serde_json::to_vec(&$into(self)).map_err(|e| e.to_string())
+            }
+            fn from_stored(bytes: &[u8]) -> Result<Self, String> {
+                let k: $kube = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                Ok($from(k))
+            }
         }
     };
 }
 
-object!(ReplicaSet, "replicasets", name);
-object!(Pod, "pods", spec.name);
-object!(Node, "nodes", name);
-object!(NodeLease, "nodeleases", name);
+view_object!(
+    ReplicaSet,
+    "replicasets",
+    true,
+    kube::KubeReplicaSet,
+    kube::replicaset_into_kube,
+    kube::replicaset_from_kube
+);
+view_object!(
+    Pod,
+    "pods",
+    true,
+    kube::KubePod,
+    kube::pod_into_kube,
+    kube::pod_from_kube
+);
+view_object!(
+    Node,
+    "nodes",
+    false,
+    kube::KubeNode,
+    kube::node_into_kube,
+    kube::node_from_kube
+);
+
+impl Node {
+    /// A node's key is its name: nodes are not namespaced.
+    pub fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl Object for NodeLease {
+    const KIND: &'static str = "nodeleases";
+    const NAMESPACED: bool = false;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+    fn resource_version(&self) -> i64 {
+        self.resource_version
+    }
+    fn set_resource_version(&mut self, rv: i64) {
+        self.resource_version = rv;
+    }
+}
+
+/// Implements [`Object`] for a Kubernetes type stored as itself (the Kubernetes API's
+/// objects): key from `metadata`, resourceVersion as the string Kubernetes uses.
+macro_rules! kube_object {
+    ($ty:ty, $kind:literal, $namespaced:literal) => {
+        impl Object for $ty {
+            const KIND: &'static str = $kind;
+            const NAMESPACED: bool = $namespaced;
+            fn key(&self) -> String {
+                let name = self.metadata.name.as_deref().unwrap_or_default();
+                if $namespaced {
+                    let ns = self.metadata.namespace.as_deref().unwrap_or_default();
+                    format!("{}/{name}", crate::api::namespace_or_default(ns))
+                } else {
+                    name.to_string()
+                }
+            }
+            fn resource_version(&self) -> i64 {
+                self.metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            }
+            fn set_resource_version(&mut self, rv: i64) {
+                self.metadata.resource_version = (rv > 0).then(|| rv.to_string());
+            }
+        }
+    };
+}
+
+kube_object!(kube::KubePod, "pods", true);
+kube_object!(kube::KubeReplicaSet, "replicasets", true);
+kube_object!(kube::KubeNode, "nodes", false);
+kube_object!(kube::KubeNamespace, "namespaces", false);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
@@ -150,17 +256,22 @@ pub struct Registry {
     fence: Option<Arc<Fence>>,
 }
 
-/// The store key of object `name` of kind `T`.
-pub fn key_of<T: Object>(name: &str) -> String {
-    format!("{ROOT}{}/{name}", T::KIND)
+/// The store key of the object of kind `T` at `key` (`namespace/name` or `name`).
+pub fn key_of<T: Object>(key: &str) -> String {
+    format!("{ROOT}{}/{key}", T::KIND)
 }
 
-fn prefix_of<T: Object>() -> String {
-    format!("{ROOT}{}/", T::KIND)
+/// The prefix of every object of kind `T`, or of those in `namespace`.
+pub fn prefix_of<T: Object>(namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{ROOT}{}/{ns}/", T::KIND),
+        None => format!("{ROOT}{}/", T::KIND),
+    }
 }
 
-fn decode<T: Object>(value: &[u8], rv: i64) -> Result<T, RegistryError> {
-    let mut obj: T = serde_json::from_slice(value)
+/// The object of kind `T` from a store value of revision `rv`.
+pub fn decode<T: Object>(value: &[u8], rv: i64) -> Result<T, RegistryError> {
+    let mut obj: T = T::from_stored(value)
         .map_err(|e| RegistryError::Decode(format!("{} value: {e}", T::KIND)))?;
     obj.set_resource_version(rv);
     Ok(obj)
@@ -169,7 +280,7 @@ fn decode<T: Object>(value: &[u8], rv: i64) -> Result<T, RegistryError> {
 fn encode<T: Object>(obj: &T) -> Result<Vec<u8>, RegistryError> {
     let mut copy = obj.clone();
     copy.set_resource_version(0);
-    serde_json::to_vec(&copy).map_err(|e| RegistryError::Decode(e.to_string()))
+    copy.to_stored().map_err(RegistryError::Decode)
 }
 
 fn compare(key: &str, target: &str, result: &str, value: i64) -> Compare {
@@ -241,7 +352,7 @@ impl Registry {
 
     /// Stores a new object; fails with `AlreadyExists` if the name is taken.
     pub async fn create<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
-        let key = key_of::<T>(obj.name());
+        let key = key_of::<T>(&obj.key());
         let mut txn = TxnRequest {
             compare: vec![compare(&key, "create_revision", "=", 0)],
             success: vec![RequestOp::Put(PutRequest {
@@ -257,7 +368,7 @@ impl Registry {
             self.check_fence(&resp)?;
             return Err(RegistryError::AlreadyExists {
                 kind: T::KIND,
-                name: obj.name().to_string(),
+                name: name_of_key(&obj.key()).to_string(),
             });
         }
         let mut out = obj.clone();
@@ -271,7 +382,7 @@ impl Registry {
         let resp = self
             .client
             .put(
-                key_of::<T>(obj.name()).as_bytes(),
+                key_of::<T>(&obj.key()).as_bytes(),
                 &encode(obj)?,
                 miniku_store::client::PutOptions {
                     lease,
@@ -284,16 +395,17 @@ impl Registry {
         Ok(out)
     }
 
-    pub async fn get<T: Object>(&self, name: &str) -> Result<T, RegistryError> {
+    /// The object at `key` (`namespace/name`, or `name` for a kind without namespaces).
+    pub async fn get<T: Object>(&self, key: &str) -> Result<T, RegistryError> {
         let resp = self
             .client
-            .get(key_of::<T>(name).as_bytes(), GetOptions::default())
+            .get(key_of::<T>(key).as_bytes(), GetOptions::default())
             .await?;
         match resp.kvs.first() {
             Some(kv) => decode(kv.value.as_bytes(), kv.mod_revision),
             None => Err(RegistryError::NotFound {
                 kind: T::KIND,
-                name: name.to_string(),
+                name: name_of_key(key).to_string(),
             }),
         }
     }
@@ -301,7 +413,15 @@ impl Registry {
     /// Every object of kind `T`, and the store revision the list reflects (watch from the
     /// next one to miss nothing).
     pub async fn list<T: Object>(&self) -> Result<(Vec<T>, i64), RegistryError> {
-        let prefix = prefix_of::<T>();
+        self.list_in::<T>(None).await
+    }
+
+    /// Every object of kind `T` in `namespace` (None: in all of them), and the revision.
+    pub async fn list_in<T: Object>(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<T>, i64), RegistryError> {
+        let prefix = prefix_of::<T>(namespace);
         let mut out = Vec::new();
         let mut start = prefix.clone().into_bytes();
         let end = miniku_store::types::prefix_end(prefix.as_bytes());
@@ -341,11 +461,12 @@ impl Registry {
     /// at all). A failed precondition becomes `Conflict` or `NotFound`.
     async fn conditional<T: Object>(
         &self,
-        name: &str,
+        object_key: &str,
         rv: i64,
         success: Vec<RequestOp>,
     ) -> Result<miniku_store::api::TxnResponse, RegistryError> {
-        let key = key_of::<T>(name);
+        let name = name_of_key(object_key);
+        let key = key_of::<T>(object_key);
         let cmp = if rv > 0 {
             compare(&key, "mod_revision", "=", rv)
         } else {
@@ -385,12 +506,12 @@ impl Registry {
     /// Replaces an object if its `resourceVersion` still matches (0: if it exists at all).
     pub async fn update<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
         let put = RequestOp::Put(PutRequest {
-            key: Bin::from(key_of::<T>(obj.name()).as_str()),
+            key: Bin::from(key_of::<T>(&obj.key()).as_str()),
             value: Bin(encode(obj)?),
             ..Default::default()
         });
         let resp = self
-            .conditional::<T>(obj.name(), obj.resource_version(), vec![put])
+            .conditional::<T>(&obj.key(), obj.resource_version(), vec![put])
             .await?;
         let mut out = obj.clone();
         out.set_resource_version(resp.header.revision);
@@ -399,8 +520,8 @@ impl Registry {
 
     /// Deletes an object if its `resourceVersion` matches `rv` (0: unconditionally). Returns
     /// the object as it was.
-    pub async fn delete<T: Object>(&self, name: &str, rv: i64) -> Result<T, RegistryError> {
-        let key = Bin::from(key_of::<T>(name).as_str());
+    pub async fn delete<T: Object>(&self, object_key: &str, rv: i64) -> Result<T, RegistryError> {
+        let key = Bin::from(key_of::<T>(object_key).as_str());
         let ops = vec![
             RequestOp::Range(RangeRequest {
                 key: key.clone(),
@@ -411,7 +532,7 @@ impl Registry {
                 ..Default::default()
             }),
         ];
-        let resp = self.conditional::<T>(name, rv, ops).await?;
+        let resp = self.conditional::<T>(object_key, rv, ops).await?;
         match resp.responses.first() {
             Some(ResponseOp::Range { kvs, .. }) if !kvs.is_empty() => {
                 let mut obj: T = decode(kvs[0].value.as_bytes(), kvs[0].mod_revision)?;
@@ -420,21 +541,21 @@ impl Registry {
             }
             _ => Err(RegistryError::NotFound {
                 kind: T::KIND,
-                name: name.to_string(),
+                name: name_of_key(object_key).to_string(),
             }),
         }
     }
 
     /// Reads, changes and writes back an object, retrying on conflicts. `change` returns
     /// `Ok(false)` to leave the object as it is.
-    pub async fn modify<T, F>(&self, name: &str, mut change: F) -> Result<T, RegistryError>
+    pub async fn modify<T, F>(&self, key: &str, mut change: F) -> Result<T, RegistryError>
     where
         T: Object,
         F: FnMut(&mut T) -> bool,
     {
         let mut backoff = Duration::from_millis(5);
         loop {
-            let mut obj: T = self.get(name).await?;
+            let mut obj: T = self.get(key).await?;
             if !change(&mut obj) {
                 return Ok(obj);
             }
@@ -451,7 +572,12 @@ impl Registry {
     /// Every change to objects of kind `T` from revision `from` (inclusive). The stream
     /// resumes by itself across store failures; it ends with `Err(Compacted)` when it cannot.
     pub fn watch<T: Object>(&self, from: i64) -> WatchEvents<T> {
-        let prefix = prefix_of::<T>();
+        self.watch_in::<T>(None, from)
+    }
+
+    /// Every change to objects of kind `T` in `namespace` (None: in all) from `from`.
+    pub fn watch_in<T: Object>(&self, namespace: Option<&str>, from: i64) -> WatchEvents<T> {
+        let prefix = prefix_of::<T>(namespace);
         let stream = self.client.watch(
             prefix.as_bytes(),
             WatchOptions {

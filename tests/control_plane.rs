@@ -76,11 +76,12 @@ async fn register_node(
         unschedulable: false,
         reason: String::new(),
         resource_version: 0,
+        stored: None,
     };
     client
         .put(
             format!("/registry/nodes/{name}").as_bytes(),
-            &serde_json::to_vec(&node)?,
+            &miniku::registry::Object::to_stored(&node).map_err(anyhow::Error::msg)?,
             PutOptions::default(),
         )
         .await?;
@@ -665,6 +666,7 @@ async fn a_fenced_registry_refuses_writes_once_leadership_moves() -> Result<()> 
         unschedulable: false,
         reason: String::new(),
         resource_version: 0,
+        stored: None,
     };
     let mut created = fenced.create(&node("fenced-a")).await?;
     created.unschedulable = true;

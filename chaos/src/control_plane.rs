@@ -143,8 +143,12 @@ impl Invariants {
 
     fn apply(&mut self, revision: i64, key: &str, value: Option<&[u8]>) {
         self.events += 1;
-        if let Some(name) = key.strip_prefix("/registry/replicasets/") {
-            let before = match value.and_then(|v| serde_json::from_slice::<ReplicaSet>(v).ok()) {
+        if let Some(key) = key.strip_prefix("/registry/replicasets/") {
+            // Owners name their ReplicaSet without its namespace (all here are `default`'s).
+            let name = miniku::registry::name_of_key(key);
+            let before = match value
+                .and_then(|v| miniku::registry::decode::<ReplicaSet>(v, revision).ok())
+            {
                 Some(rs) => self.desired.insert(name.to_string(), rs.desired_count),
                 None => self.desired.remove(name),
             };
@@ -155,7 +159,8 @@ impl Invariants {
                     .push((Instant::now(), d));
             }
         } else if let Some(name) = key.strip_prefix("/registry/pods/") {
-            let Some(pod) = value.and_then(|v| serde_json::from_slice::<Pod>(v).ok()) else {
+            let Some(pod) = value.and_then(|v| miniku::registry::decode::<Pod>(v, revision).ok())
+            else {
                 self.pods.remove(name);
                 return;
             };

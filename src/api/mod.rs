@@ -5,10 +5,19 @@
 //! snake_case (`retry_count`, `next_retry_at`). `resourceVersion` (the store's mod_revision)
 //! is camelCase on every kind, as in Kubernetes. Validation of user input lives in
 //! [`validation`]; this module owns only the shapes.
+//!
+//! The store holds every object in its Kubernetes shape (k8s-openapi's types); these structs
+//! are Miniku's views of them, which the controllers, the scheduler, the kubelet and the
+//! seed's routes work with. [`kube`] converts between the two in one place, and each view
+//! keeps the object it was read from (`stored`), so a component's write changes only the
+//! fields the view has and keeps every other field a Kubernetes client wrote.
 
+pub mod kube;
+pub mod quantity;
 pub mod validation;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -62,6 +71,22 @@ pub mod opt_time_format {
     }
 }
 
+impl ReplicaSet {
+    /// `namespace/name`: where the ReplicaSet is, below `/registry/replicasets/`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", namespace_or_default(&self.namespace), self.name)
+    }
+}
+
+/// An object's namespace, `default` when none is set.
+pub fn namespace_or_default(ns: &str) -> &str {
+    if ns.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        ns
+    }
+}
+
 /// Resource amounts: `cpu` in millicores, `memory` in bytes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -86,9 +111,12 @@ pub struct PodSpec {
     /// The node the scheduler bound the pod to; empty until then.
     #[serde(default)]
     pub node_name: String,
-    /// Command and arguments; empty = the image's default.
+    /// The container's entrypoint (Kubernetes' `command`); empty = the image's default.
     #[serde(default)]
     pub command: Vec<String>,
+    /// Arguments to the entrypoint (Kubernetes' `args`); empty = the image's default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     /// Environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -123,6 +151,9 @@ impl std::fmt::Display for PodPhase {
     }
 }
 
+/// The namespace objects of the seed's routes live in, and the one that always exists.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 /// Who owns a pod.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct OwnerReference {
@@ -131,8 +162,11 @@ pub struct OwnerReference {
     pub uid: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Pod {
+    /// The pod's namespace (not in the seed's JSON: its routes show `default` only).
+    #[serde(skip)]
+    pub namespace: String,
     pub spec: PodSpec,
     /// The seed's `status`: Pending, Running, Succeeded or Failed.
     pub status: PodPhase,
@@ -177,10 +211,39 @@ pub struct Pod {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// The Kubernetes object this view was read from (None for a new pod).
+    #[serde(skip)]
+    pub stored: Option<Arc<kube::KubePod>>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+impl Default for Pod {
+    fn default() -> Self {
+        Pod {
+            namespace: DEFAULT_NAMESPACE.into(),
+            spec: PodSpec::default(),
+            status: PodPhase::Pending,
+            retry_count: 0,
+            next_retry_at: zero_time(),
+            resource_version: 0,
+            uid: String::new(),
+            owner: None,
+            reason: String::new(),
+            message: String::new(),
+            container_id: String::new(),
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            stored: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ReplicaSet {
+    /// Not in the seed's JSON: its routes show `default` only.
+    #[serde(skip)]
+    pub namespace: String,
     pub name: String,
     #[serde(rename = "desiredCount")]
     pub desired_count: u32,
@@ -196,6 +259,14 @@ pub struct ReplicaSet {
     pub resource_version: i64,
     #[serde(default)]
     pub uid: String,
+    /// Kubernetes' `metadata.generation`: raised by every change of the spec.
+    #[serde(skip)]
+    pub generation: i64,
+    /// The generation the controller's last status write saw.
+    #[serde(skip)]
+    pub observed_generation: i64,
+    #[serde(skip)]
+    pub stored: Option<Arc<kube::KubeReplicaSet>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -205,7 +276,7 @@ pub enum NodeStatus {
     NotReady,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct Node {
     pub name: String,
     #[serde(default)]
@@ -222,6 +293,8 @@ pub struct Node {
     pub reason: String,
     #[serde(rename = "resourceVersion", default)]
     pub resource_version: i64,
+    #[serde(skip)]
+    pub stored: Option<Arc<kube::KubeNode>>,
 }
 
 /// A node's heartbeat: the kubelet keeps this object alive through a store lease of
@@ -239,6 +312,15 @@ pub struct NodeLease {
 }
 
 impl Pod {
+    /// `namespace/name`: where the pod is, below `/registry/pods/`.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            namespace_or_default(&self.namespace),
+            self.spec.name
+        )
+    }
+
     /// A Failed pod that no kubelet will retry (no retry pending): its ReplicaSet replaces it.
     pub fn is_terminal(&self) -> bool {
         match self.status {

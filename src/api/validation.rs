@@ -195,6 +195,7 @@ mod tests {
             },
             resource_version: 0,
             uid: String::new(),
+            ..Default::default()
         }
     }
 

@@ -70,6 +70,8 @@ impl ReplicaSetInput {
             template: self.template,
             resource_version: 0,
             uid,
+            namespace: crate::api::DEFAULT_NAMESPACE.into(),
+            ..Default::default()
         })
     }
 }

@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::api::validation::{validate_name, validate_replicaset, MAX_NAME_LEN};
-use crate::api::{Node, Pod, ReplicaSet};
+use crate::api::{Node, Pod, ReplicaSet, DEFAULT_NAMESPACE};
 use crate::registry::{Object, Registry, RegistryError};
 use error::ApiError;
 use input::{parse_body, ReplicaSetInput};
@@ -160,13 +160,26 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     validate_name("name", name, MAX_NAME_LEN).map_err(ApiError::from)
 }
 
+/// The seed's routes show the `default` namespace: the namespace they list.
+fn seed_namespace<T: Object>() -> Option<&'static str> {
+    T::NAMESPACED.then_some(DEFAULT_NAMESPACE)
+}
+
+/// The registry key of object `name` on the seed's routes.
+fn seed_key<T: Object>(name: &str) -> String {
+    match seed_namespace::<T>() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
 /// `GET /<kind>/{name}`.
 async fn get_one<T: Object>(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<T>, ApiError> {
     check_name(&name)?;
-    Ok(Json(s.registry.get::<T>(&name).await?))
+    Ok(Json(s.registry.get::<T>(&seed_key::<T>(&name)).await?))
 }
 
 fn parse_query<T: serde::de::DeserializeOwned + Default>(
@@ -188,9 +201,10 @@ async fn list_or_watch<T: Object>(
     keep: impl Fn(&T) -> bool + Send + Sync + 'static,
 ) -> Result<Response, ApiError> {
     if q.watching()? {
-        return watch::serve::<T>(registry, q.resource_version()?, keep).await;
+        return watch::serve::<T>(registry, seed_namespace::<T>(), q.resource_version()?, keep)
+            .await;
     }
-    let (mut items, _) = registry.list::<T>().await?;
+    let (mut items, _) = registry.list_in::<T>(seed_namespace::<T>()).await?;
     items.retain(|o| keep(o));
     Ok(Json(items).into_response())
 }
@@ -249,8 +263,9 @@ async fn update_replicaset(
         ));
     }
     let precondition = input.resource_version;
+    let key = seed_key::<ReplicaSet>(&name);
     loop {
-        let current: ReplicaSet = s.registry.get(&name).await?;
+        let current: ReplicaSet = s.registry.get(&key).await?;
         if precondition != 0 && precondition != current.resource_version {
             return Err(RegistryError::Conflict {
                 kind: "replicasets",
@@ -264,6 +279,10 @@ async fn update_replicaset(
         next.current_count = current.current_count;
         next.ready_count = current.ready_count;
         next.resource_version = current.resource_version;
+        next.namespace = current.namespace.clone();
+        next.generation = current.generation;
+        next.observed_generation = current.observed_generation;
+        next.stored = current.stored.clone();
         validate_replicaset(&next)?;
         match s.registry.update(&next).await {
             Ok(updated) => return Ok(Json(updated)),
@@ -293,7 +312,10 @@ async fn delete_one<T: Object>(
     let q = parse_query(q)?;
     let deleted = s
         .registry
-        .delete::<T>(&name, q.resource_version.unwrap_or(0).max(0))
+        .delete::<T>(
+            &seed_key::<T>(&name),
+            q.resource_version.unwrap_or(0).max(0),
+        )
         .await?;
     tracing::info!(kind = T::KIND, name = %name, "deleted");
     Ok(Json(deleted))

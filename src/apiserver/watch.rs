@@ -17,7 +17,7 @@ use miniku_store::client::{ClientError, GetOptions};
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::registry::{key_of, Object, Registry, RegistryError, WatchEvent};
+use crate::registry::{prefix_of, Object, Registry, RegistryError, WatchEvent};
 
 fn sse(kind: &str, rv: i64, object: serde_json::Value) -> Result<Event, Infallible> {
     let data = json!({"type": kind, "object": object}).to_string();
@@ -26,18 +26,19 @@ fn sse(kind: &str, rv: i64, object: serde_json::Value) -> Result<Event, Infallib
 
 pub async fn serve<T: Object>(
     registry: Registry,
+    namespace: Option<&str>,
     resource_version: i64,
     keep: impl Fn(&T) -> bool + Send + Sync + 'static,
 ) -> Result<Response, ApiError> {
     let (initial, from) = if resource_version == 0 {
-        let (items, rev) = registry.list::<T>().await?;
+        let (items, rev) = registry.list_in::<T>(namespace).await?;
         (items, rev + 1)
     } else {
         // Is history from RV+1 still there? A read at RV answers 410 if not.
         let probe = registry
             .client()
             .get(
-                key_of::<T>("").as_bytes(),
+                prefix_of::<T>(namespace).as_bytes(),
                 GetOptions {
                     prefix: true,
                     count_only: true,
@@ -64,7 +65,7 @@ pub async fn serve<T: Object>(
             .collect::<Vec<_>>(),
     );
     // Each item: (ends the stream?, event).
-    let changes = registry.watch::<T>(from).filter_map(move |item| {
+    let changes = registry.watch_in::<T>(namespace, from).filter_map(move |item| {
         let out = match item {
             Ok(WatchEvent::Added(o)) if keep(&o) => Some((false, sse("ADDED", o.resource_version(), json!(o)))),
             Ok(WatchEvent::Modified(o)) if keep(&o) => Some((false, sse("MODIFIED", o.resource_version(), json!(o)))),

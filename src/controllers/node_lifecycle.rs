@@ -41,8 +41,8 @@ impl NodeLifecycleController {
         for n in nodes.list() {
             queue.add(&n.name);
         }
-        enqueue_changes(node_changes, queue.clone(), |ch| [ch.name().to_string()]);
-        enqueue_changes(hb_changes, queue.clone(), |ch| [ch.name().to_string()]);
+        enqueue_changes(node_changes, queue.clone(), |ch| [ch.key()]);
+        enqueue_changes(hb_changes, queue.clone(), |ch| [ch.key()]);
         // Pods bound to a NotReady node past its deadline must be handled too.
         enqueue_changes(pod_changes, queue.clone(), |ch| match ch {
             Change::Upsert { new, .. } if !new.spec.node_name.is_empty() => {
@@ -106,7 +106,7 @@ impl NodeLifecycleController {
         self.pods.for_each(|p| {
             if p.spec.node_name == name && !(p.status == PodPhase::Failed && p.reason == "NodeLost")
             {
-                victims.push(p.spec.name.clone());
+                victims.push(p.key());
             }
         });
         for pod in victims {

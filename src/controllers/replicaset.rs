@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::api::{zero_time, OwnerReference, Pod, PodPhase, ReplicaSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::api::kube::KubePod;
+use crate::api::{namespace_or_default, zero_time, OwnerReference, Pod, PodPhase, ReplicaSet};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{enqueue_changes, run_workers, Change, Informer, Next, WorkQueue};
 
@@ -46,11 +49,12 @@ pub struct ReplicaSetController {
     uncertain: Arc<Mutex<HashMap<String, Vec<Pod>>>>,
 }
 
-fn owner_of(pod: &Pod) -> Option<&str> {
+/// The key (`namespace/name`) of the ReplicaSet that controls `pod`, if one does.
+fn owner_of(pod: &Pod) -> Option<String> {
     pod.owner
         .as_ref()
         .filter(|o| o.kind == "ReplicaSet")
-        .map(|o| o.name.as_str())
+        .map(|o| format!("{}/{}", namespace_or_default(&pod.namespace), o.name))
 }
 
 /// Random lowercase hex of `n` digits.
@@ -60,8 +64,24 @@ pub fn random_hex(n: usize) -> String {
         .collect()
 }
 
-/// A new pod for `rs`, named `<rs>-<8 hex>`.
+/// A new pod for `rs`, named `<rs>-<8 hex>`, from its template: the Kubernetes template's
+/// every field, with the view's written over it.
 pub fn new_pod(rs: &ReplicaSet) -> Pod {
+    let template = rs
+        .stored
+        .as_ref()
+        .and_then(|k| k.spec.as_ref())
+        .and_then(|s| s.template.as_ref());
+    let stored = template.map(|t| {
+        Arc::new(KubePod {
+            metadata: ObjectMeta {
+                annotations: t.metadata.as_ref().and_then(|m| m.annotations.clone()),
+                ..Default::default()
+            },
+            spec: t.spec.clone(),
+            status: None,
+        })
+    });
     let mut spec = rs.template.clone();
     spec.name = format!("{}-{}", rs.name, random_hex(8));
     for (k, v) in &rs.selector {
@@ -69,6 +89,8 @@ pub fn new_pod(rs: &ReplicaSet) -> Pod {
     }
     spec.node_name.clear();
     Pod {
+        namespace: namespace_or_default(&rs.namespace).to_string(),
+        stored,
         spec,
         status: PodPhase::Pending,
         retry_count: 0,
@@ -117,21 +139,17 @@ impl ReplicaSetController {
         };
         let queue = WorkQueue::default();
         for rs in replicasets.list() {
-            queue.add(&rs.name);
+            queue.add(&rs.key());
         }
-        enqueue_changes(rs_changes, queue.clone(), |ch| [ch.name().to_string()]);
+        enqueue_changes(rs_changes, queue.clone(), |ch| [ch.key()]);
         // A pod change concerns the ReplicaSet that owns (or owned) it.
         enqueue_changes(pod_changes, queue.clone(), |ch| {
             let (old, new) = match ch {
                 Change::Upsert { old, new } => (old.as_ref(), new),
                 Change::Deleted(p) => (None, p),
             };
-            let mut owners: Vec<String> = old
-                .and_then(owner_of)
-                .into_iter()
-                .map(String::from)
-                .collect();
-            owners.extend(owner_of(new).map(String::from));
+            let mut owners: Vec<String> = old.and_then(owner_of).into_iter().collect();
+            owners.extend(owner_of(new));
             owners.dedup();
             owners
         });
@@ -143,7 +161,7 @@ impl ReplicaSetController {
             loop {
                 tick.tick().await;
                 for rs in rs_cache.list() {
-                    q.add(&rs.name);
+                    q.add(&rs.key());
                 }
             }
         });
@@ -170,7 +188,7 @@ impl ReplicaSetController {
     fn owned_pods(&self, name: &str) -> Vec<Pod> {
         let mut out = Vec::new();
         self.pods.for_each(|p| {
-            if owner_of(p) == Some(name) {
+            if owner_of(p).as_deref() == Some(name) {
                 out.push(p.clone());
             }
         });
@@ -181,7 +199,7 @@ impl ReplicaSetController {
     async fn delete_pod(&self, rs: &str, pod: &Pod) -> anyhow::Result<()> {
         match self
             .registry
-            .delete::<Pod>(&pod.spec.name, pod.resource_version)
+            .delete::<Pod>(&pod.key(), pod.resource_version)
             .await
         {
             Ok(gone) => {
@@ -214,7 +232,7 @@ impl ReplicaSetController {
                 Ok(p) => self.expect_revision(rs, p.resource_version),
                 Err(RegistryError::AlreadyExists { .. }) => {
                     // The first create landed: wait until the cache has it.
-                    match self.registry.get::<Pod>(&pod.spec.name).await {
+                    match self.registry.get::<Pod>(&pod.key()).await {
                         Ok(p) => self.expect_revision(rs, p.resource_version),
                         Err(RegistryError::NotFound { .. }) => {} // Deleted since.
                         Err(e) => {
@@ -323,10 +341,14 @@ impl ReplicaSetController {
             }
             tracing::info!(replicaset = name, deleted = excess, "deleted surplus pods");
         }
-        if rs.current_count != observed || rs.ready_count != ready {
+        if rs.current_count != observed
+            || rs.ready_count != ready
+            || rs.observed_generation != rs.generation
+        {
             let mut updated = rs.clone();
             updated.current_count = observed;
             updated.ready_count = ready;
+            updated.observed_generation = rs.generation;
             match self.registry.update(&updated).await {
                 Ok(_) | Err(RegistryError::NotFound { .. }) => {}
                 Err(RegistryError::Conflict { .. }) => {
@@ -380,6 +402,7 @@ mod tests {
             },
             resource_version: 0,
             uid: "u1".into(),
+            ..Default::default()
         };
         let p = new_pod(&rs);
         assert!(p.spec.name.starts_with("nginx-") && p.spec.name.len() == "nginx-".len() + 8);
@@ -401,6 +424,7 @@ mod tests {
                 template: Default::default(),
                 resource_version: 0,
                 uid: String::new(),
+                ..Default::default()
             });
             p.spec.name = name.into();
             p.spec.node_name = node.into();

@@ -18,8 +18,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::runtime::{
-    labels_for, Container, ContainerRuntime, ContainerState, RuntimeError, RuntimeEvent,
-    LABEL_MARKER, LABEL_NODE, LABEL_POD, LABEL_POD_UID,
+    container_name, labels_for, pod_key_from_labels, Container, ContainerRuntime, ContainerState,
+    RuntimeError, RuntimeEvent, LABEL_MARKER, LABEL_NODE, LABEL_POD, LABEL_POD_UID,
 };
 use crate::api::Pod;
 
@@ -55,10 +55,12 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker })
     }
 
+    /// Filters for our containers on `node`, and of pod `pod` (a key: the name is matched
+    /// here, the namespace after listing).
     fn node_filters(node: &str, pod: Option<&str>) -> HashMap<String, Vec<String>> {
         let mut labels = vec![format!("{LABEL_MARKER}=1"), format!("{LABEL_NODE}={node}")];
         if let Some(p) = pod {
-            labels.push(format!("{LABEL_POD}={p}"));
+            labels.push(format!("{LABEL_POD}={}", crate::registry::name_of_key(p)));
         }
         HashMap::from([("label".to_string(), labels)])
     }
@@ -100,7 +102,7 @@ impl DockerRuntime {
             ..Default::default()
         };
         let options = CreateContainerOptions {
-            name: Some(spec.name.clone()),
+            name: Some(container_name(pod)),
             ..Default::default()
         };
         Ok(self.docker.create_container(Some(options), body).await?.id)
@@ -191,7 +193,9 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn find(&self, node: &str, pod: &str) -> Result<Vec<Container>, RuntimeError> {
-        self.list_filtered(node, Some(pod)).await
+        let mut found = self.list_filtered(node, Some(pod)).await?;
+        found.retain(|c| c.pod_key == pod);
+        Ok(found)
     }
 
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -231,7 +235,7 @@ impl DockerRuntime {
             };
             out.push(Container {
                 id,
-                pod_name: labels.get(LABEL_POD).cloned().unwrap_or_default(),
+                pod_key: pod_key_from_labels(&labels),
                 pod_uid: labels.get(LABEL_POD_UID).cloned().unwrap_or_default(),
                 state,
             });
@@ -281,7 +285,7 @@ impl DockerRuntime {
                 Ok(msg) => {
                     let attrs = msg.actor.and_then(|a| a.attributes).unwrap_or_default();
                     Ok(RuntimeEvent {
-                        pod_name: attrs.get(LABEL_POD).cloned().unwrap_or_default(),
+                        pod_key: pod_key_from_labels(&attrs),
                         action: msg.action.unwrap_or_default(),
                     })
                 }

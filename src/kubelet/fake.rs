@@ -43,10 +43,10 @@ impl FakeRuntime {
     }
 
     /// Makes a pod's container exit with `code` (for tests).
-    pub fn exit(&self, pod_name: &str, code: i64) {
+    pub fn exit(&self, pod_key: &str, code: i64) {
         let mut node = None;
         for (n, c) in self.lock().values_mut() {
-            if c.pod_name == pod_name {
+            if c.pod_key == pod_key {
                 c.state = ContainerState::Exited {
                     exit_code: code,
                     finished_at: Some(Utc::now()),
@@ -59,7 +59,7 @@ impl FakeRuntime {
             let _ = self.events.send((
                 n,
                 RuntimeEvent {
-                    pod_name: pod_name.to_string(),
+                    pod_key: pod_key.to_string(),
                     action: "die".into(),
                 },
             ));
@@ -88,7 +88,7 @@ impl ContainerRuntime for FakeRuntime {
                 node.to_string(),
                 Container {
                     id: id.clone(),
-                    pod_name: pod.spec.name.clone(),
+                    pod_key: pod.key(),
                     pod_uid: pod.uid.clone(),
                     state: ContainerState::Running {
                         started_at: Some(Utc::now()),
@@ -99,7 +99,7 @@ impl ContainerRuntime for FakeRuntime {
         let _ = self.events.send((
             node.to_string(),
             RuntimeEvent {
-                pod_name: pod.spec.name.clone(),
+                pod_key: pod.key(),
                 action: "start".into(),
             },
         ));
@@ -119,7 +119,7 @@ impl ContainerRuntime for FakeRuntime {
         Ok(self
             .lock()
             .values()
-            .filter(|(n, c)| n == node && c.pod_name == pod)
+            .filter(|(n, c)| n == node && c.pod_key == pod)
             .map(|(_, c)| c.clone())
             .collect())
     }
@@ -129,7 +129,7 @@ impl ContainerRuntime for FakeRuntime {
             let _ = self.events.send((
                 node,
                 RuntimeEvent {
-                    pod_name: c.pod_name,
+                    pod_key: c.pod_key,
                     action: "destroy".into(),
                 },
             ));

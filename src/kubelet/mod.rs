@@ -126,7 +126,7 @@ pub async fn run_nodes<R: ContainerRuntime>(
             };
             for node in [now, before].into_iter().flatten() {
                 if let Some(q) = queues.get(node.as_str()) {
-                    q.add(ch.name());
+                    q.add(&ch.key());
                 }
             }
         }
@@ -158,14 +158,14 @@ async fn run_node<R: ContainerRuntime>(
     // What exists now: our pods and our containers (orphans included).
     for p in pods.list() {
         if p.spec.node_name == node {
-            queue.add(&p.spec.name);
+            queue.add(&p.key());
         }
     }
     match runtime.list(&node).await {
         Ok(cs) => {
             tracing::info!(node = %node, containers = cs.len(), "adopting existing containers");
             for c in cs {
-                queue.add(&c.pod_name);
+                queue.add(&c.pod_key);
             }
         }
         Err(e) => tracing::warn!(node = %node, error = %e, "cannot list containers"),
@@ -180,7 +180,7 @@ async fn run_node<R: ContainerRuntime>(
             let mut events = rt.events(&me);
             while let Some(ev) = events.next().await {
                 match ev {
-                    Ok(ev) if !ev.pod_name.is_empty() => q.add(&ev.pod_name),
+                    Ok(ev) if !ev.pod_key.is_empty() => q.add(&ev.pod_key),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "engine event stream broke; reconnecting");
@@ -216,12 +216,12 @@ async fn run_node<R: ContainerRuntime>(
 async fn enqueue_all<R: ContainerRuntime>(q: &WorkQueue, pods: &Informer<Pod>, rt: &R, node: &str) {
     pods.for_each(|p| {
         if p.spec.node_name == node {
-            q.add(&p.spec.name);
+            q.add(&p.key());
         }
     });
     if let Ok(cs) = rt.list(node).await {
         for c in cs {
-            q.add(&c.pod_name);
+            q.add(&c.pod_key);
         }
     }
 }
@@ -275,6 +275,7 @@ async fn register(registry: &Registry, config: &KubeletConfig, ttl: i64) -> anyh
         unschedulable: false,
         reason: String::new(),
         resource_version: 0,
+        stored: None,
     };
     match registry.create(&node).await {
         Ok(_) => {}
@@ -284,6 +285,7 @@ async fn register(registry: &Registry, config: &KubeletConfig, ttl: i64) -> anyh
                     let want = Node {
                         resource_version: n.resource_version,
                         unschedulable: n.unschedulable,
+                        stored: n.stored.clone(),
                         ..node.clone()
                     };
                     if *n == want {

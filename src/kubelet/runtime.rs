@@ -11,18 +11,43 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
-use crate::api::Pod;
+use crate::api::{namespace_or_default, Pod};
+
+/// The key (`namespace/name`) of the pod a container with these labels belongs to.
+pub fn pod_key_from_labels(labels: &HashMap<String, String>) -> String {
+    let ns = labels.get(LABEL_NAMESPACE).map_or("", String::as_str);
+    let name = labels.get(LABEL_POD).map_or("", String::as_str);
+    if name.is_empty() {
+        return String::new();
+    }
+    format!("{}/{name}", namespace_or_default(ns))
+}
+
+/// The engine's name for a pod's container: the pod's name in `default` (as the seed's
+/// `docker ps` shows), `<namespace>_<name>` elsewhere.
+pub fn container_name(pod: &Pod) -> String {
+    match namespace_or_default(&pod.namespace) {
+        crate::api::DEFAULT_NAMESPACE => pod.spec.name.clone(),
+        ns => format!("{ns}_{}", pod.spec.name),
+    }
+}
 
 pub const LABEL_MARKER: &str = "miniku";
 pub const LABEL_POD: &str = "miniku.pod";
 pub const LABEL_POD_UID: &str = "miniku.pod-uid";
 pub const LABEL_NODE: &str = "miniku.node";
+/// The pod's namespace; containers without it (made before namespaces) are `default`'s.
+pub const LABEL_NAMESPACE: &str = "miniku.namespace";
 
 /// The labels of a pod's container.
 pub fn labels_for(pod: &Pod, node: &str) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_MARKER.to_string(), "1".to_string()),
         (LABEL_POD.to_string(), pod.spec.name.clone()),
+        (
+            LABEL_NAMESPACE.to_string(),
+            namespace_or_default(&pod.namespace).to_string(),
+        ),
         (LABEL_POD_UID.to_string(), pod.uid.clone()),
         (LABEL_NODE.to_string(), node.to_string()),
     ])
@@ -45,7 +70,8 @@ pub enum ContainerState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
     pub id: String,
-    pub pod_name: String,
+    /// `namespace/name` of the pod.
+    pub pod_key: String,
     pub pod_uid: String,
     pub state: ContainerState,
 }
@@ -53,7 +79,7 @@ pub struct Container {
 /// Something happened to one of our containers (start, die, destroy, oom...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeEvent {
-    pub pod_name: String,
+    pub pod_key: String,
     pub action: String,
 }
 

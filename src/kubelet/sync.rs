@@ -279,6 +279,7 @@ mod tests {
             },
             resource_version: 7,
             uid: "rs".into(),
+            ..Default::default()
         });
         p.status = status;
         p.spec.node_name = "node-a".into();
@@ -288,7 +289,7 @@ mod tests {
     fn container(p: &Pod, state: ContainerState) -> Container {
         Container {
             id: "c1".into(),
-            pod_name: p.spec.name.clone(),
+            pod_key: p.key(),
             pod_uid: p.uid.clone(),
             state,
         }

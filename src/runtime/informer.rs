@@ -27,10 +27,11 @@ pub enum Change<T> {
 }
 
 impl<T: Object> Change<T> {
-    pub fn name(&self) -> &str {
+    /// The changed object's key (`namespace/name`, or `name`).
+    pub fn key(&self) -> String {
         match self {
-            Change::Upsert { new, .. } => new.name(),
-            Change::Deleted(o) => o.name(),
+            Change::Upsert { new, .. } => new.key(),
+            Change::Deleted(o) => o.key(),
         }
     }
 }
@@ -79,11 +80,12 @@ impl<T: Object> Informer<T> {
         )
     }
 
-    pub fn get(&self, name: &str) -> Option<T> {
+    /// The cached object at `key` (`namespace/name`, or `name`).
+    pub fn get(&self, key: &str) -> Option<T> {
         self.cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(name)
+            .get(key)
             .cloned()
     }
 
@@ -145,10 +147,7 @@ async fn run<T: Object>(
         };
         backoff = Duration::from_millis(100);
         // Replace the cache and report the difference.
-        let fresh: BTreeMap<String, T> = objects
-            .into_iter()
-            .map(|o| (o.name().to_string(), o))
-            .collect();
+        let fresh: BTreeMap<String, T> = objects.into_iter().map(|o| (o.key(), o)).collect();
         let changes = {
             let mut c = cache.write().unwrap_or_else(|p| p.into_inner());
             let mut changes = Vec::new();
@@ -185,7 +184,7 @@ async fn run<T: Object>(
                     let old = cache
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(o.name().to_string(), o.clone());
+                        .insert(o.key(), o.clone());
                     revision.fetch_max(rv, Ordering::SeqCst);
                     Change::Upsert { old, new: o }
                 }
@@ -194,7 +193,7 @@ async fn run<T: Object>(
                     cache
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
-                        .remove(o.name());
+                        .remove(&o.key());
                     revision.fetch_max(rv, Ordering::SeqCst);
                     Change::Deleted(o)
                 }

@@ -133,7 +133,7 @@ impl Scheduler {
         let queue = WorkQueue::default();
         for p in pods.list() {
             if needs_binding(&p) {
-                queue.add(&p.spec.name);
+                queue.add(&p.key());
             }
         }
         let q = queue.clone();
@@ -143,10 +143,10 @@ impl Scheduler {
                 match &ch {
                     Change::Upsert { old, new } => {
                         if needs_binding(new) {
-                            q.add(&new.spec.name);
+                            q.add(&new.key());
                         } else {
-                            s.lock_assumed().remove(&new.spec.name);
-                            s.lock_unschedulable().remove(&new.spec.name);
+                            s.lock_assumed().remove(&new.key());
+                            s.lock_unschedulable().remove(&new.key());
                         }
                         // A pod leaving a node frees room.
                         let freed = old.as_ref().is_some_and(|o| !o.spec.node_name.is_empty())
@@ -156,8 +156,8 @@ impl Scheduler {
                         }
                     }
                     Change::Deleted(p) => {
-                        s.lock_assumed().remove(&p.spec.name);
-                        s.lock_unschedulable().remove(&p.spec.name);
+                        s.lock_assumed().remove(&p.key());
+                        s.lock_unschedulable().remove(&p.key());
                         if !p.spec.node_name.is_empty() {
                             s.retry_unschedulable(&q);
                         }
@@ -211,7 +211,7 @@ impl Scheduler {
             }
             if !p.spec.node_name.is_empty() {
                 add(&p.spec.node_name, p);
-            } else if let Some(node) = assumed.get(&p.spec.name) {
+            } else if let Some(node) = assumed.get(&p.key()) {
                 add(node, p);
             }
         });
@@ -299,6 +299,7 @@ mod tests {
             unschedulable: false,
             reason: String::new(),
             resource_version: 0,
+            ..Default::default()
         }
     }
 
@@ -312,6 +313,7 @@ mod tests {
             template: Default::default(),
             resource_version: 0,
             uid: String::new(),
+            ..Default::default()
         });
         p.spec.resources.cpu = cpu;
         p
