@@ -60,7 +60,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, QuantityError> {
 
 /// Millicores as Kubernetes writes them: whole cores as `2`, the rest as `1500m`.
 pub fn format_cpu_millis(m: u64) -> String {
-    if m % 1000 == 0 {
+    if m.is_multiple_of(1000) {
         (m / 1000).to_string()
     } else {
         format!("{m}m")
@@ -70,7 +70,7 @@ pub fn format_cpu_millis(m: u64) -> String {
 /// Bytes as Kubernetes' kubelet reports memory: `8388608Ki` when a whole number of KiB.
 pub fn format_bytes(b: u64) -> String {
     for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if b >= size && b % size == 0 {
+        if b >= size && b.is_multiple_of(size) {
             return format!("{}{unit}", b / size);
         }
     }
