@@ -78,6 +78,13 @@ impl ReplicaSet {
     }
 }
 
+/// Random lowercase hex of `n` digits (uids, pod name suffixes).
+pub fn random_hex(n: usize) -> String {
+    (0..n)
+        .map(|_| char::from_digit(rand::random_range(0..16u32), 16).unwrap_or('0'))
+        .collect()
+}
+
 /// An object's namespace, `default` when none is set.
 pub fn namespace_or_default(ns: &str) -> &str {
     if ns.is_empty() {

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod input;
+pub mod kube;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -39,8 +40,28 @@ pub struct AppState {
     pub registry: Registry,
 }
 
-/// The API; with a `token`, every route but `/health` needs `Authorization: Bearer <token>`.
+/// The API: the seed's routes and the Kubernetes API ([`kube`]); with a `token`, every route
+/// but `/health` needs `Authorization: Bearer <token>`.
 pub fn router(registry: Registry, token: Option<miniku_store::auth::Token>) -> Router {
+    let kube_api = kube::router(registry.clone()).layer(axum::middleware::from_fn_with_state(
+        miniku_store::http::BodyLimit {
+            max: MAX_BODY_BYTES,
+            too_large: |max| kube::status::KubeError::too_large(max).into_response(),
+        },
+        miniku_store::http::buffer_body,
+    ));
+    seed_router(registry)
+        .merge(kube_api)
+        .layer(axum::middleware::from_fn_with_state(
+            miniku_store::auth::Guard {
+                token,
+                open_paths: &["/health"],
+            },
+            miniku_store::auth::require_token,
+        ))
+}
+
+fn seed_router(registry: Registry) -> Router {
     Router::new()
         .route(
             "/replicasets",
@@ -62,13 +83,6 @@ pub fn router(registry: Registry, token: Option<miniku_store::auth::Token>) -> R
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::middleware::from_fn_with_state(
-            miniku_store::auth::Guard {
-                token,
-                open_paths: &["/health"],
-            },
-            miniku_store::auth::require_token,
-        ))
         .layer(axum::middleware::from_fn_with_state(
             miniku_store::http::BodyLimit {
                 max: MAX_BODY_BYTES,
@@ -236,7 +250,7 @@ async fn create_replicaset(
             "must not be set when creating",
         ));
     }
-    let rs = input.into_replicaset(crate::controllers::replicaset::random_hex(16))?;
+    let rs = input.into_replicaset(crate::api::random_hex(16))?;
     validate_replicaset(&rs)?;
     let created = s.registry.create(&rs).await?;
     tracing::info!(replicaset = %created.name, desired = created.desired_count, "created");

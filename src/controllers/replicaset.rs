@@ -31,7 +31,9 @@ use chrono::Utc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::kube::KubePod;
-use crate::api::{namespace_or_default, zero_time, OwnerReference, Pod, PodPhase, ReplicaSet};
+use crate::api::{
+    namespace_or_default, random_hex, zero_time, OwnerReference, Pod, PodPhase, ReplicaSet,
+};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{enqueue_changes, run_workers, Change, Informer, Next, WorkQueue};
 
@@ -55,13 +57,6 @@ fn owner_of(pod: &Pod) -> Option<String> {
         .as_ref()
         .filter(|o| o.kind == "ReplicaSet")
         .map(|o| format!("{}/{}", namespace_or_default(&pod.namespace), o.name))
-}
-
-/// Random lowercase hex of `n` digits.
-pub fn random_hex(n: usize) -> String {
-    (0..n)
-        .map(|_| char::from_digit(rand::random_range(0..16u32), 16).unwrap_or('0'))
-        .collect()
 }
 
 /// A new pod for `rs`, named `<rs>-<8 hex>`, from its template: the Kubernetes template's
