@@ -36,6 +36,28 @@ all_names() {
   if [ -n "${MINIKU_STORE_ONLY:-}" ]; then echo "$STORES"; else echo "$STORES $CONTROL"; fi
 }
 
+# A kubeconfig naming the API server, for kubectl and the Kubernetes client libraries.
+write_kubeconfig() {
+  cat > "$DATA/kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: miniku
+  cluster:
+    server: http://127.0.0.1:8080
+users:
+- name: miniku
+  user: {}
+contexts:
+- name: miniku
+  context:
+    cluster: miniku
+    user: miniku
+    namespace: default
+current-context: miniku
+KUBECONFIG
+}
+
 command_for() {
   case "$1" in
     store[123])
@@ -139,6 +161,8 @@ case "${1:-}" in
       for n in $CONTROL; do start_one "$n"; done
       wait_for_http http://127.0.0.1:8080/replicasets "the API server"
       echo "API server: http://127.0.0.1:8080  (kubelets: node-a, node-b, runtime $RUNTIME)"
+      write_kubeconfig
+      echo "kubectl:    export KUBECONFIG=$DATA/kubeconfig"
     fi
     ;;
   down)

@@ -14,6 +14,8 @@ command -v jq >/dev/null || need_apt+=(jq)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+# The Kubernetes API tests drive the real kubectl.
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -458,6 +458,7 @@ pub fn replicaset_from_kube(k: KubeReplicaSet) -> ReplicaSet {
         uid: m.uid.clone().unwrap_or_default(),
         generation: m.generation.unwrap_or(0),
         observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
+        deleting: m.deletion_timestamp.is_some(),
         stored: None,
     };
     ReplicaSet {

@@ -272,6 +272,10 @@ pub struct ReplicaSet {
     /// The generation the controller's last status write saw.
     #[serde(skip)]
     pub observed_generation: i64,
+    /// Being deleted (Kubernetes' `deletionTimestamp` is set): the API server is settling its
+    /// pods (orphaning or deleting them), so the controller leaves it alone.
+    #[serde(skip)]
+    pub deleting: bool,
     #[serde(skip)]
     pub stored: Option<Arc<kube::KubeReplicaSet>>,
 }

@@ -2,7 +2,8 @@
 //!
 //! Driven by two informers (ReplicaSets and pods); a change to a ReplicaSet or to a pod it
 //! owns queues the ReplicaSet's name. Reconciling one:
-//! - ReplicaSet gone: delete the pods it owned (cascade);
+//! - ReplicaSet gone: delete the pods it owned (cascade); being deleted (its
+//!   `deletionTimestamp` set): nothing, the API server settles its pods;
 //! - pods whose labels no longer match the selector are released (owner cleared);
 //! - terminal pods (Succeeded, or Failed with no retry pending, e.g. `NodeLost`) are deleted
 //!   and so replaced;
@@ -275,6 +276,10 @@ impl ReplicaSetController {
                 .remove(name);
             return Ok(Next::Done);
         };
+        if rs.deleting {
+            // The API server is orphaning or deleting its pods before it deletes it.
+            return Ok(Next::Done);
+        }
         let mut active = Vec::new();
         for pod in self.owned_pods(name) {
             let same_owner = pod.owner.as_ref().is_some_and(|o| o.uid == rs.uid);

@@ -73,6 +73,9 @@ struct Kubelet<R> {
     runtime: R,
     pods: Informer<Pod>,
     config: KubeletConfig,
+    /// Containers being stopped in the background: each stop makes the engine report
+    /// events, whose syncs must not stop the same container again.
+    removing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Runs a kubelet until the task is aborted.
@@ -154,6 +157,7 @@ async fn run_node<R: ContainerRuntime>(
         runtime: runtime.clone(),
         pods: pods.clone(),
         config: config.clone(),
+        removing: Default::default(),
     };
     // What exists now: our pods and our containers (orphans included).
     for p in pods.list() {
@@ -343,8 +347,17 @@ impl<R: ContainerRuntime> Kubelet<R> {
         match d.step {
             Step::Nothing => {}
             Step::Remove(id) => {
-                tracing::info!(pod = name, container = %id, "stopping and removing the container");
                 let done_with_pod = pod.as_ref().is_none_or(|p| p.is_terminal());
+                let first = self
+                    .removing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone());
+                if done_with_pod && !first {
+                    // Already being stopped in the background.
+                    return Ok(Next::Done);
+                }
+                tracing::info!(pod = name, container = %id, "stopping and removing the container");
                 if done_with_pod {
                     // The grace period can take seconds: don't hold a worker for it. A later
                     // sync of the same name finds the container (still stopping) and asks
@@ -352,13 +365,23 @@ impl<R: ContainerRuntime> Kubelet<R> {
                     let rt = self.runtime.clone();
                     let grace = self.config.stop_grace;
                     let name = name.to_string();
+                    let removing = self.removing.clone();
                     tokio::spawn(async move {
                         if let Err(e) = rt.remove(&id, grace).await {
                             tracing::warn!(pod = %name, container = %id, error = %e, "could not remove the container");
                         }
+                        removing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&id);
                     });
                 } else {
-                    self.runtime.remove(&id, self.config.stop_grace).await?;
+                    let result = self.runtime.remove(&id, self.config.stop_grace).await;
+                    self.removing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    result?;
                 }
             }
             Step::Start { replace } => {

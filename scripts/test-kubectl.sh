@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Drives the real kubectl through the commands Miniku's Kubernetes API serves and checks what
+# it prints (the columns of the server's Tables, the messages of its errors).
+#   scripts/test-kubectl.sh http://127.0.0.1:8080 [NODE]
+# NODE is one of the cluster's nodes (for --field-selector). Needs kubectl and curl; the
+# cluster must run the Docker kubelet with miniku/busybox:latest (scripts/test-image.sh).
+# Prints one line per check and a summary; exits 1 if any check failed.
+set -u
+API=${1:?usage: test-kubectl.sh API_URL [NODE]}
+NODE=${2:-node-a}
+CACHE=$(mktemp -d)
+WORK=$(mktemp -d)
+trap 'rm -rf "$CACHE" "$WORK"; [ -n "${WATCH_PID:-}" ] && kill "$WATCH_PID" 2>/dev/null' EXIT
+K=(kubectl --server "$API" --cache-dir "$CACHE")
+passed=0 failed=0
+
+# expect DESCRIPTION EXIT_CODE REGEX -- COMMAND...: the command exits so and prints a match.
+expect() {
+  local what=$1 code=$2 pattern=$3; shift 4
+  local out rc
+  out=$("$@" 2>&1); rc=$?
+  if [ "$rc" = "$code" ] && grep -Eq -- "$pattern" <<<"$out"; then
+    passed=$((passed + 1)); echo "ok   $what"
+  else
+    failed=$((failed + 1)); echo "FAIL $what (exit $rc, wanted $code and /$pattern/):"; sed 's/^/     /' <<<"$out"
+  fi
+}
+
+manifest() { # NAME REPLICAS [EXTRA SPEC LINE]
+  cat <<YAML
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: $1
+  labels:
+    app: $1
+spec:
+  replicas: $2
+${3:-}
+  selector:
+    matchLabels:
+      app: $1
+  template:
+    metadata:
+      labels:
+        app: $1
+    spec:
+      containers:
+      - name: httpd
+        image: miniku/busybox:latest
+        command: ["httpd", "-f", "-p", "8080"]
+YAML
+}
+manifest web 2 > "$WORK/web.yaml"
+manifest web 3 > "$WORK/web3.yaml"
+manifest web -1 > "$WORK/negative.yaml"
+manifest web 2 "  bogus: 1" > "$WORK/unknown.yaml"
+
+expect "version reports Kubernetes 1.33" 0 'Server Version: v1\.33\.' -- "${K[@]}" version
+expect "api-resources lists pods with their short name" 0 'pods +po +v1 +true +Pod' -- "${K[@]}" api-resources
+expect "api-resources lists replicasets" 0 'replicasets +rs +apps/v1 +true +ReplicaSet' -- "${K[@]}" api-resources
+expect "api-resources lists nodes and namespaces" 0 'namespaces +ns +v1 +false +Namespace' -- "${K[@]}" api-resources
+expect "api-versions" 0 '^apps/v1$' -- "${K[@]}" api-versions
+expect "explain replicaset.spec" 0 'replicas\s+<integer>' -- "${K[@]}" explain replicaset.spec
+expect "the default namespace exists" 0 'default +Active' -- "${K[@]}" get ns
+expect "nodes have Kubernetes' columns" 0 'NAME +STATUS +ROLES +AGE +VERSION' -- "${K[@]}" get nodes
+expect "a node is Ready" 0 "$NODE +Ready" -- "${K[@]}" get no
+
+expect "apply creates a ReplicaSet" 0 'replicaset.apps/web created' -- "${K[@]}" apply -f "$WORK/web.yaml"
+expect "its two pods become ready" 0 'condition met' -- "${K[@]}" wait --for=jsonpath='{.status.readyReplicas}'=2 rs/web --timeout=90s
+expect "get rs prints DESIRED CURRENT READY" 0 'web +2 +2 +2 ' -- "${K[@]}" get rs
+expect "get pods prints READY STATUS RESTARTS" 0 'web-[0-9a-f]{8} +1/1 +Running +0 ' -- "${K[@]}" get pods
+expect "get pods -o wide adds NODE" 0 'NAME +READY +STATUS +RESTARTS +AGE +IP +NODE +NOMINATED NODE +READINESS GATES' -- "${K[@]}" get pods -o wide
+expect "the seed's API shows the same ReplicaSet" 0 '"desiredCount":2' -- curl -sf "$API/replicasets/web"
+
+"${K[@]}" get pods -w --output-watch-events > "$WORK/watch.out" 2>&1 &
+WATCH_PID=$!
+expect "apply again changes it" 0 'replicaset.apps/web configured' -- "${K[@]}" apply -f "$WORK/web3.yaml"
+expect "the third pod becomes ready" 0 'condition met' -- "${K[@]}" wait --for=jsonpath='{.status.readyReplicas}'=3 rs/web --timeout=90s
+expect "generation and observedGeneration follow the change" 0 '^3 2 2$' -- "${K[@]}" get rs web -o jsonpath='{.spec.replicas} {.metadata.generation} {.status.observedGeneration}'
+expect "scale goes through /scale" 0 'replicaset.apps/web scaled' -- "${K[@]}" scale rs web --replicas=1
+expect "the seed's API sees the new count" 0 '"desiredCount":1' -- curl -sf "$API/replicasets/web"
+expect "scaled down to one pod" 0 'condition met' -- "${K[@]}" wait --for=jsonpath='{.status.replicas}'=1 rs/web --timeout=90s
+kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; WATCH_PID=
+expect "get -w streamed the pods' events" 0 'ADDED +web-[0-9a-f]{8}' -- cat "$WORK/watch.out"
+expect "get -w streamed the scale-down's deletions" 0 'DELETED +web-[0-9a-f]{8}' -- cat "$WORK/watch.out"
+
+expect "label" 0 'replicaset.apps/web labeled' -- "${K[@]}" label rs web tier=front
+expect "annotate" 0 'replicaset.apps/web annotated' -- "${K[@]}" annotate rs web note=hello
+expect "-l selects by label, --show-labels prints them" 0 'app=web,tier=front' -- "${K[@]}" get rs -l tier=front --show-labels
+expect "-o yaml" 0 'note: hello' -- "${K[@]}" get rs web -o yaml
+expect "-o json" 0 '"kind": "ReplicaSet"' -- "${K[@]}" get rs web -o json
+expect "--field-selector spec.nodeName" 0 'NAME|No resources found' -- "${K[@]}" get pods --field-selector "spec.nodeName=$NODE"
+expect "-A shows the namespace column" 0 'NAMESPACE +NAME' -- "${K[@]}" get pods -A
+expect "get all lists pods and replicasets" 0 'replicaset.apps/web' -- "${K[@]}" get all
+expect "describe rs" 0 'Replicas: +1 current / 1 desired' -- "${K[@]}" describe rs web
+expect "describe pod names its controller" 0 'Controlled By: +ReplicaSet/web' -- "${K[@]}" describe pods -l app=web
+expect "describe node" 0 'Capacity:' -- "${K[@]}" describe node "$NODE"
+
+expect "a missing object is NotFound" 1 'Error from server \(NotFound\): replicasets.apps "nope" not found' -- "${K[@]}" get rs nope
+expect "create of an existing name is AlreadyExists" 1 'Error from server \(AlreadyExists\).*replicasets.apps "web" already exists' -- "${K[@]}" create -f "$WORK/web.yaml"
+expect "a negative replica count is Invalid, naming the field" 1 'spec.replicas: Invalid value: -1' -- "${K[@]}" apply -f "$WORK/negative.yaml"
+expect "an unknown field is refused (strict validation)" 1 'unknown field "spec.bogus"' -- "${K[@]}" apply -f "$WORK/unknown.yaml"
+expect "replace -f" 0 'replicaset.apps/web replaced' -- "${K[@]}" replace -f "$WORK/web.yaml"
+expect "a namespace that does not exist is NotFound" 1 'namespaces "nowhere" not found' -- "${K[@]}" -n nowhere apply -f "$WORK/web.yaml"
+
+expect "create namespace" 0 'namespace/team-a created' -- "${K[@]}" create namespace team-a
+expect "apply into it" 0 'replicaset.apps/web created' -- "${K[@]}" -n team-a apply -f "$WORK/web.yaml"
+expect "its pods run" 0 'condition met' -- "${K[@]}" -n team-a wait --for=jsonpath='{.status.readyReplicas}'=2 rs/web --timeout=90s
+expect "delete namespace" 0 'namespace "team-a" deleted' -- "${K[@]}" delete namespace team-a --timeout=60s
+expect "what was in it is gone" 0 'No resources found in team-a namespace' -- "${K[@]}" -n team-a get rs,pods
+
+expect "delete --cascade=orphan leaves the pods" 0 'replicaset.apps "web" deleted' -- "${K[@]}" delete rs web --cascade=orphan
+expect "the orphans run on without an owner" 0 'web-[0-9a-f]{8} +1/1 +Running' -- "${K[@]}" get pods -l app=web
+expect "delete pods -l" 0 'pod "web-[0-9a-f]{8}" deleted' -- "${K[@]}" delete pods -l app=web
+expect "create -f" 0 'replicaset.apps/web created' -- "${K[@]}" create -f "$WORK/web.yaml"
+expect "its pods become ready" 0 'condition met' -- "${K[@]}" wait --for=jsonpath='{.status.readyReplicas}'=2 rs/web --timeout=90s
+expect "delete --cascade=foreground waits for the pods" 0 'replicaset.apps "web" deleted' -- "${K[@]}" delete rs web --cascade=foreground
+expect "the pods went with it" 0 'No resources found' -- "${K[@]}" get pods -l app=web
+
+echo "summary: $passed passed, $failed failed"
+[ "$failed" = 0 ]

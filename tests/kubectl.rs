@@ -1,0 +1,104 @@
+//! The real kubectl against a real Miniku (store, API server, controller manager, scheduler
+//! and a Docker kubelet), through `scripts/test-kubectl.sh`: discovery, Tables, watch, apply,
+//! scale, label, errors, namespaces and cascading deletes, each checked on what kubectl prints.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use common::{wait_until, ControlPlane};
+
+const IMAGE: &str = "miniku/busybox:latest";
+
+/// Removes the node's containers when the test ends, however it ends.
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=miniku.node={}", self.0),
+            ])
+            .output();
+        if let Ok(o) = ids {
+            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn kubectl_drives_miniku_as_a_kubernetes_cluster() -> Result<()> {
+    let docker = Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !docker {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("CI=true but the Docker engine is not reachable");
+        }
+        eprintln!("SKIPPED: the Docker engine is not reachable");
+        return Ok(());
+    }
+    let image = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()?;
+    ensure!(image.status.success(), "run scripts/test-image.sh first");
+    let mut cp = ControlPlane::start(&[]).await?;
+    let node = format!("kubectl-{}", std::process::id());
+    let _cleanup = Containers(node.clone());
+    cp.spawn(
+        "kubelet",
+        &[
+            "kubelet",
+            "--node-name",
+            &node,
+            "--runtime",
+            "docker",
+            "--stop-grace-secs",
+            "1",
+        ],
+    )?;
+    wait_until(Duration::from_secs(30), "the node to register", || {
+        let cp = &cp;
+        let node = node.clone();
+        async move {
+            let n = cp.get(&format!("/nodes/{node}")).await.ok()?;
+            (n["status"] == "Ready").then_some(())
+        }
+    })
+    .await?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-kubectl.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(cp.url(""))
+        .arg(&node)
+        .output()
+        .context("running scripts/test-kubectl.sh (is kubectl installed?)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    ensure!(
+        out.status.success() && text.contains(" 0 failed"),
+        "kubectl checks failed; output above\n{}",
+        cp.logs()
+    );
+    Ok(())
+}
