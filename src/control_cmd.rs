@@ -145,21 +145,24 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
     let eviction = Duration::from_secs(args.pod_eviction_timeout_secs);
     let workers = args.workers;
     // Writes are fenced by the leadership term; only the unsafe testing mode goes without.
-    let work = move |fence: Option<miniku::registry::Fence>| async move {
+    // One term of work: dropping it (leadership lost) stops both controllers and their tasks.
+    let work = move |fence: Option<miniku::registry::Fence>| {
         let registry = match fence {
             Some(f) => registry.fenced(f),
-            None => registry,
+            None => registry.clone(),
         };
-        let rs = tokio::spawn(miniku::controllers::ReplicaSetController::run(
-            registry.clone(),
-            workers,
-        ));
-        let nodes = tokio::spawn(miniku::controllers::NodeLifecycleController::run(
-            registry, eviction,
-        ));
-        tokio::select! {
-            r = rs => r.context("replicaset controller")?,
-            r = nodes => r.context("node lifecycle controller")?,
+        async move {
+            let rs = miniku::runtime::spawn_owned(miniku::controllers::ReplicaSetController::run(
+                registry.clone(),
+                workers,
+            ));
+            let nodes = miniku::runtime::spawn_owned(
+                miniku::controllers::NodeLifecycleController::run(registry, eviction),
+            );
+            tokio::select! {
+                r = rs => r.context("replicaset controller")?,
+                r = nodes => r.context("node lifecycle controller")?,
+            }
         }
     };
     let identity = args.election.identity();

@@ -269,6 +269,46 @@ async fn scale_up_down_and_cascading_delete() -> Result<()> {
     Ok(())
 }
 
+/// A controller manager that loses its lease (the store lost its quorum for longer than the
+/// lease) stops its work and campaigns again in the same process: afterwards it still acts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_loses_its_lease_campaigns_again_and_acts() -> Result<()> {
+    let mut cp = ControlPlane::start(&[]).await?;
+    let c = client(&cp)?;
+    let _node = register_node(&c, "node-a", 4000, &[]).await?;
+    let (status, _) = post(&cp, "/replicasets", &rs_body("before", 1)).await?;
+    ensure!(status == 201);
+    wait_pods(&cp, "before", "1 pod", |p| p.len() == 1).await?;
+    // Two of three members gone: no quorum, no lease renewals.
+    cp.store.kill(2);
+    cp.store.kill(3);
+    wait_until(
+        Duration::from_secs(30),
+        "the controller manager to notice it lost its lease",
+        || async { cp.logs().contains("lost leadership").then_some(()) },
+    )
+    .await?;
+    cp.store.spawn(2)?;
+    cp.store.spawn(3)?;
+    cp.store.wait_leader(&[1, 2, 3]).await?;
+    let (status, _) = post(&cp, "/replicasets", &rs_body("after", 2)).await?;
+    ensure!(status == 201, "{status}");
+    wait_pods(&cp, "after", "2 pods made by the re-elected controller manager", |p| {
+        p.len() == 2
+    })
+    .await?;
+    let cm = cp
+        .components
+        .iter_mut()
+        .find(|c| c.name == "controller-manager")
+        .ok_or_else(|| anyhow!("no controller manager"))?;
+    ensure!(
+        cm.child.as_mut().is_some_and(|ch| matches!(ch.try_wait(), Ok(None))),
+        "the controller manager exited"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_controller_managers_never_overshoot() -> Result<()> {
     let mut cp = ControlPlane::start(&[]).await?;

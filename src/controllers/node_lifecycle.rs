@@ -41,10 +41,10 @@ impl NodeLifecycleController {
         for n in nodes.list() {
             queue.add(&n.name);
         }
-        enqueue_changes(node_changes, queue.clone(), |ch| [ch.key()]);
-        enqueue_changes(hb_changes, queue.clone(), |ch| [ch.key()]);
+        let _feed1 = enqueue_changes(node_changes, queue.clone(), |ch| [ch.key()]);
+        let _feed2 = enqueue_changes(hb_changes, queue.clone(), |ch| [ch.key()]);
         // Pods bound to a NotReady node past its deadline must be handled too.
-        enqueue_changes(pod_changes, queue.clone(), |ch| match ch {
+        let _feed3 = enqueue_changes(pod_changes, queue.clone(), |ch| match ch {
             Change::Upsert { new, .. } if !new.spec.node_name.is_empty() => {
                 Some(new.spec.node_name.clone())
             }

@@ -36,7 +36,9 @@ use crate::api::{
     namespace_or_default, random_hex, zero_time, OwnerReference, Pod, PodPhase, ReplicaSet,
 };
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{enqueue_changes, run_workers, Change, Informer, Next, WorkQueue};
+use crate::runtime::{
+    enqueue_changes, run_workers, spawn_owned, Change, Informer, Next, WorkQueue,
+};
 
 /// How often every ReplicaSet is reconciled even without a change (a safety net only).
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(300);
@@ -120,7 +122,8 @@ fn deletion_rank(p: &Pod) -> (bool, u8, Reverse<i64>) {
 }
 
 impl ReplicaSetController {
-    /// Starts the informers and runs the controller until aborted.
+    /// Starts the informers and runs the controller until the future is dropped, which
+    /// stops every task it started.
     pub async fn run(registry: Registry, workers: usize) -> anyhow::Result<()> {
         let (replicasets, rs_changes) = Informer::<ReplicaSet>::start(registry.clone());
         let (pods, pod_changes) = Informer::<Pod>::start(registry.clone());
@@ -137,9 +140,9 @@ impl ReplicaSetController {
         for rs in replicasets.list() {
             queue.add(&rs.key());
         }
-        enqueue_changes(rs_changes, queue.clone(), |ch| [ch.key()]);
+        let _feed1 = enqueue_changes(rs_changes, queue.clone(), |ch| [ch.key()]);
         // A pod change concerns the ReplicaSet that owns (or owned) it.
-        enqueue_changes(pod_changes, queue.clone(), |ch| {
+        let _feed2 = enqueue_changes(pod_changes, queue.clone(), |ch| {
             let (old, new) = match ch {
                 Change::Upsert { old, new } => (old.as_ref(), new),
                 Change::Deleted(p) => (None, p),
@@ -151,7 +154,7 @@ impl ReplicaSetController {
         });
         let q = queue.clone();
         let rs_cache = replicasets.clone();
-        tokio::spawn(async move {
+        let _resync = spawn_owned(async move {
             let mut tick = tokio::time::interval(RESYNC_PERIOD);
             tick.tick().await;
             loop {

@@ -27,7 +27,7 @@ use futures::StreamExt;
 
 use crate::api::{Node, NodeLease, NodeStatus, Pod, Resources};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{run_workers, Change, Informer, Next, WorkQueue};
+use crate::runtime::{run_workers, spawn_owned, Change, Informer, Next, WorkQueue};
 use runtime::{Container, ContainerRuntime, RuntimeError};
 use sync::{decide, failed, running, BackoffConfig, Step};
 
@@ -118,7 +118,7 @@ pub async fn run_nodes<R: ContainerRuntime>(
         ));
     }
     // Changes to pods that are (or were) bound to one of our nodes.
-    tokio::spawn(async move {
+    let _routing = spawn_owned(async move {
         while let Some(ch) = changes.recv().await {
             let (now, before) = match &ch {
                 Change::Upsert { old, new } => (
@@ -150,7 +150,7 @@ async fn run_node<R: ContainerRuntime>(
 ) -> anyhow::Result<()> {
     let node = config.node_name.clone();
     tracing::info!(node = %node, "pods listed; registering the node");
-    tokio::spawn(heartbeat(registry.clone(), config.clone()));
+    let _heartbeat = spawn_owned(heartbeat(registry.clone(), config.clone()));
 
     let k = Kubelet {
         registry,
@@ -179,7 +179,7 @@ async fn run_node<R: ContainerRuntime>(
     let rt = runtime.clone();
     let me = node.clone();
     let cache = pods.clone();
-    tokio::spawn(async move {
+    let _engine_events = spawn_owned(async move {
         loop {
             let mut events = rt.events(&me);
             while let Some(ev) = events.next().await {
@@ -200,7 +200,7 @@ async fn run_node<R: ContainerRuntime>(
     let q = queue.clone();
     let rt = runtime.clone();
     let every = config.resync;
-    tokio::spawn(async move {
+    let _resync = spawn_owned(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {

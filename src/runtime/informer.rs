@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
+use super::task::{spawn_owned, OwnedTask};
 use crate::registry::{Object, Registry, RegistryError, WatchEvent};
 
 /// One change to the cache.
@@ -41,7 +41,8 @@ pub struct Informer<T> {
     cache: Arc<RwLock<BTreeMap<String, T>>>,
     revision: Arc<AtomicI64>,
     synced: watch::Receiver<bool>,
-    task: Arc<JoinHandle<()>>,
+    /// The list-and-watch task; it stops when the last clone of the informer is dropped.
+    task: Arc<OwnedTask<()>>,
 }
 
 impl<T> Clone for Informer<T> {
@@ -62,7 +63,7 @@ impl<T: Object> Informer<T> {
         let revision = Arc::new(AtomicI64::new(0));
         let (synced_tx, synced) = watch::channel(false);
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(
+        let task = spawn_owned(run(
             registry,
             cache.clone(),
             revision.clone(),
@@ -119,11 +120,6 @@ impl<T: Object> Informer<T> {
     pub async fn wait_synced(&self) {
         let mut rx = self.synced.clone();
         let _ = rx.wait_for(|s| *s).await;
-    }
-
-    /// Stops the informer.
-    pub fn stop(&self) {
-        self.task.abort();
     }
 }
 

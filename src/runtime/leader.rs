@@ -1,8 +1,9 @@
 //! Leader election through a store lease: the leader holds the key
 //! `/registry/leaders/<component>`, attached to a lease it keeps alive. Others watch the key
 //! and try again when it disappears (the holder stopped, or its lease expired). A leader that
-//! cannot renew its lease before the TTL runs out stops leading (its work is cancelled), as
-//! Kubernetes' components do.
+//! cannot renew its lease before the TTL runs out stops leading: its work future is dropped,
+//! which stops every task the work started (they are [`super::task::OwnedTask`]s), and it
+//! goes back to campaigning in the same process. Its writes stay fenced throughout.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,10 +19,11 @@ pub fn leader_key(component: &str) -> String {
     format!("{}leaders/{component}", crate::registry::ROOT)
 }
 
-/// Runs `work` only while this process holds the lock for `component`. Returns when
-/// leadership is lost (an error) or `work` ends. `work` gets the [`Fence`] of this term of
-/// leadership: its writes should go through [`crate::registry::Registry::fenced`], so that
-/// none lands after the lock has passed to another instance.
+/// Runs `work` whenever this process holds the lock for `component`: campaigns, runs a term
+/// of `work`, and when leadership is lost cancels that term and campaigns again. Returns only
+/// when `work` itself ends. `work` gets the [`Fence`] of each term: its writes should go
+/// through [`crate::registry::Registry::fenced`], so that none lands after the lock has
+/// passed to another instance.
 pub async fn run_as_leader<F, Fut>(
     client: StoreClient,
     component: &str,
@@ -30,9 +32,39 @@ pub async fn run_as_leader<F, Fut>(
     work: F,
 ) -> anyhow::Result<()>
 where
-    F: FnOnce(Fence) -> Fut,
+    F: Fn(Fence) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    loop {
+        match lead_one_term(&client, component, identity, ttl_secs, &work).await {
+            Term::WorkEnded(r) => return r,
+            Term::Lost(why) => {
+                tracing::warn!(component, reason = %why, "lost leadership; its work is stopped, campaigning again");
+            }
+        }
+    }
+}
+
+/// How a term of leadership ended.
+enum Term {
+    WorkEnded(anyhow::Result<()>),
+    Lost(String),
+}
+
+/// Wins the lock once and runs `work` until it ends or the lease cannot be renewed (then the
+/// work future is dropped, stopping what it started).
+async fn lead_one_term<F, Fut>(
+    client: &StoreClient,
+    component: &str,
+    identity: &str,
+    ttl_secs: i64,
+    work: &F,
+) -> Term
+where
+    F: Fn(Fence) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let client = client.clone();
     let key = leader_key(component);
     let (lease, create_revision) = loop {
         match try_acquire(&client, &key, identity, ttl_secs).await {
@@ -56,9 +88,9 @@ where
     tokio::select! {
         r = work(fence) => {
             let _ = client.lease_revoke(lease).await;
-            r
+            Term::WorkEnded(r)
         }
-        e = renew => Err(anyhow::anyhow!("lost leadership of {component}: {e}")),
+        e = renew => Term::Lost(e),
     }
 }
 

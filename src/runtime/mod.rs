@@ -3,41 +3,47 @@
 //!   local cache and reports changes;
 //! - [`queue`]: a work queue that deduplicates keys, never hands out one key twice at once,
 //!   and requeues failures with per-key exponential backoff;
-//! - [`leader`]: a lease-based lock in the store so that only one copy of a component acts.
+//! - [`leader`]: a lease-based lock in the store so that only one copy of a component acts;
+//! - [`task`]: tasks owned by a handle that aborts them when dropped, so a component's tasks
+//!   stop together.
 //!
 //! Nothing here knows what a ReplicaSet or a pod means.
 
 pub mod informer;
 pub mod leader;
 pub mod queue;
+pub mod task;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use informer::{Change, Informer};
 pub use queue::WorkQueue;
+pub use task::{spawn_owned, OwnedTask};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::registry::Object;
 
-/// Queues the keys `keys_of` names for each change, until the informer stops.
+/// Queues the keys `keys_of` names for each change, until the informer stops or the returned
+/// handle is dropped.
 pub fn enqueue_changes<T, F, I>(
     mut changes: UnboundedReceiver<Change<T>>,
     queue: WorkQueue,
     keys_of: F,
-) where
+) -> OwnedTask<()>
+where
     T: Object,
     F: Fn(&Change<T>) -> I + Send + 'static,
     I: IntoIterator<Item = String>,
 {
-    tokio::spawn(async move {
+    spawn_owned(async move {
         while let Some(ch) = changes.recv().await {
             for key in keys_of(&ch) {
                 queue.add(&key);
             }
         }
-    });
+    })
 }
 
 /// What a reconcile asks for next.
@@ -50,7 +56,7 @@ pub enum Next {
 }
 
 /// Runs `workers` loops taking keys from `queue` and reconciling them; failures are requeued
-/// with backoff. Runs until the task is aborted.
+/// with backoff. Runs until the future is dropped, which stops the workers too.
 pub async fn run_workers<F, Fut>(queue: WorkQueue, workers: usize, reconcile: F)
 where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
@@ -60,7 +66,7 @@ where
     for _ in 0..workers.max(1) {
         let queue = queue.clone();
         let reconcile = reconcile.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawn_owned(async move {
             loop {
                 let key = queue.next().await;
                 match reconcile(key.clone()).await {

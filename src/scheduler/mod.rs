@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::api::{Node, NodeStatus, Pod, PodPhase};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{run_workers, Change, Informer, Next, WorkQueue};
+use crate::runtime::{run_workers, spawn_owned, Change, Informer, Next, WorkQueue};
 
 /// What a node has left, as the scheduler sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl Scheduler {
         }
         let q = queue.clone();
         let s = sched.clone();
-        tokio::spawn(async move {
+        let _pod_feed = spawn_owned(async move {
             while let Some(ch) = pod_changes.recv().await {
                 match &ch {
                     Change::Upsert { old, new } => {
@@ -167,7 +167,7 @@ impl Scheduler {
         });
         let q = queue.clone();
         let s = sched.clone();
-        tokio::spawn(async move {
+        let _node_feed = spawn_owned(async move {
             while node_changes.recv().await.is_some() {
                 s.retry_unschedulable(&q);
             }
