@@ -51,6 +51,20 @@ ${3:-}
         command: ["httpd", "-f", "-p", "8080"]
 YAML
 }
+cat > "$WORK/two.yaml" <<YAML
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: two}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: two}}
+  template:
+    metadata: {labels: {app: two}}
+    spec:
+      containers:
+      - {name: web, image: miniku/busybox:latest, command: [httpd, -f, -p, "8080"]}
+      - {name: side, image: miniku/busybox:latest, command: [sleep, "3600"]}
+YAML
 manifest web 2 > "$WORK/web.yaml"
 manifest web 3 > "$WORK/web3.yaml"
 manifest web -1 > "$WORK/negative.yaml"
@@ -71,6 +85,8 @@ expect "its two pods become ready" 0 'condition met' -- "${K[@]}" wait --for=jso
 expect "get rs prints DESIRED CURRENT READY" 0 'web +2 +2 +2 ' -- "${K[@]}" get rs
 expect "get pods prints READY STATUS RESTARTS" 0 'web-[0-9a-f]{8} +1/1 +Running +0 ' -- "${K[@]}" get pods
 expect "get pods -o wide adds NODE" 0 'NAME +READY +STATUS +RESTARTS +AGE +IP +NODE +NOMINATED NODE +READINESS GATES' -- "${K[@]}" get pods -o wide
+expect "pods have the engine's address (IP) and their node" 0 "web-[0-9a-f]{8} +1/1 +Running +0 +[^ ]+ +[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+ +$NODE" -- "${K[@]}" get pods -o wide
+expect "nodes report their kubelet, OS and engine" 0 "$NODE +Ready .*v1\.33\.0-miniku.*docker://" -- "${K[@]}" get nodes -o wide
 expect "the seed's API shows the same ReplicaSet" 0 '"desiredCount":2' -- curl -sf "$API/replicasets/web"
 
 "${K[@]}" get pods -w --output-watch-events > "$WORK/watch.out" 2>&1 &
@@ -84,6 +100,11 @@ expect "scaled down to one pod" 0 'condition met' -- "${K[@]}" wait --for=jsonpa
 kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; WATCH_PID=
 expect "get -w streamed the pods' events" 0 'ADDED +web-[0-9a-f]{8}' -- cat "$WORK/watch.out"
 expect "get -w streamed the scale-down's deletions" 0 'DELETED +web-[0-9a-f]{8}' -- cat "$WORK/watch.out"
+
+expect "a pod of two containers" 0 'replicaset.apps/two created' -- "${K[@]}" apply -f "$WORK/two.yaml"
+expect "runs both of them" 0 'condition met' -- "${K[@]}" wait --for=jsonpath='{.status.readyReplicas}'=1 rs/two --timeout=90s
+expect "and counts both ready" 0 'two-[0-9a-f]{8} +2/2 +Running' -- "${K[@]}" get pods -l app=two
+expect "delete it" 0 'replicaset.apps "two" deleted' -- "${K[@]}" delete rs two
 
 expect "label" 0 'replicaset.apps/web labeled' -- "${K[@]}" label rs web tier=front
 expect "annotate" 0 'replicaset.apps/web annotated' -- "${K[@]}" annotate rs web note=hello

@@ -34,6 +34,18 @@ else
   echo "warning: Docker engine not reachable; the Docker tests will say so and be skipped" >&2
 fi
 
+# Kubernetes' official Python client, for tests/kubectl.rs, in a virtualenv of our own.
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import kubernetes' 2>/dev/null; then
+  command -v python3 >/dev/null || need_python=1
+  if [ -n "${need_python:-}" ] || ! python3 -m venv --help >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-venv
+  fi
+  mkdir -p target
+  python3 -m venv target/pyenv
+  target/pyenv/bin/pip install -q 'kubernetes==37.0.2'
+fi
+
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
 

@@ -233,12 +233,16 @@ pub struct KubeletArgs {
     pub store: StoreEndpoints,
     #[arg(long, value_enum, default_value = "docker")]
     pub runtime: RuntimeKind,
-    /// CPU the node offers, in millicores.
-    #[arg(long, default_value_t = 4000)]
-    pub cpu_millis: u64,
-    /// Memory the node offers, in bytes.
-    #[arg(long, default_value_t = 8 << 30)]
-    pub memory_bytes: u64,
+    /// CPU the node offers, in millicores (default: the host's CPUs; 4000 for hollow nodes).
+    #[arg(long)]
+    pub cpu_millis: Option<u64>,
+    /// Memory the node offers, in bytes (default: the host's memory; 8 GiB for hollow nodes).
+    #[arg(long)]
+    pub memory_bytes: Option<u64>,
+    /// The address the node is reached at: its InternalIP and its pods' hostIP (default: the
+    /// address of the interface the default route leaves by).
+    #[arg(long)]
+    pub node_ip: Option<std::net::IpAddr>,
     /// Most pods the node runs.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
@@ -290,10 +294,27 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let registry = args.store.registry()?;
     let mut config = miniku::kubelet::KubeletConfig::new(&args.node_name);
+    // Real nodes offer what the host has, as Kubernetes' kubelet reports it; hollow nodes
+    // offer a fixed, typical node.
+    let hollow = args.runtime == RuntimeKind::Fake;
     config.capacity = miniku::api::Resources {
-        cpu: args.cpu_millis,
-        memory: args.memory_bytes,
+        cpu: args.cpu_millis.unwrap_or_else(|| {
+            if hollow {
+                4000
+            } else {
+                miniku::kubelet::host::cpu_millis()
+            }
+        }),
+        memory: args.memory_bytes.unwrap_or_else(|| {
+            let host = (!hollow)
+                .then(miniku::kubelet::host::memory_bytes)
+                .flatten();
+            host.unwrap_or(8 << 30)
+        }),
     };
+    config.node_ip = args
+        .node_ip
+        .map_or_else(miniku::kubelet::host::primary_ip, |ip| ip.to_string());
     config.max_pods = args.max_pods;
     config.labels = miniku::apiserver::parse_selector(&args.labels)
         .map_err(|e| anyhow::anyhow!("--labels: {}", e.body.message))?;

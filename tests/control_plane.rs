@@ -293,9 +293,12 @@ async fn a_leader_that_loses_its_lease_campaigns_again_and_acts() -> Result<()> 
     cp.store.wait_leader(&[1, 2, 3]).await?;
     let (status, _) = post(&cp, "/replicasets", &rs_body("after", 2)).await?;
     ensure!(status == 201, "{status}");
-    wait_pods(&cp, "after", "2 pods made by the re-elected controller manager", |p| {
-        p.len() == 2
-    })
+    wait_pods(
+        &cp,
+        "after",
+        "2 pods made by the re-elected controller manager",
+        |p| p.len() == 2,
+    )
     .await?;
     let cm = cp
         .components
@@ -303,7 +306,9 @@ async fn a_leader_that_loses_its_lease_campaigns_again_and_acts() -> Result<()> 
         .find(|c| c.name == "controller-manager")
         .ok_or_else(|| anyhow!("no controller manager"))?;
     ensure!(
-        cm.child.as_mut().is_some_and(|ch| matches!(ch.try_wait(), Ok(None))),
+        cm.child
+            .as_mut()
+            .is_some_and(|ch| matches!(ch.try_wait(), Ok(None))),
         "the controller manager exited"
     );
     Ok(())

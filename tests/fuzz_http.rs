@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 /// Object names the API server routes get.
-const NAMES: [&str; 6] = ["web", "", "UPPER", "a.b", "-x", "web-1"];
+const NAMES: [&str; 7] = ["web", "", "UPPER", "a.b", "-x", "web-1", "fz"];
 
 /// Requests per server.
 const REQUESTS: usize = 3_000;
@@ -77,6 +77,14 @@ fn query(rng: &mut StdRng) -> String {
         "resourceVersion",
         "selector",
         "node",
+        "labelSelector",
+        "fieldSelector",
+        "timeoutSeconds",
+        "allowWatchBookmarks",
+        "fieldValidation",
+        "dryRun",
+        "propagationPolicy",
+        "includeObject",
         "bogus",
         "",
     ];
@@ -84,11 +92,25 @@ fn query(rng: &mut StdRng) -> String {
     let mut parts = Vec::new();
     for _ in 0..n {
         let name = *pick(rng, &names);
-        let value = match rng.random_range(0..5) {
+        let value = match rng.random_range(0..7) {
             0 => "true".to_string(),
             1 => "false".to_string(),
             2 => number(rng),
             3 => "a=b,c".to_string(),
+            4 => (*pick(
+                rng,
+                &[
+                    "Strict",
+                    "All",
+                    "Orphan",
+                    "Object",
+                    "x in (a,b)",
+                    "metadata.name=web",
+                    "spec.bogus=1",
+                ],
+            ))
+            .to_string(),
+            5 => "1".to_string(),
             _ => "%FF%00".to_string(),
         };
         parts.push(if rng.random_bool(0.1) {
@@ -168,6 +190,45 @@ fn random_json(rng: &mut StdRng, depth: usize) -> Value {
     }
 }
 
+/// A Kubernetes object that is nearly right: a valid pod or ReplicaSet with one field set to
+/// random JSON (or removed), so that bodies reach the Kubernetes API's validation.
+fn kube_object(rng: &mut StdRng) -> Value {
+    let template = json!({"metadata": {"labels": {"app": "fz"}}, "spec": {"containers": [
+        {"name": "c", "image": "miniku/busybox:latest", "command": ["sleep", "9"]}]}});
+    let mut obj = if rng.random_bool(0.5) {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fz"},
+               "spec": template["spec"].clone()})
+    } else {
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "fz"},
+               "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "fz"}}, "template": template}})
+    };
+    let paths = [
+        "/metadata/name",
+        "/metadata/namespace",
+        "/metadata/labels",
+        "/metadata/resourceVersion",
+        "/metadata/ownerReferences",
+        "/spec",
+        "/spec/replicas",
+        "/spec/selector",
+        "/spec/containers",
+        "/spec/template/spec/containers",
+        "/kind",
+        "/apiVersion",
+    ];
+    let path = *pick(rng, &paths);
+    let (parent, field) = path.rsplit_once('/').unwrap_or(("", path));
+    let value = random_json(rng, 1);
+    if let Some(Value::Object(m)) = obj.pointer_mut(parent) {
+        if rng.random_bool(0.2) {
+            m.remove(field);
+        } else {
+            m.insert(field.to_string(), value);
+        }
+    }
+    obj
+}
+
 fn body(rng: &mut StdRng) -> (Vec<u8>, Option<&'static str>) {
     let ct = *pick(
         rng,
@@ -176,6 +237,10 @@ fn body(rng: &mut StdRng) -> (Vec<u8>, Option<&'static str>) {
             Some("text/plain"),
             Some("application/x-www-form-urlencoded"),
             Some("application/octet-stream"),
+            Some("application/merge-patch+json"),
+            Some("application/strategic-merge-patch+json"),
+            Some("application/json-patch+json"),
+            Some("application/vnd.kubernetes.protobuf"),
             None,
         ],
     );
@@ -191,6 +256,7 @@ fn body(rng: &mut StdRng) -> (Vec<u8>, Option<&'static str>) {
         4 => vec![b'x'; rng.random_range(1_600_000..3_000_000)],
         8 => vec![b'v'; rng.random_range(10_000..200_000)],
         5 => b"{\"unterminated\": ".to_vec(),
+        6 | 7 => kube_object(rng).to_string().into_bytes(),
         _ => random_json(rng, 0).to_string().into_bytes(),
     };
     (bytes, ct)
@@ -259,7 +325,15 @@ async fn fuzz(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let ok = (200..300).contains(&status);
-        if method == Method::HEAD || (is_stream && ok) || (ok && path == "/metrics") {
+        // A Kubernetes watch that started streams JSON lines until dropped.
+        let kube_watch = method == Method::GET
+            && (path.starts_with("/api/") || path.starts_with("/apis/"))
+            && (url.contains("watch=true") || url.contains("watch=1"));
+        if method == Method::HEAD
+            || (is_stream && ok)
+            || (ok && kube_watch)
+            || (ok && path == "/metrics")
+        {
             // No body to judge: a started watch streams until dropped, metrics are
             // Prometheus text.
             previous = this;
@@ -386,6 +460,49 @@ async fn random_requests_get_clear_answers_and_change_nothing_else() -> Result<(
             (&[Method::GET], "/nodes/{name}"),
             (&[Method::GET], "/health"),
             (&[Method::GET], "/{key}"),
+            // The Kubernetes API.
+            (&[Method::GET], "/version"),
+            (&[Method::GET], "/api"),
+            (&[Method::GET], "/apis"),
+            (&[Method::GET], "/api/v1"),
+            (&[Method::GET], "/apis/apps/v1"),
+            (&[Method::GET], "/openapi/v3"),
+            (&[Method::GET], "/openapi/v3/apis/apps/v1"),
+            (&[Method::GET, Method::POST], "/api/v1/namespaces"),
+            (
+                &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE],
+                "/api/v1/namespaces/{name}",
+            ),
+            (&[Method::GET], "/api/v1/pods"),
+            (
+                &[Method::GET, Method::POST, Method::DELETE],
+                "/api/v1/namespaces/default/pods",
+            ),
+            (
+                &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE],
+                "/api/v1/namespaces/default/pods/{name}",
+            ),
+            (
+                &[Method::GET, Method::PUT, Method::PATCH],
+                "/api/v1/namespaces/default/pods/{name}/status",
+            ),
+            (&[Method::GET, Method::PATCH], "/api/v1/nodes/{name}"),
+            (
+                &[Method::GET, Method::POST],
+                "/apis/apps/v1/namespaces/default/replicasets",
+            ),
+            (
+                &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE],
+                "/apis/apps/v1/namespaces/default/replicasets/{name}",
+            ),
+            (
+                &[Method::GET, Method::PUT, Method::PATCH],
+                "/apis/apps/v1/namespaces/{name}/replicasets/{name}/scale",
+            ),
+            (
+                &[Method::GET],
+                "/apis/apps/v1/namespaces/{key}/replicasets/{key}",
+            ),
         ];
         let n = fuzz(&base, api_routes, &mut rng, REQUESTS, None).await?;
         let h = http.get(format!("{base}/health")).send().await?;

@@ -102,3 +102,49 @@ async fn kubectl_drives_miniku_as_a_kubernetes_cluster() -> Result<()> {
     );
     Ok(())
 }
+
+/// The Python interpreter of the virtualenv `scripts/test.sh` makes, with `kubernetes` in it.
+fn python() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("MINIKU_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python").into());
+    path.exists().then_some(path)
+}
+
+/// Kubernetes' official Python client against a real Miniku (hollow kubelet): create, list,
+/// watch with resource versions, the scale subresource, errors and propagation policies.
+#[tokio::test]
+async fn the_official_python_client_works_against_miniku() -> Result<()> {
+    let Some(python) = python() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("CI=true but target/pyenv (made by scripts/test.sh) is missing");
+        }
+        eprintln!(
+            "SKIPPED: no target/pyenv with the kubernetes package (scripts/test.sh makes it)"
+        );
+        return Ok(());
+    };
+    let mut cp = ControlPlane::start(&[]).await?;
+    cp.spawn(
+        "kubelet",
+        &["kubelet", "--node-name", "python-node", "--runtime", "fake"],
+    )?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-python-client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(cp.url(""))
+        .output()
+        .context("running scripts/test-python-client.py")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    ensure!(
+        out.status.success() && text.contains(" 0 failed"),
+        "Python client checks failed; output above\n{}",
+        cp.logs()
+    );
+    Ok(())
+}

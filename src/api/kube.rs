@@ -313,6 +313,8 @@ pub fn pod_from_kube(k: KubePod) -> Pod {
         started_at: status.and_then(|s| s.start_time.as_ref()).map(from_time),
         finished_at,
         exit_code: terminated.map(|t| i64::from(t.exit_code)),
+        pod_ip: status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+        host_ip: status.and_then(|s| s.host_ip.clone()).unwrap_or_default(),
         stored: None,
     };
     Pod {
@@ -345,14 +347,22 @@ pub fn pod_into_kube(p: &Pod) -> KubePod {
 
     let spec = k.spec.get_or_insert_with(Default::default);
     spec_into_kube(&p.spec, DEFAULT_CONTAINER_NAME, spec);
-    let container = &spec.containers[0];
-    let (container_name, image) = (container.name.clone(), container.image.clone());
+    // The pod's containers start, run and stop together: each has the pod's state.
+    let containers: Vec<(String, Option<String>)> = spec
+        .containers
+        .iter()
+        .map(|c| (c.name.clone(), c.image.clone()))
+        .collect();
 
     let status = k.status.get_or_insert_with(Default::default);
     status.phase = Some(p.status.to_string());
     status.reason = non_empty(&p.reason);
     status.message = non_empty(&p.message);
     status.start_time = p.started_at.map(to_time);
+    status.pod_ip = non_empty(&p.pod_ip);
+    status.pod_ips = non_empty(&p.pod_ip).map(|ip| vec![core::PodIP { ip }]);
+    status.host_ip = non_empty(&p.host_ip);
+    status.host_ips = non_empty(&p.host_ip).map(|ip| vec![core::HostIP { ip }]);
     let container_id = non_empty(&p.container_id).map(|id| format!("docker://{id}"));
     let terminated = p.exit_code.map(|code| core::ContainerState {
         terminated: Some(core::ContainerStateTerminated {
@@ -393,18 +403,23 @@ pub fn pod_into_kube(p: &Pod) -> KubePod {
     };
     let bound = !p.spec.node_name.is_empty();
     status.container_statuses = (bound || p.retry_count > 0).then(|| {
-        vec![core::ContainerStatus {
-            name: container_name,
-            image: image.unwrap_or_default(),
-            image_id: String::new(),
-            container_id,
-            ready: p.status == PodPhase::Running,
-            started: Some(p.status == PodPhase::Running),
-            restart_count: p.retry_count.min(i32::MAX as u32) as i32,
-            state: Some(state),
-            last_state,
-            ..Default::default()
-        }]
+        containers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, image))| core::ContainerStatus {
+                name,
+                image: image.unwrap_or_default(),
+                image_id: String::new(),
+                // Only the main container's engine id is known here.
+                container_id: if i == 0 { container_id.clone() } else { None },
+                ready: p.status == PodPhase::Running,
+                started: Some(p.status == PodPhase::Running),
+                restart_count: p.retry_count.min(i32::MAX as u32) as i32,
+                state: Some(state.clone()),
+                last_state: last_state.clone(),
+                ..Default::default()
+            })
+            .collect()
     });
     let before = status.conditions.take().unwrap_or_default();
     let ready = p.status == PodPhase::Running;
@@ -670,6 +685,8 @@ mod tests {
         running.status = PodPhase::Running;
         running.container_id = "abc".into();
         running.started_at = Some(now);
+        running.pod_ip = "172.17.0.3".into();
+        running.host_ip = "192.168.1.10".into();
         same(&running, &round_trip(&running));
 
         let mut crashing = running.clone();

@@ -218,6 +218,12 @@ pub struct Pod {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// The running container's address (Kubernetes' `status.podIP`); empty otherwise.
+    #[serde(skip)]
+    pub pod_ip: String,
+    /// The address of the node the pod runs on (`status.hostIP`).
+    #[serde(skip)]
+    pub host_ip: String,
     /// The Kubernetes object this view was read from (None for a new pod).
     #[serde(skip)]
     pub stored: Option<Arc<kube::KubePod>>,
@@ -241,6 +247,8 @@ impl Default for Pod {
             started_at: None,
             finished_at: None,
             exit_code: None,
+            pod_ip: String::new(),
+            host_ip: String::new(),
             stored: None,
         }
     }

@@ -107,6 +107,8 @@ pub fn new_pod(rs: &ReplicaSet) -> Pod {
         started_at: None,
         finished_at: None,
         exit_code: None,
+        pod_ip: String::new(),
+        host_ip: String::new(),
     }
 }
 

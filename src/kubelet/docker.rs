@@ -2,6 +2,12 @@
 //! default socket) and negotiates the API version, so older engines (20.10 speaks API 1.41)
 //! work. Containers are named after their pod and carry the kubelet's labels; nothing here
 //! touches a container without `miniku=1` and this node's label.
+//!
+//! A pod with several containers runs as several Docker containers: its first (main)
+//! container, then the others, each labelled with the main container's id. The kubelet sees
+//! only main containers: a pod counts as running while all of its containers run, the others
+//! are removed with the main one, and one that stops makes the pod's containers restart
+//! together.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,9 +23,12 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use k8s_openapi::api::core::v1::Container as KubeContainer;
+
 use super::runtime::{
     container_name, labels_for, pod_key_from_labels, Container, ContainerRuntime, ContainerState,
-    RuntimeError, RuntimeEvent, LABEL_MARKER, LABEL_NODE, LABEL_POD, LABEL_POD_UID,
+    RuntimeError, RuntimeEvent, LABEL_CONTAINER, LABEL_MAIN, LABEL_MARKER, LABEL_NODE, LABEL_POD,
+    LABEL_POD_UID,
 };
 use crate::api::Pod;
 
@@ -65,14 +74,26 @@ impl DockerRuntime {
         HashMap::from([("label".to_string(), labels)])
     }
 
-    async fn state_of(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+    /// The container's state and its address on the engine's network.
+    async fn state_of(&self, id: &str) -> Result<(ContainerState, String), RuntimeError> {
         let info = self
             .docker
             .inspect_container(id, None)
             .await
             .map_err(engine)?;
+        let ip = info
+            .network_settings
+            .as_ref()
+            .and_then(|n| {
+                n.networks
+                    .iter()
+                    .flat_map(|m| m.values())
+                    .filter_map(|e| e.ip_address.clone())
+                    .find(|ip| !ip.is_empty())
+            })
+            .unwrap_or_default();
         let st = info.state.unwrap_or_default();
-        Ok(if st.running.unwrap_or(false) {
+        let state = if st.running.unwrap_or(false) {
             ContainerState::Running {
                 started_at: parse_time(st.started_at.as_deref()),
             }
@@ -82,34 +103,131 @@ impl DockerRuntime {
                 finished_at: parse_time(st.finished_at.as_deref()),
                 oom_killed: st.oom_killed.unwrap_or(false),
             }
-        })
+        };
+        Ok((state, ip))
     }
 
-    async fn create(&self, pod: &Pod, node: &str) -> Result<String, DockerError> {
-        let spec = &pod.spec;
+    /// Creates the engine container `name` for the pod's container `c` (Kubernetes'
+    /// `command` is the entrypoint, `args` the command); `main` is the id of the pod's main
+    /// container when `c` is a later one.
+    async fn create(
+        &self,
+        pod: &Pod,
+        node: &str,
+        c: &KubeContainer,
+        name: &str,
+        main: Option<&str>,
+    ) -> Result<String, DockerError> {
+        let mut labels = labels_for(pod, node);
+        labels.insert(LABEL_CONTAINER.to_string(), c.name.clone());
+        if let Some(m) = main {
+            labels.insert(LABEL_MAIN.to_string(), m.to_string());
+        }
+        let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        let amount = |k: &str, parse: fn(&str) -> Result<u64, _>| {
+            requests
+                .and_then(|r| r.get(k))
+                .and_then(|q| parse(&q.0).ok())
+                .filter(|v| *v > 0)
+        };
+        let cpu = amount("cpu", crate::api::quantity::parse_cpu_millis);
+        let memory = amount("memory", crate::api::quantity::parse_bytes);
+        let env: Vec<String> = c
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.value_from.is_none())
+            .map(|e| format!("{}={}", e.name, e.value.as_deref().unwrap_or_default()))
+            .collect();
         let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(labels_for(pod, node)),
+            image: c.image.clone(),
+            entrypoint: c.command.clone().filter(|v| !v.is_empty()),
+            cmd: c.args.clone().filter(|v| !v.is_empty()),
+            env: Some(env),
+            labels: Some(labels),
             host_config: Some(HostConfig {
                 // Only what the pod spec says: no privileges, mounts or host network.
                 privileged: Some(false),
-                nano_cpus: (spec.resources.cpu > 0).then(|| spec.resources.cpu as i64 * 1_000_000),
-                memory: (spec.resources.memory > 0).then_some(spec.resources.memory as i64),
+                nano_cpus: cpu.map(|m| m as i64 * 1_000_000),
+                memory: memory.map(|b| b as i64),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let options = CreateContainerOptions {
-            name: Some(container_name(pod)),
+            name: Some(name.to_string()),
             ..Default::default()
         };
         Ok(self.docker.create_container(Some(options), body).await?.id)
     }
+
+    /// Creates and starts one engine container; a leftover of ours holding the name is
+    /// removed first.
+    async fn create_and_start(
+        &self,
+        pod: &Pod,
+        node: &str,
+        c: &KubeContainer,
+        name: &str,
+        main: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        let id = match self.create(pod, node, c, name, main).await {
+            Ok(id) => id,
+            Err(e) if is_status(&e, 409) => {
+                let stale = self
+                    .docker
+                    .inspect_container(name, None)
+                    .await
+                    .map_err(engine)?;
+                let labels = stale.config.and_then(|c| c.labels).unwrap_or_default();
+                if labels.get(LABEL_NODE).map(String::as_str) != Some(node) {
+                    return Err(RuntimeError::Engine(format!(
+                        "a container named `{name}` exists and is not this kubelet's"
+                    )));
+                }
+                self.stop_and_remove(
+                    &stale.id.unwrap_or_else(|| name.to_string()),
+                    Duration::from_secs(1),
+                )
+                .await?;
+                self.create(pod, node, c, name, main)
+                    .await
+                    .map_err(engine)?
+            }
+            Err(e) => return Err(engine(e)),
+        };
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            let _ = self.stop_and_remove(&id, Duration::ZERO).await;
+            return Err(engine(e));
+        }
+        Ok(id)
+    }
+
+    /// The ids of the containers started with main container `main`.
+    async fn later_containers(&self, main: &str) -> Result<Vec<String>, RuntimeError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{LABEL_MARKER}=1"), format!("{LABEL_MAIN}={main}")],
+            )])),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
+        Ok(found.into_iter().filter_map(|s| s.id).collect())
+    }
 }
 
 impl ContainerRuntime for DockerRuntime {
+    async fn version(&self) -> Result<String, RuntimeError> {
+        let v = self.docker.version().await.map_err(engine)?;
+        Ok(format!("docker://{}", v.version.unwrap_or_default()))
+    }
+
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.docker.ping().await.map(|_| ()).map_err(engine)
     }
@@ -156,36 +274,25 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start(&self, pod: &Pod, node: &str) -> Result<String, RuntimeError> {
-        let id = match self.create(pod, node).await {
-            Ok(id) => id,
-            Err(e) if is_status(&e, 409) => {
-                // A leftover container holds the name: remove it if it is ours, then retry.
-                let name = pod.spec.name.as_str();
-                let stale = self
-                    .docker
-                    .inspect_container(name, None)
-                    .await
-                    .map_err(engine)?;
-                let labels = stale.config.and_then(|c| c.labels).unwrap_or_default();
-                if labels.get(LABEL_NODE).map(String::as_str) != Some(node) {
-                    return Err(RuntimeError::Engine(format!(
-                        "a container named `{name}` exists and is not this kubelet's"
-                    )));
-                }
-                self.remove(
-                    &stale.id.unwrap_or_else(|| name.to_string()),
-                    Duration::from_secs(1),
-                )
-                .await?;
-                self.create(pod, node).await.map_err(engine)?
-            }
-            Err(e) => return Err(engine(e)),
+        let containers = crate::api::kube::pod_into_kube(pod)
+            .spec
+            .map(|s| s.containers)
+            .unwrap_or_default();
+        let Some((first, later)) = containers.split_first() else {
+            return Err(RuntimeError::Engine("the pod has no containers".into()));
         };
-        if let Err(e) = self.docker.start_container(&id, None).await {
-            let _ = self.remove(&id, Duration::ZERO).await;
-            return Err(engine(e));
+        let name = container_name(pod);
+        let main = self.create_and_start(pod, node, first, &name, None).await?;
+        for c in later {
+            let started = self
+                .create_and_start(pod, node, c, &format!("{name}_{}", c.name), Some(&main))
+                .await;
+            if let Err(e) = started {
+                let _ = self.remove(&main, Duration::ZERO).await;
+                return Err(e);
+            }
         }
-        Ok(id)
+        Ok(main)
     }
 
     async fn list(&self, node: &str) -> Result<Vec<Container>, RuntimeError> {
@@ -199,7 +306,15 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        self.stop_and_remove(id, grace).await
+        // All at once, so that a pod's grace period is waited once, not once per container.
+        let mut all = self.later_containers(id).await?;
+        all.push(id.to_string());
+        let stops = all.iter().map(|c| self.stop_and_remove(c, grace));
+        futures::future::join_all(stops)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
     }
 
     fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
@@ -224,20 +339,62 @@ impl DockerRuntime {
             .await
             .map_err(engine)?;
         let mut out = Vec::new();
+        let mains: std::collections::HashSet<String> = summaries
+            .iter()
+            .filter(|s| {
+                !s.labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(LABEL_MAIN))
+            })
+            .filter_map(|s| s.id.clone())
+            .collect();
+        // Later containers by their main container's id; those whose main is gone are
+        // leftovers and are removed.
+        let mut later: HashMap<String, Vec<String>> = HashMap::new();
+        for s in &summaries {
+            let (Some(id), Some(main)) = (
+                s.id.as_ref(),
+                s.labels.as_ref().and_then(|l| l.get(LABEL_MAIN)),
+            ) else {
+                continue;
+            };
+            if mains.contains(main) {
+                later.entry(main.clone()).or_default().push(id.clone());
+            } else if pod.is_none() {
+                let _ = self.stop_and_remove(id, Duration::ZERO).await;
+            }
+        }
         for s in summaries {
             let Some(id) = s.id else { continue };
             let labels = s.labels.unwrap_or_default();
-            let state = match self.state_of(&id).await {
+            if labels.contains_key(LABEL_MAIN) {
+                continue;
+            }
+            let (mut state, ip) = match self.state_of(&id).await {
                 Ok(st) => st,
                 // Removed between the list and the inspect.
                 Err(RuntimeError::Engine(_)) => continue,
                 Err(e) => return Err(e),
             };
+            if matches!(state, ContainerState::Running { .. }) {
+                // The pod runs only while all of its containers do.
+                for other in later.get(&id).into_iter().flatten() {
+                    match self.state_of(other).await {
+                        Ok((s @ ContainerState::Exited { .. }, _)) => {
+                            state = s;
+                            break;
+                        }
+                        Ok(_) | Err(RuntimeError::Engine(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
             out.push(Container {
                 id,
                 pod_key: pod_key_from_labels(&labels),
                 pod_uid: labels.get(LABEL_POD_UID).cloned().unwrap_or_default(),
                 state,
+                ip,
             });
         }
         Ok(out)

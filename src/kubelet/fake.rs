@@ -72,6 +72,10 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
+    async fn version(&self) -> Result<String, RuntimeError> {
+        Ok(concat!("fake://", env!("CARGO_PKG_VERSION")).to_string())
+    }
+
     async fn ensure_image(&self, _image: &str) -> Result<(), RuntimeError> {
         Ok(())
     }
@@ -92,6 +96,11 @@ impl ContainerRuntime for FakeRuntime {
                     pod_uid: pod.uid.clone(),
                     state: ContainerState::Running {
                         started_at: Some(Utc::now()),
+                    },
+                    // A made-up address in a private range, one per container.
+                    ip: {
+                        let n = u32::from_str_radix(&id[4..], 16).unwrap_or(0);
+                        format!("10.88.{}.{}", (n >> 8) & 0xff, n & 0xff)
                     },
                 },
             ),

@@ -16,6 +16,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod host;
 pub mod runtime;
 pub mod sync;
 
@@ -46,6 +47,8 @@ pub struct KubeletConfig {
     pub resync: Duration,
     /// Pods synced at once.
     pub workers: usize,
+    /// The address the node is reached at (its `InternalIP`, and its pods' `hostIP`).
+    pub node_ip: String,
 }
 
 impl KubeletConfig {
@@ -63,6 +66,7 @@ impl KubeletConfig {
             stop_grace: Duration::from_secs(10),
             resync: Duration::from_secs(300),
             workers: 8,
+            node_ip: "127.0.0.1".into(),
         }
     }
 }
@@ -150,7 +154,11 @@ async fn run_node<R: ContainerRuntime>(
 ) -> anyhow::Result<()> {
     let node = config.node_name.clone();
     tracing::info!(node = %node, "pods listed; registering the node");
-    let _heartbeat = spawn_owned(heartbeat(registry.clone(), config.clone()));
+    let runtime_version = runtime
+        .version()
+        .await
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let _heartbeat = spawn_owned(heartbeat(registry.clone(), config.clone(), runtime_version));
 
     let k = Kubelet {
         registry,
@@ -231,11 +239,11 @@ async fn enqueue_all<R: ContainerRuntime>(q: &WorkQueue, pods: &Informer<Pod>, r
 }
 
 /// Registers the node and keeps its heartbeat alive; runs forever.
-async fn heartbeat(registry: Registry, config: KubeletConfig) {
+async fn heartbeat(registry: Registry, config: KubeletConfig, runtime_version: String) {
     let ttl = config.lease_ttl.as_secs().max(2) as i64;
     let renew = Duration::from_secs(ttl as u64) / 3;
     loop {
-        let lease = match register(&registry, &config, ttl).await {
+        let lease = match register(&registry, &config, ttl, &runtime_version).await {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(node = %config.node_name, error = %e, "cannot register the node; retrying");
@@ -260,7 +268,36 @@ async fn heartbeat(registry: Registry, config: KubeletConfig) {
     }
 }
 
-async fn register(registry: &Registry, config: &KubeletConfig, ttl: i64) -> anyhow::Result<i64> {
+/// The node object as stored (`stored`, or a new one) with this host's facts: its address,
+/// name and `nodeInfo`.
+fn host_facts(
+    stored: Option<&crate::api::kube::KubeNode>,
+    config: &KubeletConfig,
+    runtime_version: &str,
+) -> crate::api::kube::KubeNode {
+    use k8s_openapi::api::core::v1::NodeAddress;
+    let mut k = stored.cloned().unwrap_or_default();
+    let status = k.status.get_or_insert_with(Default::default);
+    status.addresses = Some(vec![
+        NodeAddress {
+            type_: "InternalIP".into(),
+            address: config.node_ip.clone(),
+        },
+        NodeAddress {
+            type_: "Hostname".into(),
+            address: config.node_name.clone(),
+        },
+    ]);
+    status.node_info = Some(host::node_info(runtime_version));
+    k
+}
+
+async fn register(
+    registry: &Registry,
+    config: &KubeletConfig,
+    ttl: i64,
+    runtime_version: &str,
+) -> anyhow::Result<i64> {
     let lease = registry.client().lease_grant(ttl).await?.id;
     let hb = NodeLease {
         name: config.node_name.clone(),
@@ -279,7 +316,11 @@ async fn register(registry: &Registry, config: &KubeletConfig, ttl: i64) -> anyh
         unschedulable: false,
         reason: String::new(),
         resource_version: 0,
-        stored: None,
+        stored: Some(std::sync::Arc::new(host_facts(
+            None,
+            config,
+            runtime_version,
+        ))),
     };
     match registry.create(&node).await {
         Ok(_) => {}
@@ -289,7 +330,11 @@ async fn register(registry: &Registry, config: &KubeletConfig, ttl: i64) -> anyh
                     let want = Node {
                         resource_version: n.resource_version,
                         unschedulable: n.unschedulable,
-                        stored: n.stored.clone(),
+                        stored: Some(std::sync::Arc::new(host_facts(
+                            n.stored.as_deref(),
+                            config,
+                            runtime_version,
+                        ))),
                         ..node.clone()
                     };
                     if *n == want {
@@ -405,7 +450,21 @@ impl<R: ContainerRuntime> Kubelet<R> {
 
     async fn start(&self, pod: &Pod) -> anyhow::Result<Next> {
         let name = pod.spec.name.as_str();
-        let started = match self.runtime.ensure_image(&pod.spec.image).await {
+        let mut images: Vec<String> = crate::api::kube::pod_into_kube(pod)
+            .spec
+            .into_iter()
+            .flat_map(|s| s.containers)
+            .filter_map(|c| c.image)
+            .collect();
+        images.dedup();
+        let mut pulled = Ok(());
+        for image in &images {
+            pulled = self.runtime.ensure_image(image).await;
+            if pulled.is_err() {
+                break;
+            }
+        }
+        let started = match pulled {
             Ok(()) => self.runtime.start(pod, self.node()).await,
             Err(e) => Err(e),
         };
@@ -446,7 +505,9 @@ impl<R: ContainerRuntime> Kubelet<R> {
     /// Writes a pod status with its revision as precondition. A conflict means the pod
     /// changed; its event brings it back to us.
     async fn write(&self, pod: &Pod) -> anyhow::Result<()> {
-        match self.registry.update(pod).await {
+        let mut pod = pod.clone();
+        pod.host_ip = self.config.node_ip.clone();
+        match self.registry.update(&pod).await {
             Ok(_) | Err(RegistryError::Conflict { .. }) | Err(RegistryError::NotFound { .. }) => {
                 Ok(())
             }

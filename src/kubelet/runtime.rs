@@ -23,8 +23,8 @@ pub fn pod_key_from_labels(labels: &HashMap<String, String>) -> String {
     format!("{}/{name}", namespace_or_default(ns))
 }
 
-/// The engine's name for a pod's container: the pod's name in `default` (as the seed's
-/// `docker ps` shows), `<namespace>_<name>` elsewhere.
+/// The engine's name for a pod's main container: the pod's name in `default` (as the seed's
+/// `docker ps` shows), `<namespace>_<name>` elsewhere. A later container appends `_<its name>`.
 pub fn container_name(pod: &Pod) -> String {
     match namespace_or_default(&pod.namespace) {
         crate::api::DEFAULT_NAMESPACE => pod.spec.name.clone(),
@@ -38,6 +38,11 @@ pub const LABEL_POD_UID: &str = "miniku.pod-uid";
 pub const LABEL_NODE: &str = "miniku.node";
 /// The pod's namespace; containers without it (made before namespaces) are `default`'s.
 pub const LABEL_NAMESPACE: &str = "miniku.namespace";
+/// The name of the pod's container (Kubernetes' `spec.containers[].name`) a container runs.
+pub const LABEL_CONTAINER: &str = "miniku.container";
+/// On a pod's second and later containers: the id of its first (main) container. They are
+/// started after it, removed with it, and a failure of one counts as the pod's failure.
+pub const LABEL_MAIN: &str = "miniku.main";
 
 /// The labels of a pod's container.
 pub fn labels_for(pod: &Pod, node: &str) -> HashMap<String, String> {
@@ -74,6 +79,8 @@ pub struct Container {
     pub pod_key: String,
     pub pod_uid: String,
     pub state: ContainerState,
+    /// The container's address on the engine's network (empty when it has none).
+    pub ip: String,
 }
 
 /// Something happened to one of our containers (start, die, destroy, oom...).
@@ -97,24 +104,29 @@ pub enum RuntimeError {
 pub trait ContainerRuntime: Clone + Send + Sync + 'static {
     /// Checks the engine answers.
     fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The engine and its version as Kubernetes reports it (`docker://28.2.2`).
+    fn version(&self) -> impl Future<Output = Result<String, RuntimeError>> + Send;
     /// Makes `image` available locally, pulling it if it is missing.
     fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    /// Creates and starts the pod's container (named after the pod); returns its id.
+    /// Creates and starts the pod's containers, its main (first) container first, named
+    /// after the pod; returns the main container's id.
     fn start(
         &self,
         pod: &Pod,
         node: &str,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
-    /// Every container of this node (running or not).
+    /// The main container of every pod on this node (running or not). A main container
+    /// whose pod's later containers are not all running is reported as exited.
     fn list(&self, node: &str)
         -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
-    /// The containers of one pod on this node (normally none or one).
+    /// The main containers of one pod on this node (normally none or one).
     fn find(
         &self,
         node: &str,
         pod: &str,
     ) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
-    /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a container.
+    /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a pod's main container and
+    /// the containers started with it.
     fn remove(
         &self,
         id: &str,

@@ -139,6 +139,8 @@ pub fn failed(
         p.retry_count
     );
     p.next_retry_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+    // The container is gone, and its address with it.
+    p.pod_ip.clear();
     if let Some((code, finished)) = exit {
         p.exit_code = Some(code);
         p.finished_at = finished.or(Some(now));
@@ -198,7 +200,9 @@ pub fn decide(
         },
         (PodPhase::Pending, Some((id, ContainerState::Running { started_at })))
         | (PodPhase::Failed, Some((id, ContainerState::Running { started_at }))) => {
-            Decision::write(running(pod, id, *started_at, now))
+            let mut p = running(pod, id, *started_at, now);
+            p.pod_ip = container.map(|c| c.ip.clone()).unwrap_or_default();
+            Decision::write(p)
         }
         (
             PodPhase::Pending | PodPhase::Running,
@@ -222,9 +226,11 @@ pub fn decide(
             ))
         }
         (PodPhase::Running, Some((id, ContainerState::Running { started_at }))) => {
-            if pod.container_id != *id {
+            let ip = container.map(|c| c.ip.as_str()).unwrap_or_default();
+            if pod.container_id != *id || pod.pod_ip != ip {
                 let mut p = pod.clone();
                 p.container_id = id.clone();
+                p.pod_ip = ip.to_string();
                 return Decision::write(p);
             }
             if pod.retry_count > 0 {
@@ -292,6 +298,7 @@ mod tests {
             pod_key: p.key(),
             pod_uid: p.uid.clone(),
             state,
+            ip: p.pod_ip.clone(),
         }
     }
 
@@ -350,6 +357,27 @@ mod tests {
             &CFG,
         );
         assert_eq!(d, Decision::nothing());
+    }
+
+    #[test]
+    fn a_running_containers_address_is_written_to_the_pod() {
+        let mut p = pod(PodPhase::Running);
+        p.container_id = "c1".into();
+        let mut c = container(&p, running_state());
+        c.ip = "172.17.0.7".into();
+        let d = decide(Some(&p), Some(&c), Utc::now(), &CFG);
+        assert_eq!(d.write.map(|w| w.pod_ip), Some("172.17.0.7".to_string()));
+        // A failure clears it: the address went with the container.
+        p.pod_ip = "172.17.0.7".into();
+        let (failed, _) = failed(
+            &p,
+            "Error",
+            "exited".into(),
+            Some((1, None)),
+            Utc::now(),
+            &CFG,
+        );
+        assert!(failed.pod_ip.is_empty());
     }
 
     #[test]

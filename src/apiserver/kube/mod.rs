@@ -66,8 +66,11 @@ pub fn router(registry: Registry) -> Router {
     };
     Router::new()
         .route("/version", any(serve_discovery))
+        .route("/version/", any(serve_discovery))
         .route("/api", any(serve_discovery))
+        .route("/api/", any(serve_discovery))
         .route("/apis", any(serve_discovery))
+        .route("/apis/", any(serve_discovery))
         .route("/api/{*rest}", any(serve_api))
         .route("/apis/{*rest}", any(serve_api))
         .route("/openapi/v2", any(serve_openapi_v2))
@@ -1122,7 +1125,14 @@ impl Request {
                     }],
                 )
             })?;
-        let precondition: i64 = requested
+        // A resourceVersion the client sent is a precondition; the one a patch carried over
+        // from the current object is not (the write below retries over concurrent changes).
+        let sent: Value = if self.method == Method::PATCH {
+            serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+        } else {
+            requested.clone()
+        };
+        let precondition: i64 = sent
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .and_then(|s| s.parse().ok())
