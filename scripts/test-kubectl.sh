@@ -111,6 +111,17 @@ expect "annotate" 0 'replicaset.apps/web annotated' -- "${K[@]}" annotate rs web
 expect "-l selects by label, --show-labels prints them" 0 'app=web,tier=front' -- "${K[@]}" get rs -l tier=front --show-labels
 expect "-o yaml" 0 'note: hello' -- "${K[@]}" get rs web -o yaml
 expect "-o json" 0 '"kind": "ReplicaSet"' -- "${K[@]}" get rs web -o json
+"${K[@]}" get pods -l app=web -w --output-watch-events > "$WORK/selector.out" 2>&1 &
+WATCH_PID=$!
+MOVED=$("${K[@]}" get pods -l app=web -o jsonpath='{.items[0].metadata.name}')
+expect "relabel a pod out of the ReplicaSet's selector" 0 "pod/$MOVED labeled" -- "${K[@]}" label pod "$MOVED" app=moved --overwrite
+# Wait (bounded) for the watch to report the replacement the controller creates.
+timeout 60 bash -c "until grep -Eq 'ADDED +web-[0-9a-f]{8}' '$WORK/selector.out' && [ \$(grep -Ec 'ADDED +web-' '$WORK/selector.out') -ge 2 ]; do sleep 0.2; done"
+kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; WATCH_PID=
+expect "a watch under -l reports the pod that left the selector as DELETED" 0 "DELETED +$MOVED" -- cat "$WORK/selector.out"
+expect "and the replacement as ADDED" 0 "ADDED +web-[0-9a-f]{8}" -- grep -v "$MOVED" "$WORK/selector.out"
+expect "the released pod runs on without an owner" 0 "^$MOVED\$" -- "${K[@]}" get pods -l app=moved -o jsonpath='{.items[0].metadata.name}{"\n"}'
+expect "delete it" 0 "pod \"$MOVED\" deleted" -- "${K[@]}" delete pod "$MOVED"
 expect "--field-selector spec.nodeName" 0 'NAME|No resources found' -- "${K[@]}" get pods --field-selector "spec.nodeName=$NODE"
 expect "-A shows the namespace column" 0 'NAMESPACE +NAME' -- "${K[@]}" get pods -A
 expect "get all lists pods and replicasets" 0 'replicaset.apps/web' -- "${K[@]}" get all

@@ -577,6 +577,19 @@ impl Registry {
 
     /// Every change to objects of kind `T` in `namespace` (None: in all) from `from`.
     pub fn watch_in<T: Object>(&self, namespace: Option<&str>, from: i64) -> WatchEvents<T> {
+        self.watch_with_previous_in::<T>(namespace, from)
+            .map(|item| item.map(|(event, _)| event))
+            .boxed()
+    }
+
+    /// [`Self::watch_in`], each change with the object as it was before it (for a
+    /// modification; None otherwise), as a watch filtered by labels needs to tell an object
+    /// that stopped matching from one that never did.
+    pub fn watch_with_previous_in<T: Object>(
+        &self,
+        namespace: Option<&str>,
+        from: i64,
+    ) -> BoxStream<'static, Result<(WatchEvent<T>, Option<T>), RegistryError>> {
         let prefix = prefix_of::<T>(namespace);
         let stream = self.client.watch(
             prefix.as_bytes(),
@@ -590,7 +603,7 @@ impl Registry {
         );
         stream
             .flat_map(|item| {
-                let out: Vec<Result<WatchEvent<T>, RegistryError>> = match item {
+                let out: Vec<Result<(WatchEvent<T>, Option<T>), RegistryError>> = match item {
                     Err(e) => vec![Err(e.into())],
                     Ok(msg) if msg.events.is_empty() => {
                         if msg.canceled {
@@ -601,7 +614,7 @@ impl Registry {
                                 ),
                             })]
                         } else {
-                            vec![Ok(WatchEvent::Bookmark(msg.header.revision))]
+                            vec![Ok((WatchEvent::Bookmark(msg.header.revision), None))]
                         }
                     }
                     Ok(msg) => msg.events.into_iter().map(to_watch_event).collect(),
@@ -612,15 +625,20 @@ impl Registry {
     }
 }
 
-fn to_watch_event<T: Object>(e: miniku_store::api::Event) -> Result<WatchEvent<T>, RegistryError> {
+fn to_watch_event<T: Object>(
+    e: miniku_store::api::Event,
+) -> Result<(WatchEvent<T>, Option<T>), RegistryError> {
     use miniku_store::api::EventType;
     match e.kind {
         EventType::Put => {
             let obj = decode(e.kv.value.as_bytes(), e.kv.mod_revision)?;
             Ok(if e.kv.version == 1 {
-                WatchEvent::Added(obj)
+                (WatchEvent::Added(obj), None)
             } else {
-                WatchEvent::Modified(obj)
+                let before = e
+                    .prev_kv
+                    .and_then(|p| decode(p.value.as_bytes(), p.mod_revision).ok());
+                (WatchEvent::Modified(obj), before)
             })
         }
         EventType::Delete => {
@@ -628,7 +646,7 @@ fn to_watch_event<T: Object>(e: miniku_store::api::Event) -> Result<WatchEvent<T
                 .prev_kv
                 .ok_or_else(|| RegistryError::Decode("delete event without prev_kv".into()))?;
             let obj = decode(prev.value.as_bytes(), e.kv.mod_revision)?;
-            Ok(WatchEvent::Deleted(obj))
+            Ok((WatchEvent::Deleted(obj), None))
         }
     }
 }

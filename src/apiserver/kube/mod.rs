@@ -536,18 +536,20 @@ impl Request {
             .filter(|o| keep(o))
             .map(|o| ("ADDED", o))
             .collect();
-        let changes = registry.watch_in::<K>(namespace.as_deref(), from);
+        let changes = registry.watch_with_previous_in::<K>(namespace.as_deref(), from);
         enum Item<K> {
             Object(&'static str, K),
+            /// A modification, with the object before it.
+            Modified(K, Option<K>),
             Bookmark(i64),
             End(Value),
         }
         let events = stream::iter(added.into_iter().map(|(k, o)| Item::Object(k, o))).chain(
             changes.map(|ev| match ev {
-                Ok(WatchEvent::Added(o)) => Item::Object("ADDED", o),
-                Ok(WatchEvent::Modified(o)) => Item::Object("MODIFIED", o),
-                Ok(WatchEvent::Deleted(o)) => Item::Object("DELETED", o),
-                Ok(WatchEvent::Bookmark(r)) => Item::Bookmark(r),
+                Ok((WatchEvent::Added(o), _)) => Item::Object("ADDED", o),
+                Ok((WatchEvent::Modified(o), before)) => Item::Modified(o, before),
+                Ok((WatchEvent::Deleted(o), _)) => Item::Object("DELETED", o),
+                Ok((WatchEvent::Bookmark(r), _)) => Item::Bookmark(r),
                 Err(RegistryError::Compacted(r)) => Item::End(
                     KubeError::expired(format!("too old resource version: compacted at {r}"))
                         .to_status(),
@@ -560,6 +562,19 @@ impl Request {
             let line = match item {
                 Item::Object(kind, o) if keep(&o) => render(kind, &o).map(|l| (false, l)),
                 Item::Object(..) => None,
+                // Under a selector, an object that starts matching is ADDED and one that
+                // stops matching is DELETED, as Kubernetes' watch cache reports them.
+                Item::Modified(o, before) => {
+                    let now = keep(&o);
+                    let was = before.as_ref().map_or(now, &keep);
+                    let kind = match (was, now) {
+                        (true, true) => Some("MODIFIED"),
+                        (false, true) => Some("ADDED"),
+                        (true, false) => Some("DELETED"),
+                        (false, false) => None,
+                    };
+                    kind.and_then(|k| render(k, &o)).map(|l| (false, l))
+                }
                 Item::Bookmark(r) if bookmarks => Some((
                     false,
                     ndjson(&json!({
