@@ -68,6 +68,23 @@ def watch_until(list_fn, what, done, timeout=60, **kwargs):
     return events
 
 
+def wait_gone(apps, name, what):
+    """Waits (on a watch) until ReplicaSet `name` is deleted: dependents settle first."""
+    listed = apps.list_namespaced_replica_set(NAMESPACE, field_selector=f"metadata.name={name}")
+    if not listed.items:
+        check(what, True)
+        return
+    # From the list's version, so a deletion right after the list is not missed.
+    watch_until(
+        apps.list_namespaced_replica_set,
+        what,
+        lambda evs: any(e["type"] == "DELETED" for e in evs),
+        namespace=NAMESPACE,
+        field_selector=f"metadata.name={name}",
+        resource_version=listed.metadata.resource_version,
+    )
+
+
 def main():
     config = client.Configuration(host=API)
     api_client = client.ApiClient(config)
@@ -147,6 +164,7 @@ def main():
     rs = apps.read_namespaced_replica_set("web", NAMESPACE)
     apps.delete_namespaced_replica_set(
         "web", NAMESPACE, body=client.V1DeleteOptions(propagation_policy="Orphan"))
+    wait_gone(apps, "web", "the orphaning delete completes")
     left = core.list_namespaced_pod(NAMESPACE, label_selector="app=web").items
     check("delete with propagationPolicy=Orphan leaves the pods without an owner",
           len(left) == 3 and all(not p.metadata.owner_references for p in left),
@@ -165,6 +183,7 @@ def main():
     )
     apps.delete_namespaced_replica_set(
         "fg", NAMESPACE, body=client.V1DeleteOptions(propagation_policy="Foreground"))
+    wait_gone(apps, "fg", "the foreground delete completes")
     check("delete with propagationPolicy=Foreground takes the pods first",
           core.list_namespaced_pod(NAMESPACE, label_selector="app=fg").items == [])
 

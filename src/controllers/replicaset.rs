@@ -2,8 +2,9 @@
 //!
 //! Driven by two informers (ReplicaSets and pods); a change to a ReplicaSet or to a pod it
 //! owns queues the ReplicaSet's name. Reconciling one:
-//! - ReplicaSet gone: delete the pods it owned (cascade); being deleted (its
-//!   `deletionTimestamp` set): nothing, the API server settles its pods;
+//! - ReplicaSet gone: delete the pods it owned (cascade, Kubernetes' Background deletion);
+//!   being deleted with its `deletionTimestamp` set (Foreground or Orphan): orphan or delete
+//!   its pods, then delete it (the garbage collector's part);
 //! - pods whose labels no longer match the selector are released (owner cleared);
 //! - terminal pods (Succeeded, or Failed with no retry pending, e.g. `NodeLost`) are deleted
 //!   and so replaced;
@@ -282,8 +283,7 @@ impl ReplicaSetController {
             return Ok(Next::Done);
         };
         if rs.deleting {
-            // The API server is orphaning or deleting its pods before it deletes it.
-            return Ok(Next::Done);
+            return self.finish_deletion(name, &rs).await;
         }
         let mut active = Vec::new();
         for pod in self.owned_pods(name) {
@@ -363,6 +363,53 @@ impl ReplicaSetController {
             }
         }
         Ok(Next::Done)
+    }
+
+    /// A ReplicaSet being deleted (`deletionTimestamp` set by a Foreground or Orphan delete),
+    /// as Kubernetes' garbage collector settles it: with the `orphan` finalizer its pods lose
+    /// their owner reference, with `foregroundDeletion` they are deleted; once none is left
+    /// that it owns, the ReplicaSet itself is deleted.
+    async fn finish_deletion(&self, name: &str, rs: &ReplicaSet) -> anyhow::Result<Next> {
+        let orphan = rs
+            .stored
+            .as_ref()
+            .and_then(|k| k.metadata.finalizers.as_ref())
+            .is_some_and(|f| f.iter().any(|f| f == "orphan"));
+        let owned: Vec<Pod> = self
+            .owned_pods(name)
+            .into_iter()
+            .filter(|p| p.owner.as_ref().is_some_and(|o| o.uid == rs.uid))
+            .collect();
+        for pod in &owned {
+            if orphan {
+                let mut released = pod.clone();
+                released.owner = None;
+                match self.registry.update(&released).await {
+                    Ok(p) => self.expect_revision(name, p.resource_version),
+                    Err(RegistryError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                self.delete_pod(name, pod).await?;
+            }
+        }
+        if !owned.is_empty() {
+            // Their events bring us back; then none is owned any more.
+            return Ok(Next::Done);
+        }
+        match self
+            .registry
+            .delete::<ReplicaSet>(&rs.key(), rs.resource_version)
+            .await
+        {
+            Ok(_) | Err(RegistryError::NotFound { .. }) => {
+                tracing::info!(replicaset = name, orphan, "dependents settled; deleted");
+                Ok(Next::Done)
+            }
+            // Changed meanwhile: its event queues it again.
+            Err(RegistryError::Conflict { .. }) => Ok(Next::Done),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates one pod; returns the revision of the write. A create with an unknown outcome

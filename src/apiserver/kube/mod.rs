@@ -937,6 +937,8 @@ impl Request {
                 self.empty_namespace(&ns).await?;
             }
             "ReplicaSet" if policy != "Background" => {
+                // The ReplicaSet controller settles its pods (orphans or deletes them), then
+                // deletes it, as Kubernetes' garbage collector does; kubectl waits for that.
                 let finalizer = if policy == "Orphan" {
                     "orphan"
                 } else {
@@ -945,7 +947,8 @@ impl Request {
                 let rs = self
                     .mark_deleting::<KubeReplicaSet>(&key, Some(finalizer))
                     .await?;
-                self.settle_dependents(&rs, policy == "Orphan").await?;
+                tracing::info!(key = %key, policy = %policy, "marked for deletion");
+                return Ok(json_response(StatusCode::OK, &to_value(&rs)?));
             }
             _ => {}
         }
@@ -981,54 +984,6 @@ impl Request {
             })
             .await
             .map_err(|e| self.target.registry_error(e))
-    }
-
-    /// Orphans (removes the owner reference from) or deletes the pods `rs` controls.
-    async fn settle_dependents(&self, rs: &KubeReplicaSet, orphan: bool) -> Result<(), KubeError> {
-        let uid = rs.metadata.uid.clone().unwrap_or_default();
-        let ns = rs.metadata.namespace.clone().unwrap_or_default();
-        let (pods, _) = self
-            .registry()
-            .list_in::<KubePod>(Some(&ns))
-            .await
-            .map_err(|e| self.target.registry_error(e))?;
-        for pod in pods {
-            let owned = pod
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|r| r.uid == uid);
-            if !owned {
-                continue;
-            }
-            let key = pod.key();
-            let result = if orphan {
-                self.registry()
-                    .modify::<KubePod, _>(&key, |p| {
-                        if let Some(refs) = &mut p.metadata.owner_references {
-                            refs.retain(|r| r.uid != uid);
-                        }
-                        if p.metadata
-                            .owner_references
-                            .as_ref()
-                            .is_some_and(Vec::is_empty)
-                        {
-                            p.metadata.owner_references = None;
-                        }
-                        true
-                    })
-                    .await
-                    .map(|_| ())
-            } else {
-                self.registry().delete::<KubePod>(&key, 0).await.map(|_| ())
-            };
-            match result {
-                Ok(()) | Err(RegistryError::NotFound { .. }) => {}
-                Err(e) => return Err(self.target.registry_error(e)),
-            }
-        }
-        Ok(())
     }
 
     /// Deletes what is in namespace `ns`: its ReplicaSets, then its pods.
