@@ -240,6 +240,9 @@ impl<T> WatchEvent<T> {
 
 pub type WatchEvents<T> = BoxStream<'static, Result<WatchEvent<T>, RegistryError>>;
 
+/// A change, with the object as it was before it (for a modification).
+pub type ChangeWithPrevious<T> = (WatchEvent<T>, Option<T>);
+
 /// Proof of leadership that writes carry: the leader key and the revision that created it
 /// when this process won the election. Every fenced write compares it, so a deposed leader's
 /// late writes (a request still queued in the store when its lease ran out) are refused.
@@ -589,7 +592,7 @@ impl Registry {
         &self,
         namespace: Option<&str>,
         from: i64,
-    ) -> BoxStream<'static, Result<(WatchEvent<T>, Option<T>), RegistryError>> {
+    ) -> BoxStream<'static, Result<ChangeWithPrevious<T>, RegistryError>> {
         let prefix = prefix_of::<T>(namespace);
         let stream = self.client.watch(
             prefix.as_bytes(),
@@ -603,7 +606,7 @@ impl Registry {
         );
         stream
             .flat_map(|item| {
-                let out: Vec<Result<(WatchEvent<T>, Option<T>), RegistryError>> = match item {
+                let out: Vec<Result<ChangeWithPrevious<T>, RegistryError>> = match item {
                     Err(e) => vec![Err(e.into())],
                     Ok(msg) if msg.events.is_empty() => {
                         if msg.canceled {
@@ -627,7 +630,7 @@ impl Registry {
 
 fn to_watch_event<T: Object>(
     e: miniku_store::api::Event,
-) -> Result<(WatchEvent<T>, Option<T>), RegistryError> {
+) -> Result<ChangeWithPrevious<T>, RegistryError> {
     use miniku_store::api::EventType;
     match e.kind {
         EventType::Put => {
