@@ -188,7 +188,18 @@ def main():
           core.list_namespaced_pod(NAMESPACE, label_selector="app=fg").items == [])
 
     core.delete_namespace(NAMESPACE)
-    check("delete_namespace", NAMESPACE not in [n.metadata.name for n in core.list_namespace().items])
+    listed = core.list_namespace(field_selector=f"metadata.name={NAMESPACE}")
+    phases = [n.status.phase for n in listed.items]
+    check("delete_namespace marks it Terminating (or it is gone already)",
+          phases in ([], ["Terminating"]), phases)
+    if listed.items:
+        watch_until(
+            core.list_namespace,
+            "the namespace controller empties and deletes it",
+            lambda evs: any(e["type"] == "DELETED" for e in evs),
+            field_selector=f"metadata.name={NAMESPACE}",
+            resource_version=listed.metadata.resource_version,
+        )
 
     print(f"summary: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1

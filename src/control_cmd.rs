@@ -145,7 +145,7 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
     let eviction = Duration::from_secs(args.pod_eviction_timeout_secs);
     let workers = args.workers;
     // Writes are fenced by the leadership term; only the unsafe testing mode goes without.
-    // One term of work: dropping it (leadership lost) stops both controllers and their tasks.
+    // One term of work: dropping it (leadership lost) stops the controllers and their tasks.
     let work = move |fence: Option<miniku::registry::Fence>| {
         let registry = match fence {
             Some(f) => registry.fenced(f),
@@ -157,11 +157,15 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
                 workers,
             ));
             let nodes = miniku::runtime::spawn_owned(
-                miniku::controllers::NodeLifecycleController::run(registry, eviction),
+                miniku::controllers::NodeLifecycleController::run(registry.clone(), eviction),
+            );
+            let namespaces = miniku::runtime::spawn_owned(
+                miniku::controllers::NamespaceController::run(registry),
             );
             tokio::select! {
                 r = rs => r.context("replicaset controller")?,
                 r = nodes => r.context("node lifecycle controller")?,
+                r = namespaces => r.context("namespace controller")?,
             }
         }
     };

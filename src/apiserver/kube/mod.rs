@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 
 use crate::api::kube::{to_time, KubeNamespace, KubePod, KubeReplicaSet};
 use crate::api::DEFAULT_NAMESPACE;
-use crate::registry::{prefix_of, Object, Registry, RegistryError, WatchEvent};
+use crate::registry::{prefix_of, Registry, RegistryError, WatchEvent};
 use discovery::ResourceSpec;
 use objects::Served;
 use selectors::{FieldSelector, LabelSelector};
@@ -932,9 +932,10 @@ impl Request {
                 ))
             }
             "Namespace" => {
-                let ns = self.target.name().to_string();
-                self.mark_deleting::<KubeNamespace>(&key, None).await?;
-                self.empty_namespace(&ns).await?;
+                // The namespace controller deletes what is in it, then the namespace.
+                let ns = self.mark_deleting::<KubeNamespace>(&key, None).await?;
+                tracing::info!(namespace = %key, "marked for deletion");
+                return Ok(json_response(StatusCode::OK, &to_value(&ns)?));
             }
             "ReplicaSet" if policy != "Background" => {
                 // The ReplicaSet controller settles its pods (orphans or deletes them), then
@@ -974,6 +975,8 @@ impl Request {
                 if m.deletion_timestamp.is_none() {
                     m.deletion_timestamp = Some(to_time(Utc::now()));
                 }
+                o.mark_terminating();
+                let m = o.metadata_mut();
                 if let Some(f) = finalizer {
                     let list = m.finalizers.get_or_insert_with(Vec::new);
                     if !list.iter().any(|x| x == f) {
@@ -984,32 +987,6 @@ impl Request {
             })
             .await
             .map_err(|e| self.target.registry_error(e))
-    }
-
-    /// Deletes what is in namespace `ns`: its ReplicaSets, then its pods.
-    async fn empty_namespace(&self, ns: &str) -> Result<(), KubeError> {
-        let reg = self.registry();
-        let (sets, _) = reg
-            .list_in::<KubeReplicaSet>(Some(ns))
-            .await
-            .map_err(|e| self.target.registry_error(e))?;
-        for rs in sets {
-            match reg.delete::<KubeReplicaSet>(&rs.key(), 0).await {
-                Ok(_) | Err(RegistryError::NotFound { .. }) => {}
-                Err(e) => return Err(self.target.registry_error(e)),
-            }
-        }
-        let (pods, _) = reg
-            .list_in::<KubePod>(Some(ns))
-            .await
-            .map_err(|e| self.target.registry_error(e))?;
-        for pod in pods {
-            match reg.delete::<KubePod>(&pod.key(), 0).await {
-                Ok(_) | Err(RegistryError::NotFound { .. }) => {}
-                Err(e) => return Err(self.target.registry_error(e)),
-            }
-        }
-        Ok(())
     }
 
     /// `DELETE` on a collection: every object the selectors match.

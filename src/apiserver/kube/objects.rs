@@ -43,6 +43,8 @@ pub trait Served:
     fn prepare_update(&mut self, current: &Self) -> Result<(), Vec<Cause>>;
     /// On an update through `/status`: only the status comes from the request.
     fn take_status_from(&mut self, request: Self);
+    /// Shows that the object is being deleted, where its kind has a status for it.
+    fn mark_terminating(&mut self) {}
 }
 
 fn cause(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Cause {
@@ -340,6 +342,11 @@ impl Served for KubeNode {
 }
 
 impl Served for KubeNamespace {
+    fn mark_terminating(&mut self) {
+        // kubectl shows it as STATUS Terminating.
+        self.status.get_or_insert_with(Default::default).phase = Some("Terminating".into());
+    }
+
     const SELECTABLE_FIELDS: &'static [&'static str] = &["metadata.name", "status.phase"];
 
     fn validate(&self) -> Vec<Cause> {
