@@ -108,7 +108,13 @@ expect "delete it" 0 'replicaset.apps "two" deleted' -- "${K[@]}" delete rs two
 
 expect "label" 0 'replicaset.apps/web labeled' -- "${K[@]}" label rs web tier=front
 expect "annotate" 0 'replicaset.apps/web annotated' -- "${K[@]}" annotate rs web note=hello
-expect "-l selects by label, --show-labels prints them" 0 'app=web,tier=front' -- "${K[@]}" get rs -l tier=front --show-labels
+expect "patch --type=merge" 0 'replicaset.apps/web patched' -- "${K[@]}" patch rs web --type=merge -p '{"metadata":{"labels":{"patched":"merge"}}}'
+expect "patch --type=json" 0 'replicaset.apps/web patched' -- "${K[@]}" patch rs web --type=json -p '[{"op":"add","path":"/metadata/annotations/json","value":"yes"}]'
+expect "patch (strategic, the default)" 0 'replicaset.apps/web patched' -- "${K[@]}" patch rs web -p '{"metadata":{"annotations":{"strategic":"yes"}}}'
+expect "the patches landed" 0 '^merge yes yes$' -- "${K[@]}" get rs web -o jsonpath='{.metadata.labels.patched} {.metadata.annotations.json} {.metadata.annotations.strategic}'
+"${K[@]}" get rs web -o json | jq '.metadata.resourceVersion = "1"' > "$WORK/stale.json"
+expect "replace with a stale resourceVersion is a Conflict" 1 'Error from server \(Conflict\).*the object has been modified' -- "${K[@]}" replace -f "$WORK/stale.json"
+expect "-l selects by label, --show-labels prints them" 0 'app=web,patched=merge,tier=front' -- "${K[@]}" get rs -l tier=front --show-labels
 expect "-o yaml" 0 'note: hello' -- "${K[@]}" get rs web -o yaml
 expect "-o json" 0 '"kind": "ReplicaSet"' -- "${K[@]}" get rs web -o json
 "${K[@]}" get pods -l app=web -w --output-watch-events > "$WORK/selector.out" 2>&1 &
@@ -128,6 +134,25 @@ expect "get all lists pods and replicasets" 0 'replicaset.apps/web' -- "${K[@]}"
 expect "describe rs" 0 'Replicas: +1 current / 1 desired' -- "${K[@]}" describe rs web
 expect "describe pod names its controller" 0 'Controlled By: +ReplicaSet/web' -- "${K[@]}" describe pods -l app=web
 expect "describe node" 0 'Capacity:' -- "${K[@]}" describe node "$NODE"
+
+cat > "$WORK/crash.yaml" <<YAML
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: crash}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: crash}}
+  template:
+    metadata: {labels: {app: crash}}
+    spec:
+      containers:
+      - {name: fails, image: miniku/busybox:latest, command: [sh, -c, "exit 3"]}
+YAML
+expect "a pod whose command fails" 0 'replicaset.apps/crash created' -- "${K[@]}" apply -f "$WORK/crash.yaml"
+expect "is restarted with backoff" 0 'condition met' -- "${K[@]}" wait --for=jsonpath='{.status.containerStatuses[0].restartCount}'=2 pods -l app=crash --timeout=90s
+expect "and shows CrashLoopBackOff with its restarts" 0 'crash-[0-9a-f]{8} +0/1 +CrashLoopBackOff +2 ' -- "${K[@]}" get pods -l app=crash
+expect "describe shows the last exit code" 0 'Exit Code: +3' -- "${K[@]}" describe pods -l app=crash
+expect "delete it" 0 'replicaset.apps "crash" deleted' -- "${K[@]}" delete rs crash
 
 expect "a missing object is NotFound" 1 'Error from server \(NotFound\): replicasets.apps "nope" not found' -- "${K[@]}" get rs nope
 expect "create of an existing name is AlreadyExists" 1 'Error from server \(AlreadyExists\).*replicasets.apps "web" already exists' -- "${K[@]}" create -f "$WORK/web.yaml"

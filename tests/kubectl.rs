@@ -71,6 +71,11 @@ async fn kubectl_drives_miniku_as_a_kubernetes_cluster() -> Result<()> {
             "docker",
             "--stop-grace-secs",
             "1",
+            // Failed containers come back within seconds (the CrashLoopBackOff check).
+            "--backoff-initial-ms",
+            "1000",
+            "--backoff-max-ms",
+            "4000",
         ],
     )?;
     wait_until(Duration::from_secs(30), "the node to register", || {
