@@ -838,22 +838,18 @@ impl Request {
                 &self.body,
             )
             .map_err(patch_error)?;
-            let (mut obj, unknown) = decode_value::<K>(patched)?;
-            let warning = self.field_validation(&unknown)?;
-            self.place(&mut obj)?;
-            if obj.metadata().name.as_deref() != Some(self.target.name()) {
-                return Err(KubeError::bad_request(
-                    "a patch may not change the object's name",
-                ));
-            }
-            let precondition = obj.resource_version();
-            if precondition != 0 && precondition != current.resource_version() {
-                return Err(KubeError::conflict(
+            // Name, namespace, uid and a resourceVersion precondition the patch carried.
+            patch::check_patched_identity(&before, &patched).map_err(|e| match e {
+                patch::PatchError::Conflict(_) => KubeError::conflict(
                     self.target.spec.group,
                     self.target.spec.plural,
                     self.target.name(),
-                ));
-            }
+                ),
+                other => patch_error(other),
+            })?;
+            let (mut obj, unknown) = decode_value::<K>(patched)?;
+            let warning = self.field_validation(&unknown)?;
+            self.place(&mut obj)?;
             let next = self.next_version(&current, obj, status_only)?;
             if next == current || dry_run {
                 return Ok(with_warning(
