@@ -152,7 +152,7 @@ case "${1:-}" in
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq protobuf-compiler >/dev/null
       fi
       echo "building (release)..."
-      cargo build --release --quiet
+      cargo build --release
     fi
     for n in $STORES; do start_one "$n"; done
     wait_for_leader

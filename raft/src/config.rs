@@ -10,7 +10,7 @@ use crate::disk::SpaceLimits;
 use crate::tls::{CertKey, PeerTls};
 use crate::types::NodeId;
 
-/// Limits enforced at the API edge (documented in README.md).
+/// Limits enforced at the API edge (documented in docs/store.md).
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Largest accepted request body (etcd: 1.5 MiB).
