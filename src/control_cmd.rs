@@ -141,7 +141,7 @@ pub struct ControllerManagerArgs {
 
 pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
     let registry = args.store.registry()?;
-    let client = registry.client().clone();
+    let election = registry.clone();
     let eviction = Duration::from_secs(args.pod_eviction_timeout_secs);
     let workers = args.workers;
     // Writes are fenced by the leadership term; only the unsafe testing mode goes without.
@@ -176,7 +176,7 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
             return work(None).await;
         }
         run_as_leader(
-            client,
+            election,
             "controller-manager",
             &identity,
             args.election.leader_lease_secs,
@@ -206,12 +206,12 @@ pub struct SchedulerArgs {
 
 pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let registry = args.store.registry()?;
-    let client = registry.client().clone();
+    let election = registry.clone();
     let workers = args.workers;
     let work = move |fence| miniku::scheduler::Scheduler::run(registry.fenced(fence), workers);
     let identity = args.election.identity();
     tokio::select! {
-        r = run_as_leader(client, "scheduler", &identity, args.election.leader_lease_secs, work) => r,
+        r = run_as_leader(election, "scheduler", &identity, args.election.leader_lease_secs, work) => r,
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
@@ -320,8 +320,8 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
         .node_ip
         .map_or_else(miniku::kubelet::host::primary_ip, |ip| ip.to_string());
     config.max_pods = args.max_pods;
-    config.labels = miniku::apiserver::parse_selector(&args.labels)
-        .map_err(|e| anyhow::anyhow!("--labels: {}", e.body.message))?;
+    config.labels = miniku::api::validation::parse_selector("--labels", &args.labels)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(2));
     config.backoff = miniku::kubelet::sync::BackoffConfig {
         initial: Duration::from_millis(args.backoff_initial_ms.max(1)),

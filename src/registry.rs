@@ -259,6 +259,11 @@ pub struct Registry {
     fence: Option<Arc<Fence>>,
 }
 
+/// The key a component's leader holds.
+pub fn leader_key(component: &str) -> String {
+    format!("{ROOT}leaders/{component}")
+}
+
 /// The store key of the object of kind `T` at `key` (`namespace/name` or `name`).
 pub fn key_of<T: Object>(key: &str) -> String {
     format!("{ROOT}{}/{key}", T::KIND)
@@ -349,8 +354,122 @@ impl Registry {
         Ok(Registry::new(client))
     }
 
-    pub fn client(&self) -> &StoreClient {
-        &self.client
+    /// Takes the leader lock of `component` (`/registry/leaders/<component>`) for
+    /// `identity` if nobody holds it, attached to a new lease of `ttl` seconds: Some((lease,
+    /// the key's create_revision, this term's fence)) when won.
+    pub async fn acquire_leadership(
+        &self,
+        component: &str,
+        identity: &str,
+        ttl: i64,
+    ) -> Result<Option<(i64, Fence)>, RegistryError> {
+        let key = leader_key(component);
+        let lease = self.grant_lease(ttl).await?;
+        let txn = TxnRequest {
+            compare: vec![compare(&key, "create_revision", "=", 0)],
+            success: vec![RequestOp::Put(PutRequest {
+                key: Bin::from(key.as_str()),
+                value: Bin::from(identity),
+                lease,
+                prev_kv: false,
+            })],
+            failure: vec![],
+        };
+        let resp = self.client.txn(&txn).await?;
+        if resp.succeeded {
+            Ok(Some((
+                lease,
+                Fence {
+                    key,
+                    create_revision: resp.header.revision,
+                },
+            )))
+        } else {
+            let _ = self.client.lease_revoke(lease).await;
+            Ok(None)
+        }
+    }
+
+    /// Returns once `component`'s leader lock is released (deleted), or after `at_most`
+    /// (a watch started after the release would never see it), or when the watch breaks.
+    pub async fn wait_for_leader_release(&self, component: &str, at_most: Duration) {
+        let key = leader_key(component);
+        let mut w = self.client.watch(key.as_bytes(), WatchOptions::default());
+        let wait = async {
+            while let Some(item) = w.next().await {
+                match item {
+                    Ok(msg)
+                        if msg
+                            .events
+                            .iter()
+                            .any(|e| e.kind == miniku_store::api::EventType::Delete) =>
+                    {
+                        return
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(at_most, wait).await;
+    }
+
+    /// Ends lease `id` now (what is attached to it is deleted).
+    pub async fn revoke_lease(&self, id: i64) -> Result<(), RegistryError> {
+        self.client.lease_revoke(id).await?;
+        Ok(())
+    }
+
+    /// Whether a watch of kind `T` (in `namespace`) can start after revision `rv`: Ok(None)
+    /// if the store still has that history (or `rv` is in the future, to be waited for),
+    /// Ok(Some(compact_revision)) if it was compacted away.
+    pub async fn history_from<T: Object>(
+        &self,
+        namespace: Option<&str>,
+        rv: i64,
+    ) -> Result<Option<i64>, RegistryError> {
+        let probe = self
+            .client
+            .get(
+                prefix_of::<T>(namespace).as_bytes(),
+                GetOptions {
+                    prefix: true,
+                    count_only: true,
+                    revision: rv,
+                    ..Default::default()
+                },
+            )
+            .await;
+        match probe {
+            Err(ClientError::Api { status: 410, body }) => {
+                Ok(Some(body.compact_revision.unwrap_or(0)))
+            }
+            Ok(_) | Err(ClientError::Api { status: 400, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Grants a store lease of `ttl` seconds (for objects that live only while their owner
+    /// renews it, like node heartbeats); returns its id.
+    pub async fn grant_lease(&self, ttl: i64) -> Result<i64, RegistryError> {
+        Ok(self.client.lease_grant(ttl).await?.id)
+    }
+
+    /// Renews lease `id`; `NotFound` once it expired.
+    pub async fn renew_lease(&self, id: i64) -> Result<(), RegistryError> {
+        match self.client.lease_keepalive(id).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Err(RegistryError::NotFound {
+                kind: "leases",
+                name: id.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The store's leader, if it has one.
+    pub async fn store_leader(&self) -> Result<Option<u64>, RegistryError> {
+        Ok(self.client.cluster().await?.leader_id)
     }
 
     /// Stores a new object; fails with `AlreadyExists` if the name is taken.

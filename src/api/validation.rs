@@ -33,6 +33,23 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     }
 }
 
+/// Parses a label map written `k=v,k2=v2` (the seed's `selector=` filter, the kubelet's
+/// `--labels`); `field` names it in errors.
+pub fn parse_selector(field: &str, s: &str) -> Result<BTreeMap<String, String>, FieldError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| err(field, format!("`{part}` is not key=value")))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(err(field, format!("`{part}` has an empty key")));
+        }
+        out.insert(k.to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
 /// Checks a DNS-1123 label: 1–`max` characters of `a-z`, `0-9` and `-`, starting and ending
 /// with a letter or digit.
 pub fn validate_name(field: &str, name: &str, max: usize) -> Result<(), FieldError> {

@@ -137,35 +137,17 @@ impl ListQuery {
     }
 
     fn selector(&self) -> Result<BTreeMap<String, String>, ApiError> {
-        parse_selector(self.selector.as_deref().unwrap_or(""))
+        crate::api::validation::parse_selector("selector", self.selector.as_deref().unwrap_or(""))
+            .map_err(ApiError::from)
     }
-}
-
-/// Parses `k=v,k2=v2`.
-pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
-    let mut out = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| ApiError::invalid("selector", format!("`{part}` is not key=value")))?;
-        let k = k.trim();
-        if k.is_empty() {
-            return Err(ApiError::invalid(
-                "selector",
-                format!("`{part}` has an empty key"),
-            ));
-        }
-        out.insert(k.to_string(), v.trim().to_string());
-    }
-    Ok(out)
 }
 
 async fn health(State(s): State<AppState>) -> Response {
-    match s.registry.client().cluster().await {
-        Ok(c) if c.leader_id.is_some() => {
-            Json(serde_json::json!({"health": "ok", "store_leader": c.leader_id})).into_response()
+    match s.registry.store_leader().await {
+        Ok(Some(leader)) => {
+            Json(serde_json::json!({"health": "ok", "store_leader": leader})).into_response()
         }
-        Ok(_) => ApiError::unavailable("the store has no leader").into_response(),
+        Ok(None) => ApiError::unavailable("the store has no leader").into_response(),
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
     }
 }

@@ -13,11 +13,10 @@ use std::time::Duration;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{stream, StreamExt};
-use miniku_store::client::{ClientError, GetOptions};
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::registry::{prefix_of, Object, Registry, RegistryError, WatchEvent};
+use crate::registry::{Object, Registry, RegistryError, WatchEvent};
 
 fn sse(kind: &str, rv: i64, object: serde_json::Value) -> Result<Event, Infallible> {
     let data = json!({"type": kind, "object": object}).to_string();
@@ -34,26 +33,12 @@ pub async fn serve<T: Object>(
         let (items, rev) = registry.list_in::<T>(namespace).await?;
         (items, rev + 1)
     } else {
-        // Is history from RV+1 still there? A read at RV answers 410 if not.
-        let probe = registry
-            .client()
-            .get(
-                prefix_of::<T>(namespace).as_bytes(),
-                GetOptions {
-                    prefix: true,
-                    count_only: true,
-                    revision: resource_version,
-                    ..Default::default()
-                },
-            )
-            .await;
-        match probe {
-            Err(ClientError::Api { status: 410, body }) => {
-                return Err(RegistryError::Compacted(body.compact_revision.unwrap_or(0)).into())
-            }
-            // A version from the future: wait for it like any other.
-            Ok(_) | Err(ClientError::Api { status: 400, .. }) => {}
-            Err(e) => return Err(RegistryError::from(e).into()),
+        // Is history from RV+1 still there?
+        if let Some(compacted) = registry
+            .history_from::<T>(namespace, resource_version)
+            .await?
+        {
+            return Err(RegistryError::Compacted(compacted).into());
         }
         (Vec::new(), resource_version + 1)
     };

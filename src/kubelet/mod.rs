@@ -254,9 +254,9 @@ async fn heartbeat(registry: Registry, config: KubeletConfig, runtime_version: S
         tracing::info!(node = %config.node_name, lease, ttl, "node registered; heartbeat running");
         loop {
             tokio::time::sleep(renew).await;
-            match registry.client().lease_keepalive(lease).await {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {
+            match registry.renew_lease(lease).await {
+                Ok(()) => {}
+                Err(RegistryError::NotFound { .. }) => {
                     tracing::warn!(node = %config.node_name, "heartbeat lease expired; registering again");
                     break;
                 }
@@ -298,7 +298,7 @@ async fn register(
     ttl: i64,
     runtime_version: &str,
 ) -> anyhow::Result<i64> {
-    let lease = registry.client().lease_grant(ttl).await?.id;
+    let lease = registry.grant_lease(ttl).await?;
     let hb = NodeLease {
         name: config.node_name.clone(),
         lease_id: lease,

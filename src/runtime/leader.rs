@@ -8,16 +8,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
-use miniku_store::api::{Bin, Compare, PutRequest, RequestOp, TxnRequest};
-use miniku_store::client::{StoreClient, WatchOptions};
+use crate::registry::{Fence, Registry, RegistryError};
 
-use crate::registry::Fence;
-
-/// The key a component's leader holds.
-pub fn leader_key(component: &str) -> String {
-    format!("{}leaders/{component}", crate::registry::ROOT)
-}
+pub use crate::registry::leader_key;
 
 /// Runs `work` whenever this process holds the lock for `component`: campaigns, runs a term
 /// of `work`, and when leadership is lost cancels that term and campaigns again. Returns only
@@ -25,7 +18,7 @@ pub fn leader_key(component: &str) -> String {
 /// through [`crate::registry::Registry::fenced`], so that none lands after the lock has
 /// passed to another instance.
 pub async fn run_as_leader<F, Fut>(
-    client: StoreClient,
+    registry: Registry,
     component: &str,
     identity: &str,
     ttl_secs: i64,
@@ -36,7 +29,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     loop {
-        match lead_one_term(&client, component, identity, ttl_secs, &work).await {
+        match lead_one_term(&registry, component, identity, ttl_secs, &work).await {
             Term::WorkEnded(r) => return r,
             Term::Lost(why) => {
                 tracing::warn!(component, reason = %why, "lost leadership; its work is stopped, campaigning again");
@@ -54,7 +47,7 @@ enum Term {
 /// Wins the lock once and runs `work` until it ends or the lease cannot be renewed (then the
 /// work future is dropped, stopping what it started).
 async fn lead_one_term<F, Fut>(
-    client: &StoreClient,
+    registry: &Registry,
     component: &str,
     identity: &str,
     ttl_secs: i64,
@@ -64,14 +57,19 @@ where
     F: Fn(Fence) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let client = client.clone();
-    let key = leader_key(component);
-    let (lease, create_revision) = loop {
-        match try_acquire(&client, &key, identity, ttl_secs).await {
+    let (lease, fence) = loop {
+        match registry
+            .acquire_leadership(component, identity, ttl_secs)
+            .await
+        {
             Ok(Some(won)) => break won,
             Ok(None) => {
                 tracing::info!(component, "another instance leads; standing by");
-                wait_for_release(&client, &key).await;
+                // A release between our failed attempt and the watch's start would be
+                // missed: waiting at most a TTL bounds that.
+                registry
+                    .wait_for_leader_release(component, Duration::from_secs(15))
+                    .await;
             }
             Err(e) => {
                 tracing::warn!(component, error = %e, "leader election: store unavailable");
@@ -79,77 +77,26 @@ where
             }
         }
     };
-    tracing::info!(component, identity, lease, create_revision, "became leader");
-    let renew = keep_alive(client.clone(), lease, ttl_secs);
-    let fence = Fence {
-        key: key.clone(),
-        create_revision,
-    };
+    tracing::info!(
+        component,
+        identity,
+        lease,
+        create_revision = fence.create_revision,
+        "became leader"
+    );
+    let renew = keep_alive(registry.clone(), lease, ttl_secs);
     tokio::select! {
         r = work(fence) => {
-            let _ = client.lease_revoke(lease).await;
+            let _ = registry.revoke_lease(lease).await;
             Term::WorkEnded(r)
         }
-        e = renew => Term::Lost(e),
-    }
-}
-
-/// Grants a lease and puts the key if nobody holds it. Some((lease, the key's
-/// create_revision)) when we won.
-async fn try_acquire(
-    client: &StoreClient,
-    key: &str,
-    identity: &str,
-    ttl_secs: i64,
-) -> anyhow::Result<Option<(i64, i64)>> {
-    let lease = client.lease_grant(ttl_secs).await?.id;
-    let txn = TxnRequest {
-        compare: vec![Compare {
-            key: Bin::from(key),
-            range_end: None,
-            target: "create_revision".into(),
-            result: "=".into(),
-            value: serde_json::Value::from(0),
-        }],
-        success: vec![RequestOp::Put(PutRequest {
-            key: Bin::from(key),
-            value: Bin::from(identity),
-            lease,
-            prev_kv: false,
-        })],
-        failure: vec![],
-    };
-    let resp = client.txn(&txn).await?;
-    if resp.succeeded {
-        Ok(Some((lease, resp.header.revision)))
-    } else {
-        let _ = client.lease_revoke(lease).await;
-        Ok(None)
-    }
-}
-
-/// Returns once the key is deleted (or the watch breaks, to retry).
-async fn wait_for_release(client: &StoreClient, key: &str) {
-    let mut w = client.watch(key.as_bytes(), WatchOptions::default());
-    // A watch from "now" may miss a delete between our failed txn and its start: bound the
-    // wait so that case costs one TTL at most.
-    let wait = async {
-        while let Some(item) = w.next().await {
-            match item {
-                Ok(msg)
-                    if msg
-                        .events
-                        .iter()
-                        .any(|e| e.kind == miniku_store::api::EventType::Delete) =>
-                {
-                    return
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
+        e = renew => {
+            // The store may still hold the lock under this lease: give it up (if the store
+            // answers soon), so that the next election need not wait for it to expire.
+            let _ = tokio::time::timeout(Duration::from_secs(1), registry.revoke_lease(lease)).await;
+            Term::Lost(e)
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(15), wait).await;
+    }
 }
 
 /// Renews the lease every sixth of its TTL; returns an error once it could not be renewed
@@ -157,7 +104,7 @@ async fn wait_for_release(client: &StoreClient, key: &str) {
 /// lease cannot expire before that). Stopping is not what keeps two leaders apart: every
 /// leader write is fenced by the leader key's revision, so a leader that acts a moment too
 /// long has its writes refused.
-async fn keep_alive(client: StoreClient, lease: i64, ttl_secs: i64) -> String {
+async fn keep_alive(registry: Registry, lease: i64, ttl_secs: i64) -> String {
     let ttl = Duration::from_secs(ttl_secs.max(1) as u64);
     let every = ttl / 6;
     let renew_deadline = ttl;
@@ -169,9 +116,9 @@ async fn keep_alive(client: StoreClient, lease: i64, ttl_secs: i64) -> String {
         if remaining.is_zero() {
             return format!("lease {lease} not renewed within {renew_deadline:?}");
         }
-        match tokio::time::timeout(remaining, client.lease_keepalive(lease)).await {
-            Ok(Ok(_)) => last_ok = sent,
-            Ok(Err(e)) if e.is_not_found() => return format!("lease {lease} expired"),
+        match tokio::time::timeout(remaining, registry.renew_lease(lease)).await {
+            Ok(Ok(())) => last_ok = sent,
+            Ok(Err(RegistryError::NotFound { .. })) => return format!("lease {lease} expired"),
             Ok(Err(e)) => {
                 tracing::warn!(lease, error = %e, "could not renew the leader lease");
             }

@@ -35,12 +35,11 @@ use axum::Router;
 use chrono::Utc;
 use futures::{stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
-use miniku_store::client::{ClientError, GetOptions};
 use serde_json::{json, Value};
 
 use crate::api::kube::{to_time, KubeNamespace, KubePod, KubeReplicaSet};
 use crate::api::DEFAULT_NAMESPACE;
-use crate::registry::{prefix_of, Registry, RegistryError, WatchEvent};
+use crate::registry::{Registry, RegistryError, WatchEvent};
 use discovery::ResourceSpec;
 use objects::Served;
 use selectors::{FieldSelector, LabelSelector};
@@ -499,8 +498,10 @@ impl Request {
                     .ok_or_else(|| {
                         KubeError::bad_request(format!("invalid resourceVersion {n:?}"))
                     })?;
-                if let Some(compacted) =
-                    compacted_before::<K>(&registry, namespace.as_deref(), n).await?
+                if let Some(compacted) = registry
+                    .history_from::<K>(namespace.as_deref(), n)
+                    .await
+                    .map_err(|e| self.target.registry_error(e))?
                 {
                     let status =
                         KubeError::expired(format!("too old resource version: {n} ({compacted})"));
@@ -1189,31 +1190,6 @@ fn unknown_fields(given: &Value, known: &Value, at: &str, out: &mut Vec<String>)
             }
         }
         _ => {}
-    }
-}
-
-/// Whether history before revision `n` (for kind `K`) is compacted away: Some(compacted).
-async fn compacted_before<K: Kind>(
-    registry: &Registry,
-    namespace: Option<&str>,
-    n: i64,
-) -> Result<Option<i64>, KubeError> {
-    let probe = registry
-        .client()
-        .get(
-            prefix_of::<K>(namespace).as_bytes(),
-            GetOptions {
-                prefix: true,
-                count_only: true,
-                revision: n,
-                ..Default::default()
-            },
-        )
-        .await;
-    match probe {
-        Err(ClientError::Api { status: 410, body }) => Ok(Some(body.compact_revision.unwrap_or(0))),
-        Ok(_) | Err(ClientError::Api { status: 400, .. }) => Ok(None),
-        Err(e) => Err(KubeError::unavailable(e.to_string())),
     }
 }
 
