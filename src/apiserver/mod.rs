@@ -194,11 +194,19 @@ type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>
 async fn list_or_watch<T: Object>(
     registry: Registry,
     q: &ListQuery,
+    headers: &HeaderMap,
     keep: impl Fn(&T) -> bool + Send + Sync + 'static,
 ) -> Result<Response, ApiError> {
     if q.watching()? {
-        return watch::serve::<T>(registry, seed_namespace::<T>(), q.resource_version()?, keep)
-            .await;
+        // An EventSource that reconnects sends the last id it saw: resume after it.
+        let from = match (
+            q.resource_version.as_deref(),
+            watch::last_event_id(headers)?,
+        ) {
+            (None | Some(""), Some(id)) => id,
+            _ => q.resource_version()?,
+        };
+        return watch::serve::<T>(registry, seed_namespace::<T>(), from, keep).await;
     }
     let (mut items, _) = registry.list_in::<T>(seed_namespace::<T>()).await?;
     items.retain(|o| keep(o));
@@ -208,6 +216,7 @@ async fn list_or_watch<T: Object>(
 /// `GET /replicasets` and `GET /nodes`: no filters.
 async fn list_all<T: Object>(
     State(s): State<AppState>,
+    headers: HeaderMap,
     q: QueryResult<ListQuery>,
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
@@ -217,7 +226,7 @@ async fn list_all<T: Object>(
             format!("{} take no node or selector filter", T::KIND),
         ));
     }
-    list_or_watch::<T>(s.registry, &q, |_| true).await
+    list_or_watch::<T>(s.registry, &q, &headers, |_| true).await
 }
 
 async fn create_replicaset(
@@ -325,9 +334,10 @@ fn pod_filter(q: &ListQuery) -> Result<impl Fn(&Pod) -> bool + Send + Sync + 'st
 
 async fn list_pods(
     State(s): State<AppState>,
+    headers: HeaderMap,
     q: QueryResult<ListQuery>,
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
     let keep = pod_filter(&q)?;
-    list_or_watch::<Pod>(s.registry, &q, keep).await
+    list_or_watch::<Pod>(s.registry, &q, &headers, keep).await
 }

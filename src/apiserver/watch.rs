@@ -1,7 +1,9 @@
 //! Watches as Server-Sent Events, like Kubernetes' watch: each change is one SSE message
 //! `event: ADDED|MODIFIED|DELETED|BOOKMARK`, `id: <resourceVersion>`,
-//! `data: {"type": ..., "object": ...}`. With `resourceVersion=RV` the stream starts with the
-//! changes after RV; without one it first sends every current object as ADDED. A BOOKMARK
+//! `data: {"type": ..., "object": ...}`. With `resourceVersion=RV` (or a `Last-Event-ID`
+//! header, as an EventSource sends when it reconnects) the stream starts with the changes
+//! after RV; without one it first sends every current object as ADDED, each with the list's
+//! revision as its id. A BOOKMARK
 //! (`object` holds only `resourceVersion`) comes whenever the store reports progress, at
 //! least every few seconds. An RV older than the store's history answers 410 before the
 //! stream starts; if history runs out mid-stream an `ERROR` event with code 410 ends it.
@@ -23,6 +25,19 @@ fn sse(kind: &str, rv: i64, object: serde_json::Value) -> Result<Event, Infallib
     Ok(Event::default().event(kind).id(rv.to_string()).data(data))
 }
 
+/// The `Last-Event-ID` header (the id of the last event an EventSource saw), if sent.
+pub fn last_event_id(headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|n| (0..i64::MAX).contains(n))
+        .map(Some)
+        .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be a non-negative integer"))
+}
+
 pub async fn serve<T: Object>(
     registry: Registry,
     namespace: Option<&str>,
@@ -42,11 +57,14 @@ pub async fn serve<T: Object>(
         }
         (Vec::new(), resource_version + 1)
     };
+    // The initial objects carry the list's revision as their id (their own versions are
+    // out of order): a client that reconnects with it as Last-Event-ID misses nothing.
+    let listed_at = from - 1;
     let added = stream::iter(
         initial
             .into_iter()
             .filter(|o| keep(o))
-            .map(|o| sse("ADDED", o.resource_version(), json!(o)))
+            .map(|o| sse("ADDED", listed_at, json!(o)))
             .collect::<Vec<_>>(),
     );
     // Each item: (ends the stream?, event).
