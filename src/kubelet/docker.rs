@@ -4,7 +4,8 @@
 //! touches a container without `miniku=1` and this node's label.
 //!
 //! A pod with several containers runs as several Docker containers: its first (main)
-//! container, then the others, each labelled with the main container's id. The kubelet sees
+//! container, then the others (`<main>__<container>`), each labelled with the main
+//! container's id. The kubelet sees
 //! only main containers: a pod counts as running while all of its containers run, the others
 //! are removed with the main one, and one that stops makes the pod's containers restart
 //! together.
@@ -180,9 +181,12 @@ impl DockerRuntime {
                     .await
                     .map_err(engine)?;
                 let labels = stale.config.and_then(|c| c.labels).unwrap_or_default();
-                if labels.get(LABEL_NODE).map(String::as_str) != Some(node) {
+                // Ours: this node's, and this very pod's (a leftover of an earlier attempt).
+                if labels.get(LABEL_NODE).map(String::as_str) != Some(node)
+                    || pod_key_from_labels(&labels) != pod.key()
+                {
                     return Err(RuntimeError::Engine(format!(
-                        "a container named `{name}` exists and is not this kubelet's"
+                        "a container named `{name}` exists and is not this pod's"
                     )));
                 }
                 self.stop_and_remove(
@@ -285,7 +289,7 @@ impl ContainerRuntime for DockerRuntime {
         let main = self.create_and_start(pod, node, first, &name, None).await?;
         for c in later {
             let started = self
-                .create_and_start(pod, node, c, &format!("{name}_{}", c.name), Some(&main))
+                .create_and_start(pod, node, c, &format!("{name}__{}", c.name), Some(&main))
                 .await;
             if let Err(e) = started {
                 let _ = self.remove(&main, Duration::ZERO).await;

@@ -24,7 +24,8 @@ pub fn pod_key_from_labels(labels: &HashMap<String, String>) -> String {
 }
 
 /// The engine's name for a pod's main container: the pod's name in `default` (as the seed's
-/// `docker ps` shows), `<namespace>_<name>` elsewhere. A later container appends `_<its name>`.
+/// `docker ps` shows), `<namespace>_<name>` elsewhere. A later container appends
+/// `__<its name>`: names and namespaces have no `_`, so no two pods' names can meet.
 pub fn container_name(pod: &Pod) -> String {
     match namespace_or_default(&pod.namespace) {
         crate::api::DEFAULT_NAMESPACE => pod.spec.name.clone(),
@@ -134,4 +135,27 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Changes to this node's containers, as they happen.
     fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_names_of_different_pods_never_meet() {
+        let pod = |ns: &str, name: &str| {
+            let mut p = Pod {
+                namespace: ns.into(),
+                ..Default::default()
+            };
+            p.spec.name = name.into();
+            p
+        };
+        // Pod `a` of `default` with a second container `b`, and pod `b` of namespace `a`.
+        let second_container = format!("{}__b", container_name(&pod("default", "a")));
+        let other_pod = container_name(&pod("a", "b"));
+        assert_eq!(other_pod, "a_b");
+        assert_ne!(second_container, other_pod);
+        assert_eq!(container_name(&pod("default", "web-1")), "web-1");
+    }
 }
