@@ -7,8 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use anyhow::{ensure, Context, Result};
-use common::StoreCluster;
+use anyhow::Result;
+use common::{run_check_script, StoreCluster};
 
 fn run_script(store: &StoreCluster, token_file: Option<&std::path::Path>) -> Result<()> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-etcdctl.sh");
@@ -19,19 +19,7 @@ fn run_script(store: &StoreCluster, token_file: Option<&std::path::Path>) -> Res
     if let Some(f) = token_file {
         cmd.arg("--token-file").arg(f);
     }
-    let out = cmd
-        .output()
-        .context("running scripts/test-etcdctl.sh (is etcdctl installed?)")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    ensure!(
-        out.status.success() && text.contains("summary:") && text.contains(" 0 failed"),
-        "etcdctl checks failed; output above"
-    );
+    run_check_script(&mut cmd, "etcdctl", "")?;
     Ok(())
 }
 

@@ -7,8 +7,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use common::{wait_until, ControlPlane};
+use anyhow::{bail, ensure, Result};
+use common::{run_check_script, wait_until, ControlPlane};
 
 const IMAGE: &str = "miniku/busybox:latest";
 
@@ -88,23 +88,11 @@ async fn kubectl_drives_miniku_as_a_kubernetes_cluster() -> Result<()> {
     })
     .await?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-kubectl.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(cp.url(""))
-        .arg(&node)
-        .output()
-        .context("running scripts/test-kubectl.sh (is kubectl installed?)")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    ensure!(
-        out.status.success() && text.contains(" 0 failed"),
-        "kubectl checks failed; output above\n{}",
-        cp.logs()
-    );
+    run_check_script(
+        Command::new("bash").arg(script).arg(cp.url("")).arg(&node),
+        "kubectl",
+        &cp.logs(),
+    )?;
     Ok(())
 }
 
@@ -135,21 +123,10 @@ async fn the_official_python_client_works_against_miniku() -> Result<()> {
         &["kubelet", "--node-name", "python-node", "--runtime", "fake"],
     )?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-python-client.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(cp.url(""))
-        .output()
-        .context("running scripts/test-python-client.py")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    ensure!(
-        out.status.success() && text.contains(" 0 failed"),
-        "Python client checks failed; output above\n{}",
-        cp.logs()
-    );
+    run_check_script(
+        Command::new(python).arg(script).arg(cp.url("")),
+        "Python client",
+        &cp.logs(),
+    )?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_miniku");
@@ -51,6 +51,26 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs a check script (one that prints `ok`/`FAIL` lines and `summary: N passed, M
+/// failed`), prints what it printed, and fails unless every check passed. `context` is
+/// added to a failure (the components' logs, say).
+pub fn run_check_script(cmd: &mut Command, what: &str, context: &str) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running the {what} checks"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    ensure!(
+        out.status.success() && text.contains("summary:") && text.contains(" 0 failed"),
+        "{what} checks failed; output above\n{context}"
+    );
+    Ok(())
 }
 
 pub struct StoreMember {

@@ -184,6 +184,11 @@ impl Target {
         self.name.as_deref().unwrap_or_default()
     }
 
+    /// A stale resourceVersion on this object.
+    fn conflict(&self) -> KubeError {
+        KubeError::conflict(self.spec.group, self.spec.plural, self.name())
+    }
+
     fn registry_error(&self, e: RegistryError) -> KubeError {
         KubeError::from_registry(e, self.spec.group, self.spec.plural, self.name())
     }
@@ -335,6 +340,15 @@ impl Request {
         self.params.get(name).map(String::as_str)
     }
 
+    fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `includeObject` query parameter of a Table request.
+    fn include_object(&self) -> Result<table::IncludeObject, KubeError> {
+        table::IncludeObject::from_query(self.param("includeObject")).map_err(table_error)
+    }
+
     fn registry(&self) -> &Registry {
         &self.state.registry
     }
@@ -381,17 +395,13 @@ impl Request {
 
     /// One object as JSON, a Table or PartialObjectMetadata, as the client asked.
     fn render_one<K: Kind>(&self, obj: &K) -> Result<Response, KubeError> {
-        let accept = self
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
+        let accept = self.header(header::ACCEPT);
         let target = table::negotiate(accept).map_err(table_error)?;
         target.check_for(false).map_err(table_error)?;
         let body = match target {
             table::Target::Object | table::Target::PartialObjectMetadataList(_) => to_value(obj)?,
             table::Target::Table(v) => {
-                let include = table::IncludeObject::from_query(self.param("includeObject"))
-                    .map_err(table_error)?;
+                let include = self.include_object()?;
                 let opts = table::TableOptions::new(v, include);
                 to_value(&table::object_table(obj, &opts, now()).map_err(table_error)?)?
             }
@@ -431,16 +441,12 @@ impl Request {
             resource_version: Some(revision.to_string()),
             ..Default::default()
         };
-        let accept = self
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
+        let accept = self.header(header::ACCEPT);
         let target = table::negotiate(accept).map_err(table_error)?;
         target.check_for(true).map_err(table_error)?;
         let body = match target {
             table::Target::Table(v) => {
-                let include = table::IncludeObject::from_query(self.param("includeObject"))
-                    .map_err(table_error)?;
+                let include = self.include_object()?;
                 let opts = table::TableOptions::new(v, include);
                 let items: Vec<K> = kept.into_iter().map(|(i, _)| i).collect();
                 to_value(&table::list_table(&items, &meta, &opts, now()).map_err(table_error)?)?
@@ -463,13 +469,9 @@ impl Request {
     /// `timeoutSeconds` (or [`MAX_WATCH`]).
     async fn watch<K: Kind>(&self) -> Result<Response, KubeError> {
         let (labels, fields) = self.selectors::<K>()?;
-        let accept = self
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
+        let accept = self.header(header::ACCEPT);
         let target = table::negotiate(accept).map_err(table_error)?;
-        let include =
-            table::IncludeObject::from_query(self.param("includeObject")).map_err(table_error)?;
+        let include = self.include_object()?;
         let bookmarks = matches!(self.param("allowWatchBookmarks"), Some("true" | "1"))
             && !matches!(target, table::Target::Table(_));
         let timeout = match self.param("timeoutSeconds") {
@@ -529,8 +531,12 @@ impl Request {
             };
             Some(ndjson(&json!({"type": kind, "object": object})))
         };
+        // Without selectors every event is kept, without turning it into JSON an extra time.
+        let select_all = labels.is_empty() && fields.is_empty();
         let keep = move |obj: &K| -> bool {
-            to_value(obj).is_ok_and(|v| labels.matches_object(&v) && fields.matches_object(&v))
+            select_all
+                || to_value(obj)
+                    .is_ok_and(|v| labels.matches_object(&v) && fields.matches_object(&v))
         };
         let added: Vec<(&'static str, K)> = initial
             .into_iter()
@@ -604,9 +610,7 @@ impl Request {
     /// The body as `K`, with the fields `K` does not have (for `fieldValidation`).
     fn decode_body<K: Kind>(&self, body: &[u8]) -> Result<(K, Vec<String>), KubeError> {
         let content_type = self
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+            .header(header::CONTENT_TYPE)
             .unwrap_or("application/json");
         let media = content_type.split(';').next().unwrap_or("").trim();
         let raw: Value = if media == protobuf::CONTENT_TYPE {
@@ -773,11 +777,7 @@ impl Request {
         for _ in 0..20 {
             let current: K = self.get::<K>().await?;
             if precondition != 0 && precondition != current.resource_version() {
-                return Err(KubeError::conflict(
-                    self.target.spec.group,
-                    self.target.spec.plural,
-                    self.target.name(),
-                ));
+                return Err(self.target.conflict());
             }
             let next = self.next_version(&current, obj.clone(), status_only)?;
             if next == current || dry_run {
@@ -789,11 +789,7 @@ impl Request {
                 Err(e) => return Err(self.target.registry_error(e)),
             }
         }
-        Err(KubeError::conflict(
-            self.target.spec.group,
-            self.target.spec.plural,
-            self.target.name(),
-        ))
+        Err(self.target.conflict())
     }
 
     /// What `request` makes of `current`, validated.
@@ -822,12 +818,7 @@ impl Request {
     }
 
     async fn patch<K: Kind>(&self, status_only: bool) -> Result<Response, KubeError> {
-        let content_type = self
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type = self.header(header::CONTENT_TYPE).unwrap_or("").to_string();
         let dry_run = self.dry_run()?;
         for _ in 0..20 {
             let current: K = self.get::<K>().await?;
@@ -841,11 +832,7 @@ impl Request {
             .map_err(patch_error)?;
             // Name, namespace, uid and a resourceVersion precondition the patch carried.
             patch::check_patched_identity(&before, &patched).map_err(|e| match e {
-                patch::PatchError::Conflict(_) => KubeError::conflict(
-                    self.target.spec.group,
-                    self.target.spec.plural,
-                    self.target.name(),
-                ),
+                patch::PatchError::Conflict(_) => self.target.conflict(),
                 other => patch_error(other),
             })?;
             let (mut obj, unknown) = decode_value::<K>(patched)?;
@@ -869,11 +856,7 @@ impl Request {
                 Err(e) => return Err(self.target.registry_error(e)),
             }
         }
-        Err(KubeError::conflict(
-            self.target.spec.group,
-            self.target.spec.plural,
-            self.target.name(),
-        ))
+        Err(self.target.conflict())
     }
 
     /// The `propagationPolicy` of a delete, from the body's DeleteOptions or the query.
@@ -911,11 +894,7 @@ impl Request {
         let current: K = self.get::<K>().await?;
         if let Some(rv) = precondition {
             if rv != current.resource_version() {
-                return Err(KubeError::conflict(
-                    self.target.spec.group,
-                    self.target.spec.plural,
-                    self.target.name(),
-                ));
+                return Err(self.target.conflict());
             }
         }
         if self.dry_run()? {
@@ -1026,11 +1005,7 @@ impl Request {
             return Ok(json_response(StatusCode::OK, &scale_of(&current)));
         }
         let requested: Value = if self.method == Method::PATCH {
-            let content_type = self
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let content_type = self.header(header::CONTENT_TYPE).unwrap_or("");
             patch::apply_patch("Scale", content_type, &scale_of(&current), &self.body)
                 .map_err(patch_error)?
         } else if self.method == Method::PUT {

@@ -37,7 +37,10 @@ pub trait Served:
         m.resource_version = None;
         m.deletion_timestamp = None;
         m.generation = Some(1);
+        self.initial_status();
     }
+    /// What a new object of the kind starts with besides its identity (status, ...).
+    fn initial_status(&mut self) {}
     /// On an update through the main resource: keeps what this route cannot change (status,
     /// identity), raises the generation if the spec changed. Err: a forbidden change.
     fn prepare_update(&mut self, current: &Self) -> Result<(), Vec<Cause>>;
@@ -177,13 +180,7 @@ impl Served for KubePod {
         out
     }
 
-    fn prepare_create(&mut self) {
-        let m = &mut self.metadata;
-        m.uid = Some(crate::api::random_hex(32));
-        m.creation_timestamp = Some(to_time(Utc::now()));
-        m.resource_version = None;
-        m.deletion_timestamp = None;
-        m.generation = Some(1);
+    fn initial_status(&mut self) {
         self.status = Some(core::PodStatus {
             phase: Some("Pending".into()),
             ..Default::default()
@@ -287,13 +284,7 @@ impl Served for KubeReplicaSet {
         out
     }
 
-    fn prepare_create(&mut self) {
-        let m = &mut self.metadata;
-        m.uid = Some(crate::api::random_hex(32));
-        m.creation_timestamp = Some(to_time(Utc::now()));
-        m.resource_version = None;
-        m.deletion_timestamp = None;
-        m.generation = Some(1);
+    fn initial_status(&mut self) {
         self.status = None;
     }
 
@@ -355,12 +346,9 @@ impl Served for KubeNamespace {
         out
     }
 
-    fn prepare_create(&mut self) {
-        let m = &mut self.metadata;
-        m.uid = Some(crate::api::random_hex(32));
-        m.creation_timestamp = Some(to_time(Utc::now()));
-        m.resource_version = None;
-        m.deletion_timestamp = None;
+    fn initial_status(&mut self) {
+        // Namespaces have no generation in Kubernetes.
+        self.metadata.generation = None;
         self.spec = Some(core::NamespaceSpec {
             finalizers: Some(vec!["kubernetes".into()]),
         });

@@ -107,6 +107,11 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// Whether it selects everything (no requirement).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {
             LabelRequirement::Equals(k, v) => labels.get(k) == Some(v),
@@ -160,6 +165,11 @@ impl FieldSelector {
             terms.push((path.to_string(), equal, value.trim().to_string()));
         }
         Ok(FieldSelector(terms))
+    }
+
+    /// Whether it selects everything (no term).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The value a term on `path` requires, if one does (`metadata.name=x` → `x`).
