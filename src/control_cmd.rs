@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use miniku::registry::Registry;
 use miniku::runtime::leader::run_as_leader;
+use miniku::runtime::{shutdown_channel, spawn_owned, OwnedTask, Shutdown};
 
 use crate::store_cmd::shutdown_signal;
 
@@ -103,7 +104,7 @@ pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
 pub struct ElectionArgs {
     /// Seconds the leader's lock lives without renewal; a standby takes over within this
     /// long after the leader dies. Renewed every sixth of it; a leader that could not renew
-    /// for a whole lease stops (and exits).
+    /// for a whole lease stops its work and campaigns again.
     #[arg(long, default_value_t = 10)]
     pub leader_lease_secs: i64,
     /// This instance's name in the election (default: hostname-pid).
@@ -144,29 +145,46 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
     let election = registry.clone();
     let eviction = Duration::from_secs(args.pod_eviction_timeout_secs);
     let workers = args.workers;
+    let (shutdown, _signals) = shutdown_on_signal();
     // Writes are fenced by the leadership term; only the unsafe testing mode goes without.
     // One term of work: dropping it (leadership lost) stops the controllers and their tasks.
+    let term_shutdown = shutdown.clone();
     let work = move |fence: Option<miniku::registry::Fence>| {
         let registry = match fence {
             Some(f) => registry.fenced(f),
             None => registry.clone(),
         };
+        let shutdown = term_shutdown.clone();
         async move {
-            let rs = miniku::runtime::spawn_owned(miniku::controllers::ReplicaSetController::run(
+            use miniku::controllers::{
+                NamespaceController, NodeLifecycleController, ReplicaSetController,
+            };
+            use miniku::runtime::Informer;
+            // One informer per kind, shared by the controllers that read it.
+            let pods = Informer::start(registry.clone());
+            let replicasets = Informer::start(registry.clone());
+            let nodes = Informer::start(registry.clone());
+            let heartbeats = Informer::start(registry.clone());
+            let namespaces = Informer::start(registry.clone());
+            let lifecycle = NodeLifecycleController::new(
                 registry.clone(),
-                workers,
-            ));
-            let nodes = miniku::runtime::spawn_owned(
-                miniku::controllers::NodeLifecycleController::run(registry.clone(), eviction),
+                nodes,
+                heartbeats,
+                pods.clone(),
+                eviction,
             );
-            let namespaces = miniku::runtime::spawn_owned(
-                miniku::controllers::NamespaceController::run(registry),
+            tokio::join!(
+                ReplicaSetController::run(
+                    registry.clone(),
+                    replicasets,
+                    pods,
+                    workers,
+                    shutdown.clone()
+                ),
+                lifecycle.run(shutdown.clone()),
+                NamespaceController::run(registry, namespaces, shutdown),
             );
-            tokio::select! {
-                r = rs => r.context("replicaset controller")?,
-                r = nodes => r.context("node lifecycle controller")?,
-                r = namespaces => r.context("namespace controller")?,
-            }
+            Ok(())
         }
     };
     let identity = args.election.identity();
@@ -180,14 +198,43 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
             "controller-manager",
             &identity,
             args.election.leader_lease_secs,
+            shutdown.clone(),
             |fence| work(Some(fence)),
         )
         .await
     };
+    run_until_stopped(elected, &shutdown).await
+}
+
+/// How long a component has to finish what it holds once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The shutdown this process's components share, begun by SIGINT or SIGTERM (while the
+/// returned task lives).
+fn shutdown_on_signal() -> (Shutdown, OwnedTask<()>) {
+    let (trigger, shutdown) = shutdown_channel();
+    let task = spawn_owned(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        trigger.fire();
+    });
+    (shutdown, task)
+}
+
+/// Runs `work` until it ends; once `shutdown` begins, it has [`SHUTDOWN_GRACE`] to finish.
+async fn run_until_stopped<F>(work: F, shutdown: &Shutdown) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    tokio::pin!(work);
     tokio::select! {
-        r = elected => r,
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
+        r = &mut work => return r,
+        _ = shutdown.wait() => {}
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, work).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "did not stop in time; exiting anyway");
             Ok(())
         }
     }
@@ -208,15 +255,28 @@ pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let registry = args.store.registry()?;
     let election = registry.clone();
     let workers = args.workers;
-    let work = move |fence| miniku::scheduler::Scheduler::run(registry.fenced(fence), workers);
-    let identity = args.election.identity();
-    tokio::select! {
-        r = run_as_leader(election, "scheduler", &identity, args.election.leader_lease_secs, work) => r,
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
+    let (shutdown, _signals) = shutdown_on_signal();
+    let term_shutdown = shutdown.clone();
+    let work = move |fence| {
+        let registry = registry.fenced(fence);
+        let shutdown = term_shutdown.clone();
+        async move {
+            let pods = miniku::runtime::Informer::start(registry.clone());
+            let nodes = miniku::runtime::Informer::start(registry.clone());
+            miniku::scheduler::Scheduler::run(registry, pods, nodes, workers, shutdown).await;
             Ok(())
         }
-    }
+    };
+    let identity = args.election.identity();
+    let elected = run_as_leader(
+        election,
+        "scheduler",
+        &identity,
+        args.election.leader_lease_secs,
+        shutdown.clone(),
+        work,
+    );
+    run_until_stopped(elected, &shutdown).await
 }
 
 #[derive(clap::ValueEnum, Clone, Debug, PartialEq, Eq)]
@@ -330,6 +390,8 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
     };
     config.stop_grace = Duration::from_secs(args.stop_grace_secs);
     config.resync = Duration::from_secs(args.resync_secs.max(1));
+    let (shutdown, _signals) = shutdown_on_signal();
+    let stopping = shutdown.clone();
     let work = async move {
         match args.runtime {
             RuntimeKind::Fake if args.hollow_nodes > 1 => {
@@ -340,11 +402,11 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
                         (miniku::kubelet::fake::FakeRuntime::new(), c)
                     })
                     .collect();
-                miniku::kubelet::run_nodes(registry, nodes).await
+                miniku::kubelet::run_nodes(registry, nodes, stopping).await
             }
             RuntimeKind::Fake => {
-                miniku::kubelet::run(registry, miniku::kubelet::fake::FakeRuntime::new(), config)
-                    .await
+                let fake = miniku::kubelet::fake::FakeRuntime::new();
+                miniku::kubelet::run(registry, fake, config, stopping).await
             }
             RuntimeKind::Docker => {
                 let mut wait = Duration::from_secs(1);
@@ -353,20 +415,19 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
                         Ok(d) => break d,
                         Err(e) => {
                             tracing::error!(error = %e, retry_in = ?wait, "cannot reach the Docker engine (is it running? is DOCKER_HOST right?)");
-                            tokio::time::sleep(wait).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = stopping.wait() => return Ok(()),
+                            }
                             wait = (wait * 2).min(Duration::from_secs(10));
                         }
                     }
                 };
-                miniku::kubelet::run(registry, docker, config).await
+                miniku::kubelet::run(registry, docker, config, stopping).await
             }
         }
+        tracing::info!("kubelet stopped; containers keep running and are adopted on restart");
+        Ok(())
     };
-    tokio::select! {
-        r = work => r,
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down; containers keep running and are adopted on restart");
-            Ok(())
-        }
-    }
+    run_until_stopped(work, &shutdown).await
 }

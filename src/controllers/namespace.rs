@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::api::kube::{KubeNamespace, KubePod, KubeReplicaSet};
 use crate::registry::{Object, Registry, RegistryError};
-use crate::runtime::{enqueue_changes, run_workers, Informer, Next, WorkQueue};
+use crate::runtime::{Controller, Informer, Next, Shutdown};
 
 /// How soon a namespace is looked at again when something was still being created in it
 /// while it was emptied (a bounded retry, not a poll: it ends when the namespace is gone).
@@ -21,28 +21,19 @@ pub struct NamespaceController {
 }
 
 impl NamespaceController {
-    /// Runs until the future is dropped, which stops every task it started.
-    pub async fn run(registry: Registry) -> anyhow::Result<()> {
-        let (namespaces, changes) = Informer::<KubeNamespace>::start(registry.clone());
-        namespaces.wait_synced().await;
-        let queue = WorkQueue::default();
-        for ns in namespaces.list() {
-            if ns.metadata.deletion_timestamp.is_some() {
-                queue.add(&ns.key());
-            }
-        }
-        let _feed = enqueue_changes(changes, queue.clone(), |ch| [ch.key()]);
+    /// Runs until `shutdown`, or until the future is dropped.
+    pub async fn run(registry: Registry, namespaces: Informer<KubeNamespace>, shutdown: Shutdown) {
         let ctl = NamespaceController {
             registry,
-            namespaces,
+            namespaces: namespaces.clone(),
         };
-        tracing::info!("namespace controller running");
-        run_workers(queue, 1, move |name| {
-            let ctl = ctl.clone();
-            async move { ctl.reconcile(&name).await }
-        })
-        .await;
-        Ok(())
+        Controller::new("namespace")
+            .reconciles(&namespaces)
+            .run(1, shutdown.wait(), move |name| {
+                let ctl = ctl.clone();
+                async move { ctl.reconcile(&name).await }
+            })
+            .await;
     }
 
     /// Deletes everything of kind `T` in `ns`; returns how many there were.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::api::{zero_time, Node, NodeLease, NodeStatus, Pod, PodPhase};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{enqueue_changes, run_workers, Change, Informer, Next, WorkQueue};
+use crate::runtime::{Change, Controller, Informer, Next, Shutdown};
 
 #[derive(Clone)]
 pub struct NodeLifecycleController {
@@ -30,41 +30,47 @@ pub struct NodeLifecycleController {
 }
 
 impl NodeLifecycleController {
-    pub async fn run(registry: Registry, eviction_timeout: Duration) -> anyhow::Result<()> {
-        let (nodes, node_changes) = Informer::<Node>::start(registry.clone());
-        let (heartbeats, hb_changes) = Informer::<NodeLease>::start(registry.clone());
-        let (pods, pod_changes) = Informer::<Pod>::start(registry.clone());
-        nodes.wait_synced().await;
-        heartbeats.wait_synced().await;
-        pods.wait_synced().await;
-        let queue = WorkQueue::default();
-        for n in nodes.list() {
-            queue.add(&n.name);
-        }
-        let _feed1 = enqueue_changes(node_changes, queue.clone(), |ch| [ch.key()]);
-        let _feed2 = enqueue_changes(hb_changes, queue.clone(), |ch| [ch.key()]);
-        // Pods bound to a NotReady node past its deadline must be handled too.
-        let _feed3 = enqueue_changes(pod_changes, queue.clone(), |ch| match ch {
-            Change::Upsert { new, .. } if !new.spec.node_name.is_empty() => {
-                Some(new.spec.node_name.clone())
-            }
-            _ => None,
-        });
-        let ctl = NodeLifecycleController {
+    /// Runs the controller over shared informers until `shutdown`, or until the future is
+    /// dropped.
+    pub async fn run(self, shutdown: Shutdown) {
+        tracing::info!(eviction_timeout = ?self.eviction_timeout, "node lifecycle controller");
+        let (nodes, heartbeats, pods) = (
+            self.nodes.clone(),
+            self.heartbeats.clone(),
+            self.pods.clone(),
+        );
+        Controller::new("node-lifecycle")
+            .reconciles(&nodes)
+            .watches(&heartbeats, |ch| [ch.key()])
+            // Pods bound to a NotReady node past its deadline must be handled too.
+            .watches(&pods, |ch| match ch {
+                Change::Upsert { new, .. } if !new.spec.node_name.is_empty() => {
+                    Some(new.spec.node_name.clone())
+                }
+                _ => None,
+            })
+            .run(2, shutdown.wait(), move |name| {
+                let ctl = self.clone();
+                async move { ctl.reconcile(&name).await }
+            })
+            .await;
+    }
+
+    pub fn new(
+        registry: Registry,
+        nodes: Informer<Node>,
+        heartbeats: Informer<NodeLease>,
+        pods: Informer<Pod>,
+        eviction_timeout: Duration,
+    ) -> Self {
+        NodeLifecycleController {
             registry,
             nodes,
             heartbeats,
             pods,
             eviction_timeout,
             missing_since: Arc::new(Mutex::new(HashMap::new())),
-        };
-        tracing::info!(eviction_timeout = ?eviction_timeout, "node lifecycle controller running");
-        run_workers(queue, 2, move |name| {
-            let ctl = ctl.clone();
-            async move { ctl.reconcile(&name).await }
-        })
-        .await;
-        Ok(())
+        }
     }
 
     fn set_missing(&self, name: &str, missing: bool) -> Instant {

@@ -37,9 +37,7 @@ use crate::api::{
     namespace_or_default, random_hex, zero_time, OwnerReference, Pod, PodPhase, ReplicaSet,
 };
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{
-    enqueue_changes, run_workers, spawn_owned, Change, Informer, Next, WorkQueue,
-};
+use crate::runtime::{Change, Controller, Informer, Next, Shutdown};
 
 /// How often every ReplicaSet is reconciled even without a change (a safety net only).
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(300);
@@ -61,6 +59,19 @@ fn owner_of(pod: &Pod) -> Option<String> {
         .as_ref()
         .filter(|o| o.kind == "ReplicaSet")
         .map(|o| format!("{}/{}", namespace_or_default(&pod.namespace), o.name))
+}
+
+/// The ReplicaSets a pod change concerns: the one that owns the pod, and the one that owned
+/// it before the change.
+fn pod_owners(change: &Change<Pod>) -> Vec<String> {
+    let (old, new) = match change {
+        Change::Upsert { old, new } => (old.as_ref(), new),
+        Change::Deleted(p) => (None, p),
+    };
+    let mut owners: Vec<String> = old.and_then(owner_of).into_iter().collect();
+    owners.extend(owner_of(new));
+    owners.dedup();
+    owners
 }
 
 /// A new pod for `rs`, named `<rs>-<8 hex>`, from its template: the Kubernetes template's
@@ -125,55 +136,35 @@ fn deletion_rank(p: &Pod) -> (bool, u8, Reverse<i64>) {
 }
 
 impl ReplicaSetController {
-    /// Starts the informers and runs the controller until the future is dropped, which
-    /// stops every task it started.
-    pub async fn run(registry: Registry, workers: usize) -> anyhow::Result<()> {
-        let (replicasets, rs_changes) = Informer::<ReplicaSet>::start(registry.clone());
-        let (pods, pod_changes) = Informer::<Pod>::start(registry.clone());
-        replicasets.wait_synced().await;
-        pods.wait_synced().await;
-        let ctl = ReplicaSetController {
+    /// Runs the controller over shared informers until `shutdown`, or until the future is
+    /// dropped, which stops every task it started.
+    pub async fn run(
+        registry: Registry,
+        replicasets: Informer<ReplicaSet>,
+        pods: Informer<Pod>,
+        workers: usize,
+        shutdown: Shutdown,
+    ) {
+        let ctl = ReplicaSetController::new(registry, replicasets.clone(), pods.clone());
+        Controller::new("replicaset")
+            .reconciles(&replicasets)
+            .watches(&pods, pod_owners)
+            .resync_every(RESYNC_PERIOD, &replicasets)
+            .run(workers, shutdown.wait(), move |key| {
+                let ctl = ctl.clone();
+                async move { ctl.reconcile(&key).await }
+            })
+            .await;
+    }
+
+    pub fn new(registry: Registry, replicasets: Informer<ReplicaSet>, pods: Informer<Pod>) -> Self {
+        ReplicaSetController {
             registry,
-            replicasets: replicasets.clone(),
-            pods: pods.clone(),
+            replicasets,
+            pods,
             expectations: Arc::new(Mutex::new(HashMap::new())),
             uncertain: Arc::new(Mutex::new(HashMap::new())),
-        };
-        let queue = WorkQueue::default();
-        for rs in replicasets.list() {
-            queue.add(&rs.key());
         }
-        let _feed1 = enqueue_changes(rs_changes, queue.clone(), |ch| [ch.key()]);
-        // A pod change concerns the ReplicaSet that owns (or owned) it.
-        let _feed2 = enqueue_changes(pod_changes, queue.clone(), |ch| {
-            let (old, new) = match ch {
-                Change::Upsert { old, new } => (old.as_ref(), new),
-                Change::Deleted(p) => (None, p),
-            };
-            let mut owners: Vec<String> = old.and_then(owner_of).into_iter().collect();
-            owners.extend(owner_of(new));
-            owners.dedup();
-            owners
-        });
-        let q = queue.clone();
-        let rs_cache = replicasets.clone();
-        let _resync = spawn_owned(async move {
-            let mut tick = tokio::time::interval(RESYNC_PERIOD);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                for rs in rs_cache.list() {
-                    q.add(&rs.key());
-                }
-            }
-        });
-        tracing::info!("replicaset controller running");
-        run_workers(queue, workers, move |name| {
-            let ctl = ctl.clone();
-            async move { ctl.reconcile(&name).await }
-        })
-        .await;
-        Ok(())
     }
 
     fn expect_revision(&self, name: &str, revision: i64) {

@@ -28,7 +28,8 @@ use futures::StreamExt;
 
 use crate::api::{Node, NodeLease, NodeStatus, Pod, Resources};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{run_workers, spawn_owned, Change, Informer, Next, WorkQueue};
+use crate::runtime::informer::Changes;
+use crate::runtime::{spawn_owned, Change, Controller, Informer, Next, Shutdown, WorkQueue};
 use runtime::{Container, ContainerRuntime, RuntimeError};
 use sync::{decide, failed, running, BackoffConfig, Step};
 
@@ -80,15 +81,19 @@ struct Kubelet<R> {
     /// Containers being stopped in the background: each stop makes the engine report
     /// events, whose syncs must not stop the same container again.
     removing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Those stops, owned by the kubelet: they end when it does.
+    stopping: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
 }
 
-/// Runs a kubelet until the task is aborted.
+/// Runs a kubelet until `shutdown` (then it finishes the pods it is syncing), or until the
+/// future is dropped.
 pub async fn run<R: ContainerRuntime>(
     registry: Registry,
     runtime: R,
     config: KubeletConfig,
-) -> anyhow::Result<()> {
-    run_nodes(registry, vec![(runtime, config)]).await
+    shutdown: Shutdown,
+) {
+    run_nodes(registry, vec![(runtime, config)], shutdown).await
 }
 
 /// Runs several kubelets in one process (hollow nodes for scale benchmarks, like kubemark's),
@@ -97,82 +102,129 @@ pub async fn run<R: ContainerRuntime>(
 pub async fn run_nodes<R: ContainerRuntime>(
     registry: Registry,
     nodes: Vec<(R, KubeletConfig)>,
-) -> anyhow::Result<()> {
+    shutdown: Shutdown,
+) {
     for (runtime, config) in &nodes {
         let mut wait = Duration::from_secs(1);
         while let Err(e) = runtime.ping().await {
             tracing::error!(node = %config.node_name, error = %e, retry_in = ?wait, "the container engine is not reachable; pods cannot run until it is");
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return,
+            }
             wait = (wait * 2).min(Duration::from_secs(10));
         }
     }
-    let (pods, mut changes) = Informer::<Pod>::start(registry.clone());
-    pods.wait_synced().await;
+    let pods = Informer::<Pod>::start(registry.clone());
+    let changes = pods.subscribe();
     let mut queues = HashMap::new();
-    let mut kubelets = tokio::task::JoinSet::new();
+    let mut kubelets = Vec::new();
     for (runtime, config) in nodes {
-        let queue = WorkQueue::default();
-        queues.insert(config.node_name.clone(), queue.clone());
-        kubelets.spawn(run_node(
+        let name = config.node_name.clone();
+        let (queue, kubelet) = node_kubelet(
             registry.clone(),
             runtime,
             pods.clone(),
-            queue,
             config,
-        ));
+            shutdown.clone(),
+        );
+        queues.insert(name, queue);
+        kubelets.push(kubelet);
     }
-    // Changes to pods that are (or were) bound to one of our nodes.
-    let _routing = spawn_owned(async move {
-        while let Some(ch) = changes.recv().await {
-            let (now, before) = match &ch {
-                Change::Upsert { old, new } => (
-                    Some(&new.spec.node_name),
-                    old.as_ref().map(|o| &o.spec.node_name),
-                ),
-                Change::Deleted(p) => (Some(&p.spec.node_name), None),
-            };
-            for node in [now, before].into_iter().flatten() {
-                if let Some(q) = queues.get(node.as_str()) {
-                    q.add(&ch.key());
-                }
-            }
-        }
-    });
-    while let Some(done) = kubelets.join_next().await {
-        done??;
-    }
-    Ok(())
+    let _routing = spawn_owned(route_pod_changes(changes, queues));
+    pods.wait_synced().await;
+    futures::future::join_all(kubelets).await;
 }
 
-/// One node's kubelet over a shared pod informer whose changes reach `queue`.
-async fn run_node<R: ContainerRuntime>(
+/// Hands each pod change to the queue of the node the pod is, or was, bound to.
+async fn route_pod_changes(mut changes: Changes<Pod>, queues: HashMap<String, WorkQueue>) {
+    while let Some(ch) = changes.recv().await {
+        let (now, before) = match &*ch {
+            Change::Upsert { old, new } => (
+                Some(&new.spec.node_name),
+                old.as_ref().map(|o| &o.spec.node_name),
+            ),
+            Change::Deleted(p) => (Some(&p.spec.node_name), None),
+        };
+        for node in [now, before].into_iter().flatten() {
+            if let Some(q) = queues.get(node.as_str()) {
+                q.add(&ch.key());
+            }
+        }
+    }
+}
+
+/// One node's kubelet over a shared pod informer: its queue (for the router) and the
+/// controller to run. Its sources: the pods bound to it at start, the containers it finds
+/// (adopted, or removed if their pod is gone), the engine's events, a slow resync, and its
+/// heartbeat.
+fn node_kubelet<R: ContainerRuntime>(
     registry: Registry,
     runtime: R,
     pods: Informer<Pod>,
-    queue: WorkQueue,
     config: KubeletConfig,
-) -> anyhow::Result<()> {
+    shutdown: Shutdown,
+) -> (WorkQueue, impl std::future::Future<Output = ()>) {
     let node = config.node_name.clone();
-    tracing::info!(node = %node, "pods listed; registering the node");
-    let runtime_version = runtime
-        .version()
-        .await
-        .unwrap_or_else(|e| format!("unknown ({e})"));
-    let _heartbeat = spawn_owned(heartbeat(registry.clone(), config.clone(), runtime_version));
-
     let k = Kubelet {
-        registry,
+        registry: registry.clone(),
         runtime: runtime.clone(),
         pods: pods.clone(),
         config: config.clone(),
         removing: Default::default(),
+        stopping: Default::default(),
     };
-    // What exists now: our pods and our containers (orphans included).
-    for p in pods.list() {
-        if p.spec.node_name == node {
-            queue.add(&p.key());
-        }
-    }
+    let (cache, me) = (pods.clone(), node.clone());
+    let (rt, every) = (runtime.clone(), config.resync);
+    let (events_rt, events_node, events_cache) = (runtime.clone(), node.clone(), pods.clone());
+    let heartbeat_rt = runtime.clone();
+    let workers = config.workers;
+    let controller = Controller::new("kubelet")
+        .seed(move |queue| {
+            cache.for_each(|p| {
+                if p.spec.node_name == me {
+                    queue.add(&p.key());
+                }
+            })
+        })
+        .feed(move |_| async move {
+            tracing::info!(node = %config.node_name, "pods listed; registering the node");
+            let runtime_version = heartbeat_rt
+                .version()
+                .await
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+            heartbeat(registry, config, runtime_version).await
+        })
+        .feed(move |queue| engine_events(queue, events_rt, events_node, events_cache))
+        .feed(move |queue| async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                enqueue_all(&queue, &pods, &rt, &node).await;
+            }
+        });
+    let queue = controller.queue();
+    let run = async move {
+        controller
+            .run(workers, shutdown.wait(), move |name| {
+                let k = k.clone();
+                async move { k.sync(&name).await }
+            })
+            .await
+    };
+    (queue, run)
+}
+
+/// Queues the pods of the containers the engine reports on: first every container that
+/// exists (adopting what an earlier run left), then each event. After a break in the event
+/// stream it resyncs everything, since events may have been missed.
+async fn engine_events<R: ContainerRuntime>(
+    queue: WorkQueue,
+    runtime: R,
+    node: String,
+    pods: Informer<Pod>,
+) {
     match runtime.list(&node).await {
         Ok(cs) => {
             tracing::info!(node = %node, containers = cs.len(), "adopting existing containers");
@@ -182,47 +234,21 @@ async fn run_node<R: ContainerRuntime>(
         }
         Err(e) => tracing::warn!(node = %node, error = %e, "cannot list containers"),
     }
-    // Engine events; after a break, resync everything (events may have been missed).
-    let q = queue.clone();
-    let rt = runtime.clone();
-    let me = node.clone();
-    let cache = pods.clone();
-    let _engine_events = spawn_owned(async move {
-        loop {
-            let mut events = rt.events(&me);
-            while let Some(ev) = events.next().await {
-                match ev {
-                    Ok(ev) if !ev.pod_key.is_empty() => q.add(&ev.pod_key),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "engine event stream broke; reconnecting");
-                        break;
-                    }
+    loop {
+        let mut events = runtime.events(&node);
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(ev) if !ev.pod_key.is_empty() => queue.add(&ev.pod_key),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "engine event stream broke; reconnecting");
+                    break;
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            enqueue_all(&q, &cache, &rt, &me).await;
         }
-    });
-    // Safety net.
-    let q = queue.clone();
-    let rt = runtime.clone();
-    let every = config.resync;
-    let _resync = spawn_owned(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            enqueue_all(&q, &pods, &rt, &node).await;
-        }
-    });
-    let workers = config.workers;
-    run_workers(queue, workers, move |name| {
-        let k = k.clone();
-        async move { k.sync(&name).await }
-    })
-    .await;
-    Ok(())
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        enqueue_all(&queue, &pods, &runtime, &node).await;
+    }
 }
 
 async fn enqueue_all<R: ContainerRuntime>(q: &WorkQueue, pods: &Informer<Pod>, rt: &R, node: &str) {
@@ -411,7 +437,9 @@ impl<R: ContainerRuntime> Kubelet<R> {
                     let grace = self.config.stop_grace;
                     let name = name.to_string();
                     let removing = self.removing.clone();
-                    tokio::spawn(async move {
+                    let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+                    while stopping.try_join_next().is_some() {}
+                    stopping.spawn(async move {
                         if let Err(e) = rt.remove(&id, grace).await {
                             tracing::warn!(pod = %name, container = %id, error = %e, "could not remove the container");
                         }

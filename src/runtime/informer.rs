@@ -1,119 +1,103 @@
-//! An informer: keeps a local cache of every object of one kind and reports each change.
-//! It lists, then watches from the list's revision + 1; the store client resumes the watch
-//! across node failures by itself; when history is compacted (410) it lists again and
-//! reports the difference. Consumers read the cache and react to [`Change`]s; they never
-//! poll the store.
+//! An informer: a [`Cache`] of every object of one kind, kept by a [`watcher`], with its
+//! changes fanned out to every subscriber. One informer per kind can serve several
+//! controllers in a process (each [`Informer::subscribe`]s), so a process holds one copy of
+//! the pods however many controllers look at them. Consumers read the cache and react to
+//! [`Change`]s; they never poll the store.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use super::cache::{Cache, Change};
 use super::task::{spawn_owned, OwnedTask};
-use crate::registry::{Object, Registry, RegistryError, WatchEvent};
+use super::watcher::watcher;
+use crate::registry::{Object, Registry};
 
-/// One change to the cache.
-#[derive(Debug, Clone)]
-pub enum Change<T> {
-    /// Created or changed (`old` is what the cache held before, if anything).
-    Upsert {
-        old: Option<T>,
-        new: T,
-    },
-    Deleted(T),
-}
+/// The changes one subscriber receives, in the order the cache made them.
+pub type Changes<T> = mpsc::UnboundedReceiver<Arc<Change<T>>>;
 
-impl<T: Object> Change<T> {
-    /// The changed object's key (`namespace/name`, or `name`).
-    pub fn key(&self) -> String {
-        match self {
-            Change::Upsert { new, .. } => new.key(),
-            Change::Deleted(o) => o.key(),
-        }
-    }
-}
+type Subscribers<T> = Arc<Mutex<Vec<mpsc::UnboundedSender<Arc<Change<T>>>>>>;
 
 /// The cache side of an informer; cheap to clone.
 pub struct Informer<T> {
-    cache: Arc<RwLock<BTreeMap<String, T>>>,
-    revision: Arc<AtomicI64>,
+    cache: Arc<RwLock<Cache<T>>>,
+    subscribers: Subscribers<T>,
     synced: watch::Receiver<bool>,
     /// The list-and-watch task; it stops when the last clone of the informer is dropped.
-    task: Arc<OwnedTask<()>>,
+    _task: Arc<OwnedTask<()>>,
 }
 
 impl<T> Clone for Informer<T> {
     fn clone(&self) -> Self {
         Informer {
             cache: self.cache.clone(),
-            revision: self.revision.clone(),
+            subscribers: self.subscribers.clone(),
             synced: self.synced.clone(),
-            task: self.task.clone(),
+            _task: self._task.clone(),
         }
     }
 }
 
 impl<T: Object> Informer<T> {
-    /// Starts listing and watching; changes arrive on the returned channel.
-    pub fn start(registry: Registry) -> (Informer<T>, mpsc::UnboundedReceiver<Change<T>>) {
-        let cache = Arc::new(RwLock::new(BTreeMap::new()));
-        let revision = Arc::new(AtomicI64::new(0));
+    /// Starts listing and watching. Subscribe before reading the cache, so that no change
+    /// falls between what was read and what is received.
+    pub fn start(registry: Registry) -> Informer<T> {
+        let cache = Arc::new(RwLock::new(Cache::default()));
+        let subscribers: Subscribers<T> = Arc::default();
         let (synced_tx, synced) = watch::channel(false);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = spawn_owned(run(
+        let task = spawn_owned(keep(
             registry,
             cache.clone(),
-            revision.clone(),
+            subscribers.clone(),
             synced_tx,
-            tx,
         ));
-        (
-            Informer {
-                cache,
-                revision,
-                synced,
-                task: Arc::new(task),
-            },
-            rx,
-        )
+        Informer {
+            cache,
+            subscribers,
+            synced,
+            _task: Arc::new(task),
+        }
+    }
+
+    /// Every change from now on.
+    pub fn subscribe(&self) -> Changes<T> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache<T>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The cached object at `key` (`namespace/name`, or `name`).
     pub fn get(&self, key: &str) -> Option<T> {
-        self.cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+        self.read().get(key).cloned()
     }
 
     pub fn list(&self) -> Vec<T> {
-        self.cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.read().values().cloned().collect()
+    }
+
+    /// Every cached object's key.
+    pub fn keys(&self) -> Vec<String> {
+        self.read().values().map(Object::key).collect()
     }
 
     /// Calls `f` on every cached object without cloning them all.
     pub fn for_each(&self, mut f: impl FnMut(&T)) {
-        for v in self
-            .cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
+        for v in self.read().values() {
             f(v);
         }
     }
 
     /// The store revision the cache reflects.
     pub fn revision(&self) -> i64 {
-        self.revision.load(Ordering::SeqCst)
+        self.read().revision()
     }
 
     /// Resolves once the first list has filled the cache.
@@ -123,97 +107,31 @@ impl<T: Object> Informer<T> {
     }
 }
 
-async fn run<T: Object>(
+/// Applies the watcher's events to the cache and hands each change to every subscriber
+/// still listening.
+async fn keep<T: Object>(
     registry: Registry,
-    cache: Arc<RwLock<BTreeMap<String, T>>>,
-    revision: Arc<AtomicI64>,
+    cache: Arc<RwLock<Cache<T>>>,
+    subscribers: Subscribers<T>,
     synced: watch::Sender<bool>,
-    tx: mpsc::UnboundedSender<Change<T>>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let (objects, rev) = match registry.list::<T>().await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(kind = T::KIND, error = %e, retry_in = ?backoff, "list failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        // Replace the cache and report the difference.
-        let fresh: BTreeMap<String, T> = objects.into_iter().map(|o| (o.key(), o)).collect();
+    let mut events = watcher::<T>(registry);
+    while let Some(event) = events.next().await {
         let changes = {
             let mut c = cache.write().unwrap_or_else(|p| p.into_inner());
-            let mut changes = Vec::new();
-            for (name, old) in c.iter() {
-                if !fresh.contains_key(name) {
-                    changes.push(Change::Deleted(old.clone()));
-                }
+            let changes = c.apply(event);
+            if c.is_listed() && !*synced.borrow() {
+                let _ = synced.send(true);
             }
-            for (name, new) in &fresh {
-                let old = c.get(name);
-                if old.map(|o| o.resource_version()) != Some(new.resource_version()) {
-                    changes.push(Change::Upsert {
-                        old: old.cloned(),
-                        new: new.clone(),
-                    });
-                }
-            }
-            *c = fresh;
             changes
         };
-        revision.store(rev, Ordering::SeqCst);
-        let _ = synced.send(true);
-        for ch in changes {
-            if tx.send(ch).is_err() {
-                return;
-            }
+        if changes.is_empty() {
+            continue;
         }
-        tracing::debug!(kind = T::KIND, revision = rev, "listed; watching");
-        let mut events = registry.watch::<T>(rev + 1);
-        while let Some(item) = events.next().await {
-            let change = match item {
-                Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {
-                    let rv = o.resource_version();
-                    let old = cache
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(o.key(), o.clone());
-                    revision.fetch_max(rv, Ordering::SeqCst);
-                    Change::Upsert { old, new: o }
-                }
-                Ok(WatchEvent::Deleted(o)) => {
-                    let rv = o.resource_version();
-                    cache
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&o.key());
-                    revision.fetch_max(rv, Ordering::SeqCst);
-                    Change::Deleted(o)
-                }
-                Ok(WatchEvent::Bookmark(r)) => {
-                    revision.fetch_max(r, Ordering::SeqCst);
-                    continue;
-                }
-                Err(RegistryError::Compacted(r)) => {
-                    tracing::info!(
-                        kind = T::KIND,
-                        compact_revision = r,
-                        "watch compacted; listing again"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(kind = T::KIND, error = %e, "watch failed; listing again");
-                    tokio::time::sleep(backoff).await;
-                    break;
-                }
-            };
-            if tx.send(change).is_err() {
-                return;
-            }
+        let mut subs = subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        for change in changes {
+            let change = Arc::new(change);
+            subs.retain(|tx| tx.send(change.clone()).is_ok());
         }
     }
 }

@@ -8,13 +8,15 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::shutdown::Shutdown;
 use crate::registry::{Fence, Registry, RegistryError};
 
 pub use crate::registry::leader_key;
 
 /// Runs `work` whenever this process holds the lock for `component`: campaigns, runs a term
-/// of `work`, and when leadership is lost cancels that term and campaigns again. Returns only
-/// when `work` itself ends. `work` gets the [`Fence`] of each term: its writes should go
+/// of `work`, and when leadership is lost cancels that term and campaigns again. Returns when
+/// `work` itself ends (it should end once `shutdown` begins; the lock is then given up) or
+/// when shutdown begins while campaigning. `work` gets the [`Fence`] of each term: its writes should go
 /// through [`crate::registry::Registry::fenced`], so that none lands after the lock has
 /// passed to another instance.
 pub async fn run_as_leader<F, Fut>(
@@ -22,6 +24,7 @@ pub async fn run_as_leader<F, Fut>(
     component: &str,
     identity: &str,
     ttl_secs: i64,
+    shutdown: Shutdown,
     work: F,
 ) -> anyhow::Result<()>
 where
@@ -29,7 +32,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     loop {
-        match lead_one_term(&registry, component, identity, ttl_secs, &work).await {
+        match lead_one_term(&registry, component, identity, ttl_secs, &shutdown, &work).await {
             Term::WorkEnded(r) => return r,
             Term::Lost(why) => {
                 tracing::warn!(component, reason = %why, "lost leadership; its work is stopped, campaigning again");
@@ -51,18 +54,56 @@ async fn lead_one_term<F, Fut>(
     component: &str,
     identity: &str,
     ttl_secs: i64,
+    shutdown: &Shutdown,
     work: &F,
 ) -> Term
 where
     F: Fn(Fence) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let (lease, fence) = loop {
+    // Shutdown ends a campaign at once; a leader's work ends by itself once shutdown begins,
+    // and then the lock is given up.
+    let won = tokio::select! {
+        won = campaign(registry, component, identity, ttl_secs) => won,
+        _ = shutdown.wait() => return Term::WorkEnded(Ok(())),
+    };
+    let (lease, fence) = won;
+    tracing::info!(
+        component,
+        identity,
+        lease,
+        create_revision = fence.create_revision,
+        "became leader"
+    );
+    let renew = keep_alive(registry.clone(), lease, ttl_secs);
+    // The store may still hold the lock under this lease: give it up (if the store answers
+    // soon), so that the next election need not wait for it to expire.
+    let give_up = || tokio::time::timeout(Duration::from_secs(1), registry.revoke_lease(lease));
+    tokio::select! {
+        r = work(fence) => {
+            let _ = give_up().await;
+            Term::WorkEnded(r)
+        }
+        e = renew => {
+            let _ = give_up().await;
+            Term::Lost(e)
+        }
+    }
+}
+
+/// Campaigns until this process holds the lock: its lease and fence.
+async fn campaign(
+    registry: &Registry,
+    component: &str,
+    identity: &str,
+    ttl_secs: i64,
+) -> (i64, Fence) {
+    loop {
         match registry
             .acquire_leadership(component, identity, ttl_secs)
             .await
         {
-            Ok(Some(won)) => break won,
+            Ok(Some(won)) => return won,
             Ok(None) => {
                 tracing::info!(component, "another instance leads; standing by");
                 // A release between our failed attempt and the watch's start would be
@@ -75,26 +116,6 @@ where
                 tracing::warn!(component, error = %e, "leader election: store unavailable");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        }
-    };
-    tracing::info!(
-        component,
-        identity,
-        lease,
-        create_revision = fence.create_revision,
-        "became leader"
-    );
-    let renew = keep_alive(registry.clone(), lease, ttl_secs);
-    tokio::select! {
-        r = work(fence) => {
-            let _ = registry.revoke_lease(lease).await;
-            Term::WorkEnded(r)
-        }
-        e = renew => {
-            // The store may still hold the lock under this lease: give it up (if the store
-            // answers soon), so that the next election need not wait for it to expire.
-            let _ = tokio::time::timeout(Duration::from_secs(1), registry.revoke_lease(lease)).await;
-            Term::Lost(e)
         }
     }
 }

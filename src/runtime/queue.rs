@@ -1,13 +1,16 @@
 //! A work queue of object names. A key is queued at most once; while a worker holds it, new
 //! adds only mark it dirty and it is queued again when the worker is done, so one object is
 //! never reconciled twice at once. Failures come back after a per-key exponential backoff
-//! (5 ms doubling, capped), as in client-go's rate-limited queue.
+//! (5 ms doubling, capped), as in client-go's rate-limited queue. Delayed keys wait inside the
+//! queue itself (the workers waiting for a key also wait for the earliest delay), so the queue
+//! starts no tasks of its own.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 #[derive(Default)]
 struct State {
@@ -16,6 +19,38 @@ struct State {
     processing: HashSet<String>,
     dirty: HashSet<String>,
     failures: HashMap<String, u32>,
+    /// Keys to queue once their time comes, by (when, sequence number).
+    delayed: BTreeMap<(Instant, u64), String>,
+    sequence: u64,
+}
+
+impl State {
+    /// Queues `key` unless it is already queued; marks it dirty if a worker holds it.
+    /// Returns whether a waiting worker should be woken.
+    fn add(&mut self, key: &str) -> bool {
+        if self.processing.contains(key) {
+            self.dirty.insert(key.to_string());
+            return false;
+        }
+        if self.queued.insert(key.to_string()) {
+            self.queue.push_back(key.to_string());
+            return true;
+        }
+        false
+    }
+
+    /// Moves the delayed keys whose time has come into the queue; returns the earliest
+    /// deadline still waiting.
+    fn promote_due(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                return Some(entry.key().0);
+            }
+            let key = entry.remove();
+            self.add(&key);
+        }
+        None
+    }
 }
 
 #[derive(Clone)]
@@ -48,26 +83,22 @@ impl WorkQueue {
 
     /// Queues `key` unless it is already queued; marks it dirty if a worker holds it.
     pub fn add(&self, key: &str) {
-        let mut s = self.lock();
-        if s.processing.contains(key) {
-            s.dirty.insert(key.to_string());
-            return;
-        }
-        if s.queued.insert(key.to_string()) {
-            s.queue.push_back(key.to_string());
-            drop(s);
+        let wake = self.lock().add(key);
+        if wake {
             self.notify.notify_one();
         }
     }
 
     /// Queues `key` after `delay`.
     pub fn add_after(&self, key: &str, delay: Duration) {
-        let q = self.clone();
-        let key = key.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            q.add(&key);
-        });
+        {
+            let mut s = self.lock();
+            s.sequence += 1;
+            let at = (Instant::now() + delay, s.sequence);
+            s.delayed.insert(at, key.to_string());
+        }
+        // A waiting worker recomputes how long to sleep.
+        self.notify.notify_one();
     }
 
     /// Queues `key` after its backoff (which doubles with each failure); returns the delay.
@@ -93,8 +124,9 @@ impl WorkQueue {
     pub async fn next(&self) -> String {
         loop {
             let notified = self.notify.notified();
-            {
+            let wake_at = {
                 let mut s = self.lock();
+                let wake_at = s.promote_due(Instant::now());
                 if let Some(key) = s.queue.pop_front() {
                     s.queued.remove(&key);
                     s.processing.insert(key.clone());
@@ -105,18 +137,28 @@ impl WorkQueue {
                     }
                     return key;
                 }
+                wake_at
+            };
+            match wake_at {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
             }
-            notified.await;
         }
     }
 
     /// A worker finished `key`; if it changed meanwhile it is queued again.
     pub fn done(&self, key: &str) {
-        let mut s = self.lock();
-        s.processing.remove(key);
-        if s.dirty.remove(key) && s.queued.insert(key.to_string()) {
-            s.queue.push_back(key.to_string());
-            drop(s);
+        let wake = {
+            let mut s = self.lock();
+            s.processing.remove(key);
+            s.dirty.remove(key) && s.add(key)
+        };
+        if wake {
             self.notify.notify_one();
         }
     }
@@ -164,5 +206,21 @@ mod tests {
         assert_eq!(q.add_rate_limited("k"), Duration::from_millis(5));
         // The delayed add arrives.
         assert_eq!(q.next().await, "k");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_keys_come_in_the_order_of_their_time() {
+        let q = WorkQueue::default();
+        q.add_after("late", Duration::from_secs(30));
+        q.add_after("soon", Duration::from_secs(10));
+        let started = Instant::now();
+        assert_eq!(q.next().await, "soon");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        q.done("soon");
+        // A key added meanwhile does not wait for the delayed one.
+        q.add("now");
+        assert_eq!(q.next().await, "now");
+        assert_eq!(q.next().await, "late");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::api::{Node, NodeStatus, Pod, PodPhase};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{run_workers, spawn_owned, Change, Informer, Next, WorkQueue};
+use crate::runtime::{Change, Controller, Informer, Next, Shutdown};
 
 /// What a node has left, as the scheduler sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,67 +118,72 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub async fn run(registry: Registry, workers: usize) -> anyhow::Result<()> {
-        let (pods, mut pod_changes) = Informer::<Pod>::start(registry.clone());
-        let (nodes, mut node_changes) = Informer::<Node>::start(registry.clone());
-        pods.wait_synced().await;
-        nodes.wait_synced().await;
+    /// Runs the scheduler over shared informers until `shutdown`, or until the future is
+    /// dropped.
+    pub async fn run(
+        registry: Registry,
+        pods: Informer<Pod>,
+        nodes: Informer<Node>,
+        workers: usize,
+        shutdown: Shutdown,
+    ) {
         let sched = Scheduler {
             registry,
             pods: pods.clone(),
-            nodes,
+            nodes: nodes.clone(),
             assumed: Arc::new(Mutex::new(HashMap::new())),
             unschedulable: Arc::new(Mutex::new(HashSet::new())),
         };
-        let queue = WorkQueue::default();
-        for p in pods.list() {
-            if needs_binding(&p) {
-                queue.add(&p.key());
+        let on_pod = sched.clone();
+        let on_node = sched.clone();
+        let cache = pods.clone();
+        Controller::new("scheduler")
+            .watches(&pods, move |ch| on_pod.keys_for_pod_change(ch))
+            .watches(&nodes, move |_| on_node.take_unschedulable())
+            .seed(move |queue| {
+                cache.for_each(|p| {
+                    if needs_binding(p) {
+                        queue.add(&p.key());
+                    }
+                })
+            })
+            .run(workers, shutdown.wait(), move |name| {
+                let s = sched.clone();
+                async move { s.schedule(&name).await }
+            })
+            .await;
+    }
+
+    /// The pods to look at after a pod change: the pod if it needs a node; every pod that
+    /// fit nowhere if the change freed room on a node.
+    fn keys_for_pod_change(&self, ch: &Change<Pod>) -> Vec<String> {
+        match ch {
+            Change::Upsert { old, new } => {
+                let mut keys = Vec::new();
+                if needs_binding(new) {
+                    keys.push(new.key());
+                } else {
+                    self.lock_assumed().remove(&new.key());
+                    self.lock_unschedulable().remove(&new.key());
+                }
+                // A pod leaving a node frees room.
+                let freed =
+                    old.as_ref().is_some_and(|o| !o.spec.node_name.is_empty()) && new.is_terminal();
+                if freed {
+                    keys.extend(self.take_unschedulable());
+                }
+                keys
             }
-        }
-        let q = queue.clone();
-        let s = sched.clone();
-        let _pod_feed = spawn_owned(async move {
-            while let Some(ch) = pod_changes.recv().await {
-                match &ch {
-                    Change::Upsert { old, new } => {
-                        if needs_binding(new) {
-                            q.add(&new.key());
-                        } else {
-                            s.lock_assumed().remove(&new.key());
-                            s.lock_unschedulable().remove(&new.key());
-                        }
-                        // A pod leaving a node frees room.
-                        let freed = old.as_ref().is_some_and(|o| !o.spec.node_name.is_empty())
-                            && new.is_terminal();
-                        if freed {
-                            s.retry_unschedulable(&q);
-                        }
-                    }
-                    Change::Deleted(p) => {
-                        s.lock_assumed().remove(&p.key());
-                        s.lock_unschedulable().remove(&p.key());
-                        if !p.spec.node_name.is_empty() {
-                            s.retry_unschedulable(&q);
-                        }
-                    }
+            Change::Deleted(p) => {
+                self.lock_assumed().remove(&p.key());
+                self.lock_unschedulable().remove(&p.key());
+                if p.spec.node_name.is_empty() {
+                    Vec::new()
+                } else {
+                    self.take_unschedulable()
                 }
             }
-        });
-        let q = queue.clone();
-        let s = sched.clone();
-        let _node_feed = spawn_owned(async move {
-            while node_changes.recv().await.is_some() {
-                s.retry_unschedulable(&q);
-            }
-        });
-        tracing::info!("scheduler running");
-        run_workers(queue, workers, move |name| {
-            let s = sched.clone();
-            async move { s.schedule(&name).await }
-        })
-        .await;
-        Ok(())
+        }
     }
 
     fn lock_assumed(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -189,11 +194,9 @@ impl Scheduler {
         self.unschedulable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn retry_unschedulable(&self, q: &WorkQueue) {
-        let waiting: Vec<String> = self.lock_unschedulable().drain().collect();
-        for p in waiting {
-            q.add(&p);
-        }
+    /// The pods that fit nowhere, to be tried again (a node or a pod changed).
+    fn take_unschedulable(&self) -> Vec<String> {
+        self.lock_unschedulable().drain().collect()
     }
 
     /// What every node has bound, from the cache plus our assumptions.
