@@ -38,6 +38,8 @@ pub mod grpc;
 pub mod h2_authority;
 pub mod http;
 pub mod lease;
+#[cfg(feature = "local")]
+pub mod local;
 pub mod membership;
 pub mod metrics;
 pub mod mvcc;

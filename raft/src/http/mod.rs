@@ -202,10 +202,15 @@ pub fn key_from_path(path: &str, prefix: &str, handle: &StoreHandle) -> Result<V
 }
 
 pub fn check_key(key: &[u8], handle: &StoreHandle) -> Result<(), HttpError> {
+    check_key_within(key, &handle.config().limits)
+}
+
+/// A key is not empty and within `limits`.
+pub fn check_key_within(key: &[u8], limits: &crate::config::Limits) -> Result<(), HttpError> {
     if key.is_empty() {
         return Err(invalid("the key is empty"));
     }
-    let max = handle.config().limits.max_key_bytes;
+    let max = limits.max_key_bytes;
     if key.len() > max {
         return Err(too_large(format!(
             "the key is {} bytes; the limit is {max}",

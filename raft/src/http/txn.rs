@@ -7,8 +7,9 @@ use axum::Json;
 
 use super::error::{invalid, too_large, HttpError};
 use super::kv::{page_limit, unexpected};
-use super::{check_key, json_body};
+use super::{check_key_within, json_body};
 use crate::api::{self, Bin, TxnRequest, TxnResponse};
+use crate::config::Limits;
 use crate::node::StoreHandle;
 use crate::types::{
     prefix_end, Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteOp, PutOp,
@@ -24,8 +25,8 @@ fn range_end(key: &[u8], prefix: bool, end: Option<Bin>) -> Result<Vec<u8>, Http
     }
 }
 
-fn compare(c: api::Compare, h: &StoreHandle) -> Result<Compare, HttpError> {
-    check_key(c.key.as_bytes(), h)?;
+fn compare(c: api::Compare, limits: &Limits) -> Result<Compare, HttpError> {
+    check_key_within(c.key.as_bytes(), limits)?;
     let number = || {
         c.value.as_i64().ok_or_else(|| {
             invalid(format!(
@@ -69,11 +70,11 @@ fn compare(c: api::Compare, h: &StoreHandle) -> Result<Compare, HttpError> {
     })
 }
 
-fn op(o: api::RequestOp, h: &StoreHandle) -> Result<RequestOp, HttpError> {
+fn op(o: api::RequestOp, limits: &Limits) -> Result<RequestOp, HttpError> {
     Ok(match o {
         api::RequestOp::Put(p) => {
-            check_key(p.key.as_bytes(), h)?;
-            let max = h.config().limits.max_value_bytes;
+            check_key_within(p.key.as_bytes(), limits)?;
+            let max = limits.max_value_bytes;
             if p.value.0.len() > max {
                 return Err(too_large(format!(
                     "a value is {} bytes; the limit is {max}",
@@ -91,7 +92,7 @@ fn op(o: api::RequestOp, h: &StoreHandle) -> Result<RequestOp, HttpError> {
             })
         }
         api::RequestOp::Range(r) => {
-            check_key(r.key.as_bytes(), h)?;
+            check_key_within(r.key.as_bytes(), limits)?;
             if r.limit < 0 || r.revision < 0 {
                 return Err(invalid("limit and revision must not be negative"));
             }
@@ -105,7 +106,7 @@ fn op(o: api::RequestOp, h: &StoreHandle) -> Result<RequestOp, HttpError> {
             })
         }
         api::RequestOp::Delete(d) => {
-            check_key(d.key.as_bytes(), h)?;
+            check_key_within(d.key.as_bytes(), limits)?;
             RequestOp::DeleteRange(DeleteOp {
                 range_end: range_end(d.key.as_bytes(), d.prefix, d.range_end)?,
                 key: d.key.0,
@@ -115,9 +116,9 @@ fn op(o: api::RequestOp, h: &StoreHandle) -> Result<RequestOp, HttpError> {
     })
 }
 
-/// Converts and validates a request.
-pub fn to_txn(req: TxnRequest, h: &StoreHandle) -> Result<TxnOp, HttpError> {
-    let max = h.config().limits.max_txn_ops;
+/// Converts and validates a request against the store's limits.
+pub fn to_txn(req: TxnRequest, limits: &Limits) -> Result<TxnOp, HttpError> {
+    let max = limits.max_txn_ops;
     for (name, n) in [
         ("compare", req.compare.len()),
         ("success", req.success.len()),
@@ -133,22 +134,23 @@ pub fn to_txn(req: TxnRequest, h: &StoreHandle) -> Result<TxnOp, HttpError> {
         compare: req
             .compare
             .into_iter()
-            .map(|c| compare(c, h))
+            .map(|c| compare(c, limits))
             .collect::<Result<_, _>>()?,
         success: req
             .success
             .into_iter()
-            .map(|o| op(o, h))
+            .map(|o| op(o, limits))
             .collect::<Result<_, _>>()?,
         failure: req
             .failure
             .into_iter()
-            .map(|o| op(o, h))
+            .map(|o| op(o, limits))
             .collect::<Result<_, _>>()?,
     })
 }
 
-fn response_op(r: ResponseOp) -> api::ResponseOp {
+/// A transaction step's result as the API answers it.
+pub fn response_op(r: ResponseOp) -> api::ResponseOp {
     match r {
         ResponseOp::Range(r) => api::ResponseOp::Range {
             kvs: r.kvs.into_iter().map(Into::into).collect(),
@@ -167,7 +169,7 @@ fn response_op(r: ResponseOp) -> api::ResponseOp {
 
 pub async fn txn(State(h): State<StoreHandle>, body: Body) -> Result<Json<TxnResponse>, HttpError> {
     let req: TxnRequest = json_body(body, &h).await?;
-    let txn = to_txn(req, &h)?;
+    let txn = to_txn(req, &h.config().limits)?;
     match h.write(Command::Txn(txn)).await? {
         CommandResult::Txn {
             revision,

@@ -25,6 +25,10 @@ use miniku_store::api::{
     Bin, Compare, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest,
 };
 use miniku_store::client::{ClientError, GetOptions, StoreClient, WatchOptions};
+
+pub mod backend;
+
+pub use backend::StoreBackend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -255,7 +259,7 @@ pub struct Fence {
 /// Typed access to objects in the store.
 #[derive(Clone)]
 pub struct Registry {
-    client: StoreClient,
+    client: Arc<dyn StoreBackend>,
     fence: Option<Arc<Fence>>,
 }
 
@@ -303,6 +307,11 @@ fn compare(key: &str, target: &str, result: &str, value: i64) -> Compare {
 
 impl Registry {
     pub fn new(client: StoreClient) -> Self {
+        Registry::over(Arc::new(client))
+    }
+
+    /// A registry over any store backend (the store in this process, in unit tests).
+    pub fn over(client: Arc<dyn StoreBackend>) -> Self {
         Registry {
             client,
             fence: None,
@@ -452,7 +461,7 @@ impl Registry {
     /// Grants a store lease of `ttl` seconds (for objects that live only while their owner
     /// renews it, like node heartbeats); returns its id.
     pub async fn grant_lease(&self, ttl: i64) -> Result<i64, RegistryError> {
-        Ok(self.client.lease_grant(ttl).await?.id)
+        Ok(self.client.lease_grant(ttl).await?)
     }
 
     /// Renews lease `id`; `NotFound` once it expired.
@@ -469,7 +478,7 @@ impl Registry {
 
     /// The store's leader, if it has one.
     pub async fn store_leader(&self) -> Result<Option<u64>, RegistryError> {
-        Ok(self.client.cluster().await?.leader_id)
+        Ok(self.client.leader_id().await?)
     }
 
     /// Stores a new object; fails with `AlreadyExists` if the name is taken.
@@ -501,17 +510,17 @@ impl Registry {
     /// Writes an object unconditionally, attached to store lease `lease` (it disappears when
     /// the lease expires). For objects only their owner writes, like node heartbeats.
     pub async fn put_with_lease<T: Object>(&self, obj: &T, lease: i64) -> Result<T, RegistryError> {
-        let resp = self
-            .client
-            .put(
-                key_of::<T>(&obj.key()).as_bytes(),
-                &encode(obj)?,
-                miniku_store::client::PutOptions {
-                    lease,
-                    prev_kv: false,
-                },
-            )
-            .await?;
+        let put = RequestOp::Put(PutRequest {
+            key: Bin::from(key_of::<T>(&obj.key()).as_str()),
+            value: Bin(encode(obj)?),
+            lease,
+            prev_kv: false,
+        });
+        let txn = TxnRequest {
+            success: vec![put],
+            ..Default::default()
+        };
+        let resp = self.client.txn(&txn).await?;
         let mut out = obj.clone();
         out.set_resource_version(resp.header.revision);
         Ok(out)
