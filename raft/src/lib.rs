@@ -13,7 +13,10 @@
 //! - [`watch`]: the watch hub: subscribe from a revision, history catch-up, then live events.
 //! - [`storage`]: openraft's log store and state machine over sled, snapshots.
 //! - [`network`]: peer RPCs between store nodes (bincode over HTTP), inbound and outbound.
+//! - [`leader_route`]: the one way to the leader: here when leading, else over the peer
+//!   network; which failures are retried and what a lost answer means.
 //! - [`proposer`]: batches concurrent client writes into Raft entries, forwards from followers.
+//! - [`read_index`]: batches read-index confirmations for linearizable reads.
 //! - [`lease`]: the leader's lease clock; expiry is carried out through the log.
 //! - [`membership`]: when a learner may become a voter, and when a leader has no quorum
 //!   (etcd's rules and error texts).
@@ -37,6 +40,7 @@ pub mod error;
 pub mod grpc;
 pub mod h2_authority;
 pub mod http;
+pub(crate) mod leader_route;
 pub mod lease;
 pub mod membership;
 pub mod metrics;
@@ -44,6 +48,7 @@ pub mod mvcc;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod read_index;
 pub mod serve;
 pub mod storage;
 pub mod tls;

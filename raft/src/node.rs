@@ -21,13 +21,15 @@ use crate::api::{ClusterResponse, Member, ResponseHeader};
 use crate::config::StoreConfig;
 use crate::disk::DiskGuard;
 use crate::error::StoreError;
+use crate::leader_route::{leader_of, LeaderRoute, Safety};
 use crate::lease::LeaseClock;
 use crate::membership;
 use crate::metrics::Metrics;
 use crate::mvcc::MvccStore;
-use crate::network::client::{PeerClient, PeerNetworkFactory, TransportError};
+use crate::network::client::{PeerClient, PeerNetworkFactory};
 use crate::network::{PeerError, PeerRequest, PeerResponse, WireLeaseStatus};
-use crate::proposer::{leader_of, wait_for_leader, Proposer, ReadIndexer};
+use crate::proposer::Proposer;
+use crate::read_index::ReadIndexer;
 use crate::serve::ServeConfig;
 use crate::tls::PeerTls;
 use crate::types::{Command, CommandResult, MemberNode, NodeId, Raft};
@@ -49,6 +51,7 @@ struct NodeInner {
     reads: ReadIndexer,
     leases: LeaseClock,
     peers: PeerClient,
+    route: LeaderRoute,
     db: sled::Db,
     /// The client API's URL as other members and clients should dial it.
     client_url: String,
@@ -154,20 +157,16 @@ impl StoreNode {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let route = LeaderRoute::new(config.id, raft.clone(), peers.clone());
         let proposer = Proposer::start(
             config.id,
             raft.clone(),
-            peers.clone(),
+            route.clone(),
             metrics.clone(),
             config.request_timeout,
             config.max_batch_commands,
         );
-        let reads = ReadIndexer::start(
-            config.id,
-            raft.clone(),
-            peers.clone(),
-            config.request_timeout,
-        );
+        let reads = ReadIndexer::start(raft.clone(), route.clone(), config.request_timeout);
         let leases = LeaseClock::new(config.id, raft.clone(), mvcc.clone());
 
         // A verified client certificate authenticates a peer as well as the secret does.
@@ -225,6 +224,7 @@ impl StoreNode {
                 reads,
                 leases: leases.clone(),
                 peers,
+                route,
                 db: db.clone(),
                 client_url: advertised_client_url(&config, client_addr),
             }),
@@ -691,8 +691,7 @@ impl StoreHandle {
         Ok(())
     }
 
-    /// Runs `req` on the leader: here when this member leads, else forwarded, retrying
-    /// refusals until the request timeout.
+    /// Runs `req` on the leader (see [`LeaderRoute::on_leader`]) within the request timeout.
     async fn leader_call(&self, req: PeerRequest) -> Result<PeerResponse, StoreError> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
         self.leader_call_until(req, deadline).await
@@ -704,36 +703,12 @@ impl StoreHandle {
         req: PeerRequest,
         deadline: Instant,
     ) -> Result<PeerResponse, StoreError> {
-        loop {
-            let (leader, addr) = leader_of(&self.inner.raft);
-            let answer = match (leader, addr) {
-                (Some(l), _) if l == self.id() => self.serve_peer(req.clone()).await,
-                (Some(_), Some(addr)) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.inner.peers.call(&addr, &req, remaining).await {
-                        Ok(a) => a,
-                        Err(TransportError::Unreachable { .. }) => Err(PeerError::NotLeader(None)),
-                        Err(e @ TransportError::NoAnswer { .. }) => {
-                            return Err(StoreError::OutcomeUnknown(e.to_string()))
-                        }
-                    }
-                }
-                _ => Err(PeerError::NotLeader(None)),
-            };
-            match answer {
-                Ok(resp) => return Ok(resp),
-                Err(PeerError::Store(e)) => return Err(e),
-                Err(PeerError::NotLeader(_)) => {
-                    if Instant::now() >= deadline {
-                        return Err(StoreError::Unavailable(
-                            "no leader answered before the request timeout".into(),
-                        ));
-                    }
-                    let until = deadline.min(Instant::now() + Duration::from_millis(200));
-                    wait_for_leader(&self.inner.raft, leader, until).await;
-                }
-            }
-        }
+        let safety = leader_call_safety(&req);
+        let here = || self.serve_peer(req.clone());
+        self.inner
+            .route
+            .on_leader(&req, deadline, safety, here)
+            .await
     }
 
     /// Serves a request another member sent to us as the leader.
@@ -992,6 +967,24 @@ impl StoreHandle {
             &unreachable,
         ))
         .into())
+    }
+}
+
+/// Whether a leader call whose answer was lost may be made again: lease renewals and reads
+/// may; membership changes may not (a second try would fail on the first one's effect).
+/// The quorum check is not asked again either: `/health` reports the lost answer as the
+/// leader's silence, which it is.
+fn leader_call_safety(req: &PeerRequest) -> Safety {
+    match req {
+        PeerRequest::ReadIndex
+        | PeerRequest::LeaseKeepAlive(_)
+        | PeerRequest::LeaseTimeToLive(_)
+        | PeerRequest::ClientUrl => Safety::Retry,
+        PeerRequest::Forward(_)
+        | PeerRequest::AddMember { .. }
+        | PeerRequest::RemoveMember(_)
+        | PeerRequest::PromoteMember(_)
+        | PeerRequest::QuorumCheck => Safety::Once,
     }
 }
 
