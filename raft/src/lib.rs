@@ -20,6 +20,9 @@
 //! - [`lease`]: the leader's lease clock; expiry is carried out through the log.
 //! - [`membership`]: when a learner may become a voter, and when a leader has no quorum
 //!   (etcd's rules and error texts).
+//! - [`peer_service`]: what the leader does for its peers' requests (forwarded writes, read
+//!   index, leases, membership changes, the quorum check), behind the network's
+//!   `PeerService` trait.
 //! - [`node`]: starts a store node from a [`config::StoreConfig`] and hands out a
 //!   [`node::StoreHandle`].
 //! - [`grpc`]: etcd's v3 gRPC API (KV, Watch, Lease, Cluster, Maintenance, Auth) on the
@@ -47,6 +50,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod network;
 pub mod node;
+pub(crate) mod peer_service;
 pub mod proposer;
 pub mod read_index;
 pub mod serve;
