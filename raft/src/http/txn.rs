@@ -11,8 +11,8 @@ use super::{check_key, json_body};
 use crate::api::{self, Bin, TxnRequest, TxnResponse};
 use crate::node::StoreHandle;
 use crate::types::{
-    prefix_end, Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteOp, PutOp,
-    RangeOp, RequestOp, ResponseOp, TxnOp,
+    prefix_end, Command, CommandResult, Compare, DeleteOp, PutOp, RangeOp, RequestOp, ResponseOp,
+    TxnOp,
 };
 
 fn range_end(key: &[u8], prefix: bool, end: Option<Bin>) -> Result<Vec<u8>, HttpError> {
@@ -26,47 +26,7 @@ fn range_end(key: &[u8], prefix: bool, end: Option<Bin>) -> Result<Vec<u8>, Http
 
 fn compare(c: api::Compare, h: &StoreHandle) -> Result<Compare, HttpError> {
     check_key(c.key.as_bytes(), h)?;
-    let number = || {
-        c.value.as_i64().ok_or_else(|| {
-            invalid(format!(
-                "compare on `{}` needs an integer value, not {}",
-                c.target, c.value
-            ))
-        })
-    };
-    let target = match c.target.as_str() {
-        "version" => CompareTarget::Version(number()?),
-        "create_revision" => CompareTarget::CreateRevision(number()?),
-        "mod_revision" => CompareTarget::ModRevision(number()?),
-        "lease" => CompareTarget::Lease(number()?),
-        "value" => {
-            let v: Bin = serde_json::from_value(c.value.clone())
-                .map_err(|e| invalid(format!("compare on value needs a string or {{\"base64\": ...}}: {e}")))?;
-            CompareTarget::Value(v.0)
-        }
-        other => {
-            return Err(invalid(format!(
-                "unknown compare target `{other}` (one of version, create_revision, mod_revision, value, lease)"
-            )))
-        }
-    };
-    let result = match c.result.as_str() {
-        "=" | "==" => CompareResult::Equal,
-        "!=" => CompareResult::NotEqual,
-        "<" => CompareResult::Less,
-        ">" => CompareResult::Greater,
-        other => {
-            return Err(invalid(format!(
-                "unknown compare result `{other}` (one of =, !=, <, >)"
-            )))
-        }
-    };
-    Ok(Compare {
-        range_end: c.range_end.map(|b| b.0).unwrap_or_default(),
-        key: c.key.0,
-        target,
-        result,
-    })
+    Compare::try_from(c).map_err(|e| invalid(e.to_string()))
 }
 
 fn op(o: api::RequestOp, h: &StoreHandle) -> Result<RequestOp, HttpError> {
