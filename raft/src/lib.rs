@@ -6,6 +6,7 @@
 //!
 //! ## Module map (dependencies point down the list)
 //! - [`types`]: the Raft type configuration, commands, results, records and events.
+//! - [`codec`]: the one binary encoding (bincode) of disk records and peer messages.
 //! - [`api`]: the JSON shapes of the HTTP API, shared by server and client.
 //! - [`config`]: every tunable of a store node.
 //! - [`mvcc`]: revisions, per-key history, ranges, leases table, compaction; applies a batch of
@@ -37,6 +38,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod disk;
 pub mod error;

@@ -11,17 +11,13 @@ use super::{check_key, json_body};
 use crate::api::{self, Bin, TxnRequest, TxnResponse};
 use crate::node::StoreHandle;
 use crate::types::{
-    prefix_end, Command, CommandResult, Compare, DeleteOp, PutOp, RangeOp, RequestOp, ResponseOp,
-    TxnOp,
+    self, Command, CommandResult, Compare, DeleteOp, PutOp, RangeOp, RequestOp, ResponseOp, TxnOp,
 };
 
+/// The range end of a transaction's range or delete.
 fn range_end(key: &[u8], prefix: bool, end: Option<Bin>) -> Result<Vec<u8>, HttpError> {
-    match (prefix, end) {
-        (true, Some(_)) => Err(invalid("give either prefix or range_end, not both")),
-        (true, None) => Ok(prefix_end(key)),
-        (false, Some(e)) => Ok(e.0),
-        (false, None) => Ok(Vec::new()),
-    }
+    types::range_end(key, prefix, end.map(|e| e.0))
+        .map_err(|_| invalid("give either prefix or range_end, not both"))
 }
 
 fn compare(c: api::Compare, h: &StoreHandle) -> Result<Compare, HttpError> {

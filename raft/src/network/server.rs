@@ -5,6 +5,7 @@
 //! This module decodes, dispatches and encodes; what a request does is the service's.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -12,15 +13,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures::future::BoxFuture;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
 use super::client::paths;
-use std::sync::Arc;
-
-use futures::future::BoxFuture;
-
-use super::{decode, encode, PeerError, PeerRequest, PeerResponse};
+use super::{PeerError, PeerRequest, PeerResponse};
 use crate::auth::Token;
+use crate::codec::{decode, encode, CodecError};
 use crate::types::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// What answers the follower-to-leader requests ([`PeerRequest`]) this member receives.
@@ -59,11 +58,11 @@ pub fn router(raft: Raft, service: Arc<dyn PeerService>, token: Option<Token>) -
 fn reply<T: serde::Serialize>(v: &T) -> Response {
     match encode(v) {
         Ok(bytes) => (StatusCode::OK, bytes).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
-fn bad_request(e: String) -> Response {
+fn bad_request(e: CodecError) -> Response {
     (
         StatusCode::BAD_REQUEST,
         format!("undecodable peer request: {e}"),

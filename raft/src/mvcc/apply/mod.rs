@@ -17,6 +17,7 @@ mod capped;
 mod lease;
 
 use super::{at_revision, keys, range_at, KeyRev, MvccError, State};
+use crate::codec;
 use crate::types::*;
 
 /// Everything one entry produced, ready to commit.
@@ -269,7 +270,7 @@ impl<'a> ApplyCtx<'a> {
             return Ok(v.clone());
         }
         match self.tree.get(keys::cur(key))? {
-            Some(v) => Ok(Some(keys::decode(&v)?)),
+            Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
     }
@@ -282,7 +283,7 @@ impl<'a> ApplyCtx<'a> {
         if lo < hi {
             for item in self.tree.range(lo..hi) {
                 let (_, v) = item?;
-                let kv: KeyValue = keys::decode(&v)?;
+                let kv: KeyValue = codec::decode(&v)?;
                 found.insert(kv.key.clone(), kv);
             }
         }
@@ -301,7 +302,7 @@ impl<'a> ApplyCtx<'a> {
     fn record(&mut self, rev: i64, event: Event) -> Result<(), MvccError> {
         let sub = self.pending.len() as u32;
         self.batch
-            .insert(&keys::hist(rev, sub), keys::encode(&event)?);
+            .insert(&keys::hist(rev, sub), codec::encode(&event)?);
         self.index_adds.push((
             event.kv.key.clone(),
             KeyRev {
@@ -333,7 +334,7 @@ impl<'a> ApplyCtx<'a> {
         if op.lease != 0 {
             self.attach(op.lease, &op.key);
         }
-        self.batch.insert(keys::cur(&op.key), keys::encode(&kv)?);
+        self.batch.insert(keys::cur(&op.key), codec::encode(&kv)?);
         self.cur.insert(op.key.clone(), Some(kv.clone()));
         self.record(
             rev,
@@ -418,12 +419,12 @@ impl<'a> ApplyCtx<'a> {
         self.batch
             .insert(keys::META_LEASE_SEQ, &keys::i64_value(self.lease_seq));
         self.batch
-            .insert(keys::META_APPLIED, keys::encode(&Some(log_id))?);
+            .insert(keys::META_APPLIED, codec::encode(&Some(log_id))?);
         if let Some(m) = membership {
-            self.batch.insert(keys::META_MEMBERSHIP, keys::encode(m)?);
+            self.batch.insert(keys::META_MEMBERSHIP, codec::encode(m)?);
         }
         if let Some(alarms) = &self.alarms {
-            self.batch.insert(keys::META_ALARMS, keys::encode(alarms)?);
+            self.batch.insert(keys::META_ALARMS, codec::encode(alarms)?);
         }
         Ok(Output {
             batch: self.batch,
