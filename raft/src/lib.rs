@@ -24,11 +24,12 @@
 //! - [`peer_service`]: what the leader does for its peers' requests (forwarded writes, read
 //!   index, leases, membership changes, the quorum check), behind the network's
 //!   `PeerService` trait.
-//! - [`node`]: starts a store node from a [`config::StoreConfig`] and hands out a
-//!   [`node::StoreHandle`].
+//! - [`node`]: a running store node and its [`node::StoreHandle`], which the servers use.
 //! - [`grpc`]: etcd's v3 gRPC API (KV, Watch, Lease, Cluster, Maintenance, Auth) on the
 //!   same port as [`http`], chosen by content type.
 //! - [`http`]: the client-facing KV API, watch streams (SSE), cluster, health and metrics.
+//! - [`start`]: [`node::StoreNode::start`], from a [`config::StoreConfig`]: opens the
+//!   storage, starts Raft, the node's parts and its servers.
 //! - [`metrics`]: counters and histograms rendered in Prometheus text format.
 //! - [`client`]: [`client::StoreClient`], the Rust client the control plane uses.
 //! - [`auth`], [`tls`], [`serve`]: bearer tokens, TLS configuration (rustls), and the
@@ -56,6 +57,7 @@ pub(crate) mod peer_service;
 pub mod proposer;
 pub mod read_index;
 pub mod serve;
+pub(crate) mod start;
 pub mod storage;
 pub mod tls;
 pub mod types;

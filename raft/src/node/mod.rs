@@ -1,4 +1,4 @@
-//! A store node: [`StoreNode::start`] (in `start`) opens the storage, starts Raft, the peer
+//! A store node: [`StoreNode::start`] (in [`crate::start`]) opens the storage, starts Raft, the peer
 //! and client servers, the proposer, the read indexer and the lease clock, and hands out a
 //! [`StoreHandle`] that the HTTP and gRPC layers (and tests) use; [`StoreNode::shutdown`]
 //! stops it all. The handle's membership calls are in `members`.
@@ -7,7 +7,6 @@
 //! itself (the state machine, the proposer, the leader service and the membership rules do).
 
 mod members;
-mod start;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -36,25 +35,26 @@ use crate::watch::WatchHub;
 /// A running node's capabilities, cheap to clone.
 #[derive(Clone)]
 pub struct StoreHandle {
-    inner: Arc<NodeInner>,
+    inner: Arc<NodeParts>,
 }
 
-struct NodeInner {
-    config: StoreConfig,
-    raft: Raft,
-    mvcc: MvccStore,
-    hub: WatchHub,
-    metrics: Metrics,
-    proposer: Proposer,
-    reads: ReadIndexer,
-    leases: LeaseClock,
-    peers: PeerClient,
-    route: LeaderRoute,
+/// The started parts a node's handle passes requests to (assembled by [`crate::start`]).
+pub(crate) struct NodeParts {
+    pub(crate) config: StoreConfig,
+    pub(crate) raft: Raft,
+    pub(crate) mvcc: MvccStore,
+    pub(crate) hub: WatchHub,
+    pub(crate) metrics: Metrics,
+    pub(crate) proposer: Proposer,
+    pub(crate) reads: ReadIndexer,
+    pub(crate) leases: LeaseClock,
+    pub(crate) peers: PeerClient,
+    pub(crate) route: LeaderRoute,
     /// What this member does for its peers (and for itself) as the leader.
-    leader: Arc<LeaderService>,
-    db: sled::Db,
+    pub(crate) leader: Arc<LeaderService>,
+    pub(crate) db: sled::Db,
     /// The client API's URL as other members and clients should dial it.
-    client_url: String,
+    pub(crate) client_url: String,
 }
 
 /// What `lease_time_to_live` reports.
@@ -90,6 +90,23 @@ pub struct StoreNode {
 }
 
 impl StoreNode {
+    /// A started node: its handle, where it listens, how to stop it and what runs for it.
+    pub(crate) fn running(
+        handle: StoreHandle,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        stop: watch::Sender<bool>,
+        tasks: Vec<JoinHandle<()>>,
+    ) -> Self {
+        StoreNode {
+            handle,
+            client_addr,
+            peer_addr,
+            stop,
+            tasks,
+        }
+    }
+
     pub fn handle(&self) -> StoreHandle {
         self.handle.clone()
     }
@@ -117,6 +134,17 @@ impl StoreNode {
 }
 
 impl StoreHandle {
+    pub(crate) fn new(parts: NodeParts) -> Self {
+        StoreHandle {
+            inner: Arc::new(parts),
+        }
+    }
+
+    /// The node's parts, for starting its tasks.
+    pub(crate) fn parts(&self) -> &NodeParts {
+        &self.inner
+    }
+
     pub fn id(&self) -> NodeId {
         self.inner.config.id
     }

@@ -4,7 +4,9 @@
 //! service, start the servers and background tasks, and initialise the cluster on a founding
 //! member's first start.
 //!
-//! Wiring only: every decision is the started part's.
+//! Wiring only: every decision is the started part's. This is the one module that knows
+//! both the node and its servers (network, gRPC, HTTP), so that [`crate::node`] imports
+//! none of them and they may import it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +16,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{NodeError, NodeInner, StoreHandle, StoreNode};
 use crate::config::StoreConfig;
 use crate::disk::DiskGuard;
 use crate::leader_route::LeaderRoute;
@@ -22,6 +23,7 @@ use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
 use crate::mvcc::MvccStore;
 use crate::network::client::{PeerClient, PeerNetworkFactory};
+use crate::node::{NodeError, NodeParts, StoreHandle, StoreNode};
 use crate::peer_service::LeaderService;
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndexer;
@@ -83,13 +85,13 @@ impl StoreNode {
             data = %config.data_dir.display(),
             "store node started"
         );
-        Ok(StoreNode {
+        Ok(StoreNode::running(
             handle,
             client_addr,
             peer_addr,
             stop,
             tasks,
-        })
+        ))
     }
 }
 
@@ -245,23 +247,21 @@ fn assemble(
         request_timeout: config.request_timeout,
         election_timeout_max: config.election_timeout_max,
     });
-    StoreHandle {
-        inner: Arc::new(NodeInner {
-            config: config.clone(),
-            raft,
-            mvcc,
-            hub,
-            metrics,
-            proposer,
-            reads,
-            leases,
-            peers,
-            route,
-            leader,
-            db,
-            client_url,
-        }),
-    }
+    StoreHandle::new(NodeParts {
+        config: config.clone(),
+        raft,
+        mvcc,
+        hub,
+        metrics,
+        proposer,
+        reads,
+        leases,
+        peers,
+        route,
+        leader,
+        db,
+        client_url,
+    })
 }
 
 /// Serves the peer and client APIs and runs the lease clock, the disk guard and the
@@ -273,7 +273,7 @@ fn start_tasks(
     db: sled::Db,
     stopped: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    let inner = &handle.inner;
+    let inner = handle.parts();
     let serving = |name, tls| ServeConfig {
         tls,
         max_connections: config.limits.max_connections,
