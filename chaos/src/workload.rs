@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use miniku_store::api::{Bin, Compare, EventType, PutRequest, RequestOp, TxnRequest, WatchMessage};
+use miniku_store::api::{
+    Bin, Compare, CompareResult, CompareTarget, EventType, PutRequest, RequestOp, TxnRequest,
+    WatchMessage,
+};
 use miniku_store::client::{ClientError, GetOptions, PutOptions, StoreClient};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -196,15 +199,15 @@ async fn execute_http(client: &StoreClient, op: &Op) -> (Outcome, Option<i64>) {
                 Some(v) => Compare {
                     key: Bin::from(key.as_str()),
                     range_end: None,
-                    target: "value".into(),
-                    result: "=".into(),
+                    target: CompareTarget::Value,
+                    result: CompareResult::Equal,
                     value: serde_json::Value::String(v.clone()),
                 },
                 None => Compare {
                     key: Bin::from(key.as_str()),
                     range_end: None,
-                    target: "version".into(),
-                    result: "=".into(),
+                    target: CompareTarget::Version,
+                    result: CompareResult::Equal,
                     value: serde_json::json!(0),
                 },
             };

@@ -162,17 +162,136 @@ pub struct TxnRequest {
 }
 
 /// `target` is one of `version`, `create_revision`, `mod_revision`, `value`, `lease`;
-/// `result` one of `=`, `!=`, `<`, `>`. `value` is a number for every target but `value`,
-/// where it is bytes (a string or `{"base64": ...}`).
+/// `result` one of `=` (or `==`), `!=`, `<`, `>`. `value` is a number for every target but
+/// `value`, where it is bytes (a string or `{"base64": ...}`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Compare {
     pub key: Bin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range_end: Option<Bin>,
-    pub target: String,
-    pub result: String,
+    pub target: CompareTarget,
+    pub result: CompareResult,
     pub value: serde_json::Value,
+}
+
+/// What a [`Compare`] looks at.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum CompareTarget {
+    Version,
+    CreateRevision,
+    ModRevision,
+    Value,
+    Lease,
+}
+
+impl CompareTarget {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompareTarget::Version => "version",
+            CompareTarget::CreateRevision => "create_revision",
+            CompareTarget::ModRevision => "mod_revision",
+            CompareTarget::Value => "value",
+            CompareTarget::Lease => "lease",
+        }
+    }
+}
+
+impl TryFrom<String> for CompareTarget {
+    type Error = CompareError;
+    fn try_from(name: String) -> Result<Self, CompareError> {
+        Ok(match name.as_str() {
+            "version" => CompareTarget::Version,
+            "create_revision" => CompareTarget::CreateRevision,
+            "mod_revision" => CompareTarget::ModRevision,
+            "value" => CompareTarget::Value,
+            "lease" => CompareTarget::Lease,
+            _ => return Err(CompareError::UnknownTarget(name)),
+        })
+    }
+}
+
+/// How a [`Compare`] compares: `=` (`==` is accepted on input), `!=`, `<`, `>`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum CompareResult {
+    #[serde(rename = "=")]
+    Equal,
+    #[serde(rename = "!=")]
+    NotEqual,
+    #[serde(rename = "<")]
+    Less,
+    #[serde(rename = ">")]
+    Greater,
+}
+
+impl TryFrom<String> for CompareResult {
+    type Error = CompareError;
+    fn try_from(name: String) -> Result<Self, CompareError> {
+        Ok(match name.as_str() {
+            "=" | "==" => CompareResult::Equal,
+            "!=" => CompareResult::NotEqual,
+            "<" => CompareResult::Less,
+            ">" => CompareResult::Greater,
+            _ => return Err(CompareError::UnknownResult(name)),
+        })
+    }
+}
+
+/// Why a [`Compare`] is not a valid comparison (the HTTP layer answers 400 with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompareError {
+    #[error(
+        "unknown compare target `{0}` (one of version, create_revision, mod_revision, value, lease)"
+    )]
+    UnknownTarget(String),
+    #[error("unknown compare result `{0}` (one of =, !=, <, >)")]
+    UnknownResult(String),
+    #[error("compare on `{target}` needs an integer value, not {value}")]
+    NotAnInteger {
+        target: &'static str,
+        value: serde_json::Value,
+    },
+    #[error("compare on value needs a string or {{\"base64\": ...}}: {0}")]
+    NotBytes(String),
+}
+
+impl TryFrom<Compare> for types::Compare {
+    type Error = CompareError;
+    /// The one conversion of a wire comparison to the state machine's.
+    fn try_from(c: Compare) -> Result<Self, CompareError> {
+        let number = || {
+            c.value.as_i64().ok_or_else(|| CompareError::NotAnInteger {
+                target: c.target.as_str(),
+                value: c.value.clone(),
+            })
+        };
+        let target = match c.target {
+            CompareTarget::Version => types::CompareTarget::Version(number()?),
+            CompareTarget::CreateRevision => types::CompareTarget::CreateRevision(number()?),
+            CompareTarget::ModRevision => types::CompareTarget::ModRevision(number()?),
+            CompareTarget::Lease => types::CompareTarget::Lease(number()?),
+            CompareTarget::Value => {
+                let v: Bin = serde_json::from_value(c.value.clone())
+                    .map_err(|e| CompareError::NotBytes(e.to_string()))?;
+                types::CompareTarget::Value(v.0)
+            }
+        };
+        let result = match c.result {
+            CompareResult::Equal => types::CompareResult::Equal,
+            CompareResult::NotEqual => types::CompareResult::NotEqual,
+            CompareResult::Less => types::CompareResult::Less,
+            CompareResult::Greater => types::CompareResult::Greater,
+        };
+        Ok(types::Compare {
+            range_end: c.range_end.map(|b| b.0).unwrap_or_default(),
+            key: c.key.0,
+            target,
+            result,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -394,13 +513,100 @@ pub struct WatchMessage {
 pub struct ErrorBody {
     /// A stable machine-readable code, e.g. `invalid_argument`, `not_found`, `compacted`,
     /// `lease_not_found`, `too_large`, `unavailable`.
-    pub error: String,
+    pub error: ErrorCode,
     /// What was wrong, for a person.
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compact_revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_id: Option<u64>,
+}
+
+/// The stable codes of [`ErrorBody::error`], decoded once. On the wire each is its snake_case
+/// name (`no_space`, ...); a code this version does not know is kept as [`ErrorCode::Other`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(from = "String", into = "String")]
+pub enum ErrorCode {
+    InvalidArgument,
+    TooLarge,
+    NotFound,
+    LeaseNotFound,
+    LeaseExists,
+    /// The requested revision was compacted ([`ErrorBody::compact_revision`] says to what).
+    Compacted,
+    FutureRevision,
+    /// A NOSPACE alarm is raised: writes that add data are refused.
+    NoSpace,
+    Unavailable,
+    OutcomeUnknown,
+    ResourceExhausted,
+    Unauthorized,
+    Internal,
+    /// Any other code, as sent.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// Every code but [`ErrorCode::Other`].
+    const KNOWN: [ErrorCode; 13] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::TooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::LeaseNotFound,
+        ErrorCode::LeaseExists,
+        ErrorCode::Compacted,
+        ErrorCode::FutureRevision,
+        ErrorCode::NoSpace,
+        ErrorCode::Unavailable,
+        ErrorCode::OutcomeUnknown,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::Unauthorized,
+        ErrorCode::Internal,
+    ];
+
+    /// The code on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::LeaseNotFound => "lease_not_found",
+            ErrorCode::LeaseExists => "lease_exists",
+            ErrorCode::Compacted => "compacted",
+            ErrorCode::FutureRevision => "future_revision",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(code) => code,
+        }
+    }
+}
+
+impl From<String> for ErrorCode {
+    fn from(code: String) -> Self {
+        ErrorCode::KNOWN
+            .into_iter()
+            .find(|known| known.as_str() == code)
+            .unwrap_or(ErrorCode::Other(code))
+    }
+}
+
+impl From<ErrorCode> for String {
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::Other(code) => code,
+            known => known.as_str().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -420,5 +626,56 @@ mod tests {
         assert_eq!(back, raw);
         assert!(serde_json::from_str::<Bin>("12").is_err());
         assert!(serde_json::from_str::<Bin>(r#"{"base64":"!!"}"#).is_err());
+    }
+
+    #[test]
+    fn compare_targets_and_results_keep_their_wire_names() {
+        let c: Compare = serde_json::from_str(
+            r#"{"key":"k","target":"create_revision","result":"==","value":0}"#,
+        )
+        .unwrap();
+        assert_eq!(c.target, CompareTarget::CreateRevision);
+        assert_eq!(c.result, CompareResult::Equal);
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["target"], "create_revision");
+        assert_eq!(json["result"], "=");
+        for (name, result) in [
+            ("!=", CompareResult::NotEqual),
+            ("<", CompareResult::Less),
+            (">", CompareResult::Greater),
+        ] {
+            assert_eq!(serde_json::to_value(result).unwrap(), name);
+        }
+        let err = serde_json::from_str::<Compare>(
+            r#"{"key":"k","target":"colour","result":"=","value":0}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown compare target `colour`"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<Compare>(
+            r#"{"key":"k","target":"version","result":"~","value":0}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown compare result `~`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn error_codes_decode_once_and_keep_unknown_ones() {
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":"no_space","message":"m"}"#).unwrap();
+        assert_eq!(body.error, ErrorCode::NoSpace);
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":"brand_new","message":"m"}"#).unwrap();
+        assert_eq!(body.error, ErrorCode::Other("brand_new".into()));
+        assert_eq!(serde_json::to_value(&body).unwrap()["error"], "brand_new");
+        for code in ErrorCode::KNOWN {
+            let wire = serde_json::to_value(&code).unwrap();
+            assert_eq!(serde_json::from_value::<ErrorCode>(wire).unwrap(), code);
+        }
     }
 }

@@ -24,7 +24,7 @@ use crate::error::with_causes;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The server answered with an error body (4xx/5xx).
+    /// The server answered with an error body (4xx/5xx); `body.error` is its typed code.
     #[error("{status}: {} ({})", body.message, body.error)]
     Api { status: u16, body: ErrorBody },
     /// No endpoint could be reached.
@@ -46,6 +46,14 @@ impl ClientError {
     /// True for a 404 / not found answer.
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::Api { status: 404, .. })
+    }
+
+    /// The store's error code, for an error the store answered.
+    pub fn code(&self) -> Option<&ErrorCode> {
+        match self {
+            ClientError::Api { body, .. } => Some(&body.error),
+            _ => None,
+        }
     }
 }
 
@@ -331,7 +339,7 @@ impl StoreClient {
                     }
                     let body: ErrorBody =
                         serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                            error: "unknown".into(),
+                            error: ErrorCode::Other("unknown".into()),
                             message: String::from_utf8_lossy(&bytes).into_owned(),
                             compact_revision: None,
                             leader_id: None,

@@ -6,6 +6,7 @@
 //!
 //! ## Module map (dependencies point down the list)
 //! - [`types`]: the Raft type configuration, commands, results, records and events.
+//! - [`codec`]: the one binary encoding (bincode) of disk records and peer messages.
 //! - [`api`]: the JSON shapes of the HTTP API, shared by server and client.
 //! - [`config`]: every tunable of a store node.
 //! - [`mvcc`]: revisions, per-key history, ranges, leases table, compaction; applies a batch of
@@ -13,15 +14,22 @@
 //! - [`watch`]: the watch hub: subscribe from a revision, history catch-up, then live events.
 //! - [`storage`]: openraft's log store and state machine over sled, snapshots.
 //! - [`network`]: peer RPCs between store nodes (bincode over HTTP), inbound and outbound.
+//! - [`leader_route`]: the one way to the leader: here when leading, else over the peer
+//!   network; which failures are retried and what a lost answer means.
 //! - [`proposer`]: batches concurrent client writes into Raft entries, forwards from followers.
+//! - [`read_index`]: batches read-index confirmations for linearizable reads.
 //! - [`lease`]: the leader's lease clock; expiry is carried out through the log.
 //! - [`membership`]: when a learner may become a voter, and when a leader has no quorum
 //!   (etcd's rules and error texts).
-//! - [`node`]: starts a store node from a [`config::StoreConfig`] and hands out a
-//!   [`node::StoreHandle`].
+//! - [`peer_service`]: what the leader does for its peers' requests (forwarded writes, read
+//!   index, leases, membership changes, the quorum check), behind the network's
+//!   `PeerService` trait.
+//! - [`node`]: a running store node and its [`node::StoreHandle`], which the servers use.
 //! - [`grpc`]: etcd's v3 gRPC API (KV, Watch, Lease, Cluster, Maintenance, Auth) on the
 //!   same port as [`http`], chosen by content type.
 //! - [`http`]: the client-facing KV API, watch streams (SSE), cluster, health and metrics.
+//! - [`start`]: [`node::StoreNode::start`], from a [`config::StoreConfig`]: opens the
+//!   storage, starts Raft, the node's parts and its servers.
 //! - [`metrics`]: counters and histograms rendered in Prometheus text format.
 //! - [`client`]: [`client::StoreClient`], the Rust client the control plane uses.
 //! - [`auth`], [`tls`], [`serve`]: bearer tokens, TLS configuration (rustls), and the
@@ -31,12 +39,14 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod disk;
 pub mod error;
 pub mod grpc;
 pub mod h2_authority;
 pub mod http;
+pub(crate) mod leader_route;
 pub mod lease;
 #[cfg(feature = "local")]
 pub mod local;
@@ -45,8 +55,11 @@ pub mod metrics;
 pub mod mvcc;
 pub mod network;
 pub mod node;
+pub(crate) mod peer_service;
 pub mod proposer;
+pub mod read_index;
 pub mod serve;
+pub(crate) mod start;
 pub mod storage;
 pub mod tls;
 pub mod types;

@@ -47,7 +47,7 @@ fn client_error(e: StoreError) -> ClientError {
     ClientError::Api {
         status: status.as_u16(),
         body: ErrorBody {
-            error: code.to_string(),
+            error: code,
             message: e.to_string(),
             compact_revision,
             leader_id: None,

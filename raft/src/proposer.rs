@@ -1,5 +1,4 @@
-//! Turns concurrent client writes into batched Raft entries, and linearizable reads into
-//! batched read-index confirmations.
+//! Turns concurrent client writes into batched Raft entries.
 //!
 //! openraft 0.9's leader flushes its log once per entry, so one write per entry would cap
 //! throughput at the disk's fsync rate. The [`Proposer`] queues writes and, whenever a
@@ -7,13 +6,14 @@
 //! entry: an idle node proposes a lone write at once, a busy one grows its batches. Each
 //! client is answered from its own part of the applied batch.
 //!
-//! On a follower the same batches are forwarded to the leader over the peer network. A
-//! forward that was refused (not the leader, leader unreachable) is retried against the new
-//! leader until the request deadline; one that may have reached the leader is never retried:
-//! it is reported as [`StoreError::OutcomeUnknown`].
+//! On a follower the same batches are forwarded to the leader through
+//! [`crate::leader_route`]. A forward that was refused (not the leader, leader unreachable)
+//! is retried against the new leader until the request deadline; one that may have reached
+//! the leader is never retried: it is reported as [`StoreError::OutcomeUnknown`].
 //!
-//! The [`ReadIndexer`] does the same for reads: every read waiting when a confirmation round
-//! starts shares that one leadership check.
+//! It owns the batching and the proposal itself; it must not interpret commands (that is
+//! the state machine's) nor choose the leader (the route's). Reads are batched the same way
+//! by [`crate::read_index::ReadIndexer`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::StoreError;
+use crate::leader_route::{leader_of, wait_for_leader, LeaderRoute, Safety};
 use crate::metrics::Metrics;
-use crate::network::client::{PeerClient, TransportError};
 use crate::network::{PeerError, PeerRequest, PeerResponse};
 use crate::types::{Command, CommandResult, NodeId, Raft, WriteBatch};
 
@@ -52,52 +52,10 @@ pub struct Proposer {
     timeout: Duration,
 }
 
-/// Where this node stands, from Raft's metrics.
-pub(crate) fn leader_of(raft: &Raft) -> (Option<NodeId>, Option<String>) {
-    let m = raft.metrics();
-    let m = m.borrow();
-    let leader = m.current_leader;
-    let addr = leader.and_then(|id| {
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-    });
-    (leader, addr)
-}
-
-/// A leader is known but not its address: this member is still catching up on membership.
-/// Waits briefly for any change before looking again.
-pub(crate) async fn wait_for_membership(raft: &Raft, deadline: Instant) {
-    let mut rx = raft.metrics();
-    let until = deadline.min(Instant::now() + Duration::from_millis(100));
-    let _ = tokio::time::timeout_at(until, rx.changed()).await;
-}
-
-/// Waits (until `deadline`) for Raft to know a leader other than `not`, or any leader when
-/// `not` is None. Returns false on timeout.
-pub(crate) async fn wait_for_leader(raft: &Raft, not: Option<NodeId>, deadline: Instant) -> bool {
-    let mut rx = raft.metrics();
-    loop {
-        {
-            let m = rx.borrow_and_update();
-            if let Some(l) = m.current_leader {
-                if Some(l) != not {
-                    return true;
-                }
-            }
-        }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => return false,
-        }
-    }
-}
-
 struct ProposerLoop {
     id: NodeId,
     raft: Raft,
-    peers: PeerClient,
+    route: LeaderRoute,
     metrics: Metrics,
     timeout: Duration,
     max_batch: usize,
@@ -105,10 +63,10 @@ struct ProposerLoop {
 
 impl Proposer {
     /// Starts the proposal loop; it ends when every [`Proposer`] handle is dropped.
-    pub fn start(
+    pub(crate) fn start(
         id: NodeId,
         raft: Raft,
-        peers: PeerClient,
+        route: LeaderRoute,
         metrics: Metrics,
         timeout: Duration,
         max_batch: usize,
@@ -117,7 +75,7 @@ impl Proposer {
         let lp = Arc::new(ProposerLoop {
             id,
             raft,
-            peers,
+            route,
             metrics,
             timeout,
             max_batch: max_batch.max(1),
@@ -223,93 +181,96 @@ impl ProposerLoop {
         }
     }
 
-    /// Proposes locally when leader, else forwards, retrying refusals until the deadline.
+    /// Proposes locally when leader, else forwards through the leader route. A forward may
+    /// have reached the leader, so a lost answer is [`StoreError::OutcomeUnknown`].
     async fn propose_until(
         &self,
         cmds: Vec<Command>,
         meta: &[(bool, Reply)],
         deadline: Instant,
     ) -> Result<Vec<Result<CommandResult, StoreError>>, StoreError> {
-        let may_forward = meta.iter().all(|(f, _)| *f);
-        loop {
-            let (leader, leader_addr) = leader_of(&self.raft);
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(StoreError::Unavailable(
-                    "no leader accepted the write before the request timeout".into(),
-                ));
-            }
-            match leader {
-                Some(l) if l == self.id => {
-                    let write = self.raft.client_write(WriteBatch {
-                        commands: cmds.clone(),
-                    });
-                    match tokio::time::timeout(remaining, write).await {
-                        Ok(Ok(resp)) => {
-                            let mut results = resp.data.results;
-                            if results.len() != cmds.len() {
-                                return Err(StoreError::Internal(format!(
-                                    "applied {} results for {} commands",
-                                    results.len(),
-                                    cmds.len()
-                                )));
-                            }
-                            return Ok(results.drain(..).map(reject_to_err).collect());
-                        }
-                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                            // Not appended, or appended and then truncated: never applied.
-                            wait_for_leader(&self.raft, Some(self.id), deadline).await;
-                        }
-                        Ok(Err(e)) => {
-                            return Err(StoreError::Unavailable(format!("raft refused: {e}")))
-                        }
-                        Err(_) => {
-                            return Err(StoreError::OutcomeUnknown(
-                                "proposed but not applied within the request timeout".into(),
-                            ))
-                        }
-                    }
-                }
-                Some(l) if !may_forward => {
-                    return Err(StoreError::Unavailable(format!(
+        let n = cmds.len();
+        if !meta.iter().all(|(may_forward, _)| *may_forward) {
+            return self.propose_here_only(&cmds, deadline).await;
+        }
+        let request = PeerRequest::Forward(cmds);
+        let PeerRequest::Forward(cmds) = &request else {
+            return Err(StoreError::Internal("a forward is not a forward".into()));
+        };
+        let here = || self.propose_here(cmds, deadline);
+        match self
+            .route
+            .on_leader(&request, deadline, Safety::Once, here)
+            .await?
+        {
+            PeerResponse::Forward(results) if results.len() == n => Ok(results),
+            other => Err(StoreError::Internal(format!(
+                "leader answered a forward with {other:?}"
+            ))),
+        }
+    }
+
+    /// Commands a follower forwarded to us are proposed here or not at all: if this member
+    /// lost the leadership meanwhile, the follower routes them again.
+    async fn propose_here_only(
+        &self,
+        cmds: &[Command],
+        deadline: Instant,
+    ) -> Result<Vec<Result<CommandResult, StoreError>>, StoreError> {
+        match self.propose_here(cmds, deadline).await {
+            Ok(PeerResponse::Forward(results)) => Ok(results),
+            Ok(other) => Err(StoreError::Internal(format!(
+                "a local proposal answered {other:?}"
+            ))),
+            Err(PeerError::Store(e)) => Err(e),
+            Err(PeerError::NotLeader(_)) => {
+                wait_for_leader(&self.raft, Some(self.id), deadline).await;
+                Err(match leader_of(&self.raft).0 {
+                    Some(l) if l != self.id => StoreError::Unavailable(format!(
                         "this member is not the leader (leader is {l}); retry"
-                    )));
-                }
-                Some(l) => {
-                    let Some(addr) = leader_addr else {
-                        wait_for_membership(&self.raft, deadline).await;
-                        continue;
-                    };
-                    let req = PeerRequest::Forward(cmds.clone());
-                    match self.peers.call(&addr, &req, remaining).await {
-                        Ok(Ok(PeerResponse::Forward(results))) if results.len() == cmds.len() => {
-                            return Ok(results);
-                        }
-                        Ok(Ok(other)) => {
-                            return Err(StoreError::Internal(format!(
-                                "leader answered a forward with {other:?}"
-                            )))
-                        }
-                        Ok(Err(PeerError::NotLeader(_)))
-                        | Err(TransportError::Unreachable { .. }) => {
-                            // Nothing was proposed: wait for a (new) leader and retry.
-                            let until = deadline.min(Instant::now() + Duration::from_millis(200));
-                            wait_for_leader(&self.raft, Some(l), until).await;
-                        }
-                        Ok(Err(PeerError::Store(e))) => return Err(e),
-                        Err(e @ TransportError::NoAnswer { .. }) => {
-                            return Err(StoreError::OutcomeUnknown(e.to_string()))
-                        }
-                    }
-                }
-                None => {
-                    if !wait_for_leader(&self.raft, None, deadline).await {
-                        return Err(StoreError::Unavailable(
-                            "no leader: the cluster has no quorum".into(),
-                        ));
-                    }
-                }
+                    )),
+                    _ => StoreError::Unavailable(
+                        "no leader accepted the write before the request timeout".into(),
+                    ),
+                })
             }
+        }
+    }
+
+    /// On the leader: proposes `cmds` as one entry and waits for their results. Refused
+    /// because another member leads: `NotLeader` (the entry was never applied).
+    async fn propose_here(
+        &self,
+        cmds: &[Command],
+        deadline: Instant,
+    ) -> Result<PeerResponse, PeerError> {
+        let write = self.raft.client_write(WriteBatch {
+            commands: cmds.to_vec(),
+        });
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(resp)) => {
+                let mut results = resp.data.results;
+                if results.len() != cmds.len() {
+                    return Err(StoreError::Internal(format!(
+                        "applied {} results for {} commands",
+                        results.len(),
+                        cmds.len()
+                    ))
+                    .into());
+                }
+                Ok(PeerResponse::Forward(
+                    results.drain(..).map(reject_to_err).collect(),
+                ))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                // Not appended, or appended and then truncated: never applied.
+                Err(PeerError::NotLeader(f.leader_id))
+            }
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("raft refused: {e}")).into()),
+            Err(_) => Err(StoreError::OutcomeUnknown(
+                "proposed but not applied within the request timeout".into(),
+            )
+            .into()),
         }
     }
 }
@@ -318,118 +279,5 @@ fn reject_to_err(r: CommandResult) -> Result<CommandResult, StoreError> {
     match r {
         CommandResult::Rejected { error, .. } => Err(StoreError::Rejected(error)),
         ok => Ok(ok),
-    }
-}
-
-type IndexReply = oneshot::Sender<Result<u64, StoreError>>;
-
-/// Batches read-index confirmations: every read queued when a round starts shares it.
-#[derive(Clone)]
-pub struct ReadIndexer {
-    tx: mpsc::Sender<IndexReply>,
-    raft: Raft,
-    timeout: Duration,
-}
-
-impl ReadIndexer {
-    pub fn start(id: NodeId, raft: Raft, peers: PeerClient, timeout: Duration) -> Self {
-        let (tx, mut rx) = mpsc::channel::<IndexReply>(16 * 1024);
-        let r = raft.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut waiters = vec![first];
-                while let Ok(w) = rx.try_recv() {
-                    waiters.push(w);
-                }
-                let result = obtain_read_index(id, &r, &peers, timeout).await;
-                for w in waiters {
-                    let _ = w.send(result.clone());
-                }
-            }
-        });
-        ReadIndexer { tx, raft, timeout }
-    }
-
-    /// Returns once a local read reflects every write committed before the call.
-    pub async fn barrier(&self) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(reply)
-            .await
-            .map_err(|_| StoreError::Unavailable("the node is shutting down".into()))?;
-        let index = rx
-            .await
-            .map_err(|_| StoreError::Unavailable("the node is shutting down".into()))??;
-        self.wait_applied(index).await
-    }
-
-    async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
-        let applied = self
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |l| l.index);
-        if applied >= index {
-            return Ok(());
-        }
-        self.raft
-            .wait(Some(self.timeout))
-            .applied_index_at_least(Some(index), "read barrier")
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Unavailable(format!("this member did not catch up: {e}")))
-    }
-}
-
-/// The leader's read index: confirmed locally on the leader, asked of the leader elsewhere.
-pub(crate) async fn obtain_read_index(
-    id: NodeId,
-    raft: &Raft,
-    peers: &PeerClient,
-    timeout: Duration,
-) -> Result<u64, StoreError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (leader, addr) = leader_of(raft);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(StoreError::Unavailable(
-                "could not confirm the leader's read index in time".into(),
-            ));
-        }
-        match (leader, addr) {
-            (Some(l), _) if l == id => {
-                match tokio::time::timeout(remaining, raft.get_read_log_id()).await {
-                    Ok(Ok((read, _applied))) => return Ok(read.map_or(0, |l| l.index)),
-                    Ok(Err(_)) => {
-                        wait_for_leader(raft, Some(id), deadline).await;
-                    }
-                    Err(_) => {
-                        return Err(StoreError::Unavailable(
-                            "leadership could not be confirmed by a quorum".into(),
-                        ))
-                    }
-                }
-            }
-            (Some(l), Some(addr)) => {
-                match peers.call(&addr, &PeerRequest::ReadIndex, remaining).await {
-                    Ok(Ok(PeerResponse::ReadIndex(i))) => return Ok(i),
-                    Ok(Err(PeerError::Store(e))) => return Err(e),
-                    _ => {
-                        let until = deadline.min(Instant::now() + Duration::from_millis(200));
-                        wait_for_leader(raft, Some(l), until).await;
-                    }
-                }
-            }
-            (Some(_), None) => wait_for_membership(raft, deadline).await,
-            (None, _) => {
-                if !wait_for_leader(raft, None, deadline).await {
-                    return Err(StoreError::Unavailable(
-                        "no leader: the cluster has no quorum".into(),
-                    ));
-                }
-            }
-        }
     }
 }

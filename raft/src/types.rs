@@ -369,6 +369,26 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Both a prefix and an explicit range end were given: they say different things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("give either a prefix or a range end, not both")]
+pub struct PrefixAndRangeEnd;
+
+/// The range end of a request for `key` given as a prefix or as an explicit end, in etcd's
+/// conventions: the prefix's end ([`prefix_end`]), the explicit end, or empty (just `key`).
+pub fn range_end(
+    key: &[u8],
+    prefix: bool,
+    explicit: Option<Vec<u8>>,
+) -> Result<Vec<u8>, PrefixAndRangeEnd> {
+    match (prefix, explicit) {
+        (true, Some(_)) => Err(PrefixAndRangeEnd),
+        (true, None) => Ok(prefix_end(key)),
+        (false, Some(end)) => Ok(end),
+        (false, None) => Ok(Vec::new()),
+    }
+}
+
 /// Whether `key` lies in the range described by `(start, range_end)` with etcd's conventions:
 /// empty `range_end` = exactly `start`; `[0]` = every key >= start.
 pub fn in_range(key: &[u8], start: &[u8], range_end: &[u8]) -> bool {

@@ -22,7 +22,8 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use miniku_store::api::{
-    Bin, Compare, PutRequest, RangeRequest, RequestOp, ResponseOp, TxnRequest,
+    Bin, Compare, CompareResult, CompareTarget, ErrorCode, PutRequest, RangeRequest, RequestOp,
+    ResponseOp, TxnRequest,
 };
 use miniku_store::client::{ClientError, GetOptions, StoreClient, WatchOptions};
 
@@ -211,7 +212,9 @@ impl From<ClientError> for RegistryError {
             }
             ClientError::Decode(m) => RegistryError::Decode(m),
             ClientError::OutcomeUnknown(m) => RegistryError::OutcomeUnknown(m),
-            ClientError::Api { status: 507, body } => RegistryError::NoSpace(body.message),
+            ClientError::Api { body, .. } if body.error == ErrorCode::NoSpace => {
+                RegistryError::NoSpace(body.message)
+            }
             other => RegistryError::Unavailable(other.to_string()),
         }
     }
@@ -295,12 +298,12 @@ fn encode<T: Object>(obj: &T) -> Result<Vec<u8>, RegistryError> {
     copy.to_stored().map_err(RegistryError::Decode)
 }
 
-fn compare(key: &str, target: &str, result: &str, value: i64) -> Compare {
+fn compare(key: &str, target: CompareTarget, result: CompareResult, value: i64) -> Compare {
     Compare {
         key: Bin::from(key),
         range_end: None,
-        target: target.into(),
-        result: result.into(),
+        target,
+        result,
         value: serde_json::Value::from(value),
     }
 }
@@ -331,8 +334,12 @@ impl Registry {
     /// key, so that a refusal can be told apart from a failed precondition.
     fn fence_txn(&self, txn: &mut TxnRequest) {
         if let Some(f) = &self.fence {
-            txn.compare
-                .push(compare(&f.key, "create_revision", "=", f.create_revision));
+            txn.compare.push(compare(
+                &f.key,
+                CompareTarget::CreateRevision,
+                CompareResult::Equal,
+                f.create_revision,
+            ));
             txn.failure.push(RequestOp::Range(RangeRequest {
                 key: Bin::from(f.key.as_str()),
                 keys_only: true,
@@ -375,7 +382,12 @@ impl Registry {
         let key = leader_key(component);
         let lease = self.grant_lease(ttl).await?;
         let txn = TxnRequest {
-            compare: vec![compare(&key, "create_revision", "=", 0)],
+            compare: vec![compare(
+                &key,
+                CompareTarget::CreateRevision,
+                CompareResult::Equal,
+                0,
+            )],
             success: vec![RequestOp::Put(PutRequest {
                 key: Bin::from(key.as_str()),
                 value: Bin::from(identity),
@@ -485,7 +497,12 @@ impl Registry {
     pub async fn create<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
         let key = key_of::<T>(&obj.key());
         let mut txn = TxnRequest {
-            compare: vec![compare(&key, "create_revision", "=", 0)],
+            compare: vec![compare(
+                &key,
+                CompareTarget::CreateRevision,
+                CompareResult::Equal,
+                0,
+            )],
             success: vec![RequestOp::Put(PutRequest {
                 key: Bin::from(key.as_str()),
                 value: Bin(encode(obj)?),
@@ -599,9 +616,9 @@ impl Registry {
         let name = name_of_key(object_key);
         let key = key_of::<T>(object_key);
         let cmp = if rv > 0 {
-            compare(&key, "mod_revision", "=", rv)
+            compare(&key, CompareTarget::ModRevision, CompareResult::Equal, rv)
         } else {
-            compare(&key, "version", ">", 0)
+            compare(&key, CompareTarget::Version, CompareResult::Greater, 0)
         };
         let mut txn = TxnRequest {
             compare: vec![cmp],

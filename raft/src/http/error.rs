@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, ErrorCode};
 use crate::error::StoreError;
 use crate::types::CommandError;
 
@@ -33,29 +33,49 @@ pub fn too_large(message: impl Into<String>) -> HttpError {
 }
 
 /// Status, stable code and compact revision for an error.
-pub fn classify(e: &StoreError) -> (StatusCode, &'static str, Option<i64>) {
+pub fn classify(e: &StoreError) -> (StatusCode, ErrorCode, Option<i64>) {
     match e {
-        StoreError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument", None),
-        StoreError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", None),
-        StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+        StoreError::InvalidArgument(_) => {
+            (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, None)
+        }
+        StoreError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, None),
+        StoreError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, None),
         StoreError::Rejected(c) => match c {
-            CommandError::LeaseNotFound(_) => (StatusCode::NOT_FOUND, "lease_not_found", None),
-            CommandError::LeaseExists(_) => (StatusCode::CONFLICT, "lease_exists", None),
+            CommandError::LeaseNotFound(_) => {
+                (StatusCode::NOT_FOUND, ErrorCode::LeaseNotFound, None)
+            }
+            CommandError::LeaseExists(_) => (StatusCode::CONFLICT, ErrorCode::LeaseExists, None),
             CommandError::Compacted {
                 compact_revision, ..
-            } => (StatusCode::GONE, "compacted", Some(*compact_revision)),
+            } => (
+                StatusCode::GONE,
+                ErrorCode::Compacted,
+                Some(*compact_revision),
+            ),
             CommandError::FutureRevision { .. } => {
-                (StatusCode::BAD_REQUEST, "future_revision", None)
+                (StatusCode::BAD_REQUEST, ErrorCode::FutureRevision, None)
             }
-            CommandError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space", None),
-            CommandError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+            CommandError::NoSpace { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::NoSpace, None)
+            }
+            CommandError::Storage(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None)
+            }
         },
-        StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
-        StoreError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", None),
-        StoreError::ResourceExhausted(_) => {
-            (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", None)
+        StoreError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            None,
+        ),
+        StoreError::OutcomeUnknown(_) => {
+            (StatusCode::GATEWAY_TIMEOUT, ErrorCode::OutcomeUnknown, None)
         }
-        StoreError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+        StoreError::ResourceExhausted(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::ResourceExhausted,
+            None,
+        ),
+        StoreError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None),
     }
 }
 
@@ -66,7 +86,7 @@ impl IntoResponse for HttpError {
             tracing::warn!(error = %self.0, status = status.as_u16(), "request failed");
         }
         let body = ErrorBody {
-            error: code.to_string(),
+            error: code,
             message: self.0.to_string(),
             compact_revision,
             leader_id: None,

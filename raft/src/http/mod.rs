@@ -223,12 +223,8 @@ pub fn check_key_within(key: &[u8], limits: &crate::config::Limits) -> Result<()
 /// The range end for `key` from `prefix=true` or `range_end=...` (empty = just the key).
 pub fn range_end_of(key: &[u8], params: &Params) -> Result<Vec<u8>, HttpError> {
     let prefix = params.bool("prefix")?;
-    match params.bytes("range_end") {
-        Some(_) if prefix => Err(invalid("give either prefix=true or range_end, not both")),
-        Some(end) => Ok(end),
-        None if prefix => Ok(crate::types::prefix_end(key)),
-        None => Ok(Vec::new()),
-    }
+    crate::types::range_end(key, prefix, params.bytes("range_end"))
+        .map_err(|_| invalid("give either prefix=true or range_end, not both"))
 }
 
 /// Reads a whole body, up to the request limit.

@@ -12,62 +12,18 @@ use crate::api::{self, Bin, TxnRequest, TxnResponse};
 use crate::config::Limits;
 use crate::node::StoreHandle;
 use crate::types::{
-    prefix_end, Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteOp, PutOp,
-    RangeOp, RequestOp, ResponseOp, TxnOp,
+    self, Command, CommandResult, Compare, DeleteOp, PutOp, RangeOp, RequestOp, ResponseOp, TxnOp,
 };
 
+/// The range end of a transaction's range or delete.
 fn range_end(key: &[u8], prefix: bool, end: Option<Bin>) -> Result<Vec<u8>, HttpError> {
-    match (prefix, end) {
-        (true, Some(_)) => Err(invalid("give either prefix or range_end, not both")),
-        (true, None) => Ok(prefix_end(key)),
-        (false, Some(e)) => Ok(e.0),
-        (false, None) => Ok(Vec::new()),
-    }
+    types::range_end(key, prefix, end.map(|e| e.0))
+        .map_err(|_| invalid("give either prefix or range_end, not both"))
 }
 
 fn compare(c: api::Compare, limits: &Limits) -> Result<Compare, HttpError> {
     check_key_within(c.key.as_bytes(), limits)?;
-    let number = || {
-        c.value.as_i64().ok_or_else(|| {
-            invalid(format!(
-                "compare on `{}` needs an integer value, not {}",
-                c.target, c.value
-            ))
-        })
-    };
-    let target = match c.target.as_str() {
-        "version" => CompareTarget::Version(number()?),
-        "create_revision" => CompareTarget::CreateRevision(number()?),
-        "mod_revision" => CompareTarget::ModRevision(number()?),
-        "lease" => CompareTarget::Lease(number()?),
-        "value" => {
-            let v: Bin = serde_json::from_value(c.value.clone())
-                .map_err(|e| invalid(format!("compare on value needs a string or {{\"base64\": ...}}: {e}")))?;
-            CompareTarget::Value(v.0)
-        }
-        other => {
-            return Err(invalid(format!(
-                "unknown compare target `{other}` (one of version, create_revision, mod_revision, value, lease)"
-            )))
-        }
-    };
-    let result = match c.result.as_str() {
-        "=" | "==" => CompareResult::Equal,
-        "!=" => CompareResult::NotEqual,
-        "<" => CompareResult::Less,
-        ">" => CompareResult::Greater,
-        other => {
-            return Err(invalid(format!(
-                "unknown compare result `{other}` (one of =, !=, <, >)"
-            )))
-        }
-    };
-    Ok(Compare {
-        range_end: c.range_end.map(|b| b.0).unwrap_or_default(),
-        key: c.key.0,
-        target,
-        result,
-    })
+    Compare::try_from(c).map_err(|e| invalid(e.to_string()))
 }
 
 fn op(o: api::RequestOp, limits: &Limits) -> Result<RequestOp, HttpError> {

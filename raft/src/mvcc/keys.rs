@@ -13,9 +13,6 @@
 //! [`KeyValue`]: crate::types::KeyValue
 //! [`Event`]: crate::types::Event
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use super::MvccError;
 
 pub const CUR: u8 = b'c';
@@ -108,17 +105,6 @@ pub fn parse_i64(v: &[u8]) -> Result<i64, MvccError> {
         .try_into()
         .map_err(|_| MvccError::Corrupt(format!("expected 8 bytes, found {}", v.len())))?;
     Ok(i64::from_be_bytes(bytes))
-}
-
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, MvccError> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard())
-        .map_err(|e| MvccError::Corrupt(format!("encoding: {e}")))
-}
-
-pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, MvccError> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| MvccError::Corrupt(format!("decoding: {e}")))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::codec::{self, CodecError};
 use crate::types::*;
 
 /// Shared handle on the MVCC state.
@@ -69,6 +70,15 @@ pub enum MvccError {
     Storage(String),
     #[error("corrupt data: {0}")]
     Corrupt(String),
+}
+
+impl From<CodecError> for MvccError {
+    fn from(e: CodecError) -> Self {
+        MvccError::Corrupt(match e {
+            CodecError::Encode(m) => format!("encoding: {m}"),
+            CodecError::Decode(m) => format!("decoding: {m}"),
+        })
+    }
 }
 
 impl From<sled::Error> for MvccError {
@@ -129,15 +139,15 @@ impl MvccStore {
         let compact = get_i64(keys::META_COMPACT)?.unwrap_or(0);
         st.lease_seq = get_i64(keys::META_LEASE_SEQ)?.unwrap_or(0);
         st.last_applied = match tree.get(keys::META_APPLIED)? {
-            Some(v) => keys::decode(&v)?,
+            Some(v) => codec::decode(&v)?,
             None => None,
         };
         st.membership = match tree.get(keys::META_MEMBERSHIP)? {
-            Some(v) => keys::decode(&v)?,
+            Some(v) => codec::decode(&v)?,
             None => StoredMembership::default(),
         };
         st.alarms = match tree.get(keys::META_ALARMS)? {
-            Some(v) => keys::decode(&v)?,
+            Some(v) => codec::decode(&v)?,
             None => BTreeSet::new(),
         };
         st.cluster_id = get_i64(keys::META_CLUSTER_ID)?.map_or(0, |v| v as u64);
@@ -145,7 +155,7 @@ impl MvccStore {
         for item in tree.scan_prefix([keys::HIST]) {
             let (k, v) = item?;
             let (rev, sub) = keys::parse_hist(&k)?;
-            let event: Event = keys::decode(&v)?;
+            let event: Event = codec::decode(&v)?;
             st.index.entry(event.kv.key).or_default().push(KeyRev {
                 revision: rev,
                 sub,
@@ -247,7 +257,7 @@ impl MvccStore {
             if let Some(v) = tree.get(keys::cur(&op.key))? {
                 out.count = 1;
                 if !op.count_only {
-                    out.kvs.push(shape(keys::decode(&v)?, op));
+                    out.kvs.push(shape(codec::decode(&v)?, op));
                 }
             }
             return Ok(out);
@@ -260,7 +270,7 @@ impl MvccStore {
         for item in tree.range(start..end) {
             let (_, v) = item?;
             if admit(&mut out, op) {
-                out.kvs.push(shape(keys::decode(&v)?, op));
+                out.kvs.push(shape(codec::decode(&v)?, op));
             }
         }
         Ok(out)
@@ -302,7 +312,7 @@ impl MvccStore {
         for item in tree.range(keys::hist(from.max(1), 0)..keys::hist(to + 1, 0)) {
             let (k, v) = item.map_err(|e| read_error(e.into()))?;
             let (rev, _) = keys::parse_hist(&k).map_err(read_error)?;
-            let event: Event = keys::decode(&v).map_err(read_error)?;
+            let event: Event = codec::decode(&v).map_err(|e| read_error(e.into()))?;
             match out.last_mut() {
                 Some(last) if last.revision == rev => last.events.push(event),
                 _ => {
@@ -389,7 +399,7 @@ impl MvccStore {
             }
             records.push((k.to_vec(), v.to_vec()));
         }
-        let data = keys::encode(&SnapshotData {
+        let data = codec::encode(&SnapshotData {
             format: SNAPSHOT_FORMAT,
             records,
         })?;
@@ -404,7 +414,7 @@ impl MvccStore {
         last_applied: Option<LogId>,
         membership: &StoredMembership,
     ) -> Result<i64, MvccError> {
-        let snap: SnapshotData = keys::decode(data)?;
+        let snap: SnapshotData = codec::decode(data)?;
         if snap.format != SNAPSHOT_FORMAT {
             return Err(MvccError::Corrupt(format!(
                 "snapshot format {} is not supported (expected {SNAPSHOT_FORMAT})",
@@ -420,8 +430,8 @@ impl MvccStore {
         for (k, v) in snap.records {
             batch.insert(k, v);
         }
-        batch.insert(keys::META_APPLIED, keys::encode(&last_applied)?);
-        batch.insert(keys::META_MEMBERSHIP, keys::encode(membership)?);
+        batch.insert(keys::META_APPLIED, codec::encode(&last_applied)?);
+        batch.insert(keys::META_MEMBERSHIP, codec::encode(membership)?);
         tree.apply_batch(batch)?;
         self.load(&mut st)?;
         Ok(self.current_revision())
@@ -508,7 +518,7 @@ fn range_at(tree: &sled::Tree, st: &State, op: &RangeOp) -> Result<RangeResult, 
         let v = tree
             .get(keys::hist(kr.revision, kr.sub))?
             .ok_or_else(|| MvccError::Corrupt(format!("history at {} missing", kr.revision)))?;
-        let event: Event = keys::decode(&v)?;
+        let event: Event = codec::decode(&v)?;
         out.kvs.push(shape(event.kv, op));
     }
     Ok(out)

@@ -20,8 +20,9 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{decode, encode, PeerError, PeerRequest, PeerResponse};
+use super::{PeerError, PeerRequest, PeerResponse};
 use crate::auth::Token;
+use crate::codec::{decode, encode};
 use crate::tls::{PeerTls, Trust};
 use crate::types::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
@@ -114,9 +115,9 @@ impl PeerClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, TransportError> {
-        let body = encode(req).map_err(|message| TransportError::Unreachable {
+        let body = encode(req).map_err(|e| TransportError::Unreachable {
             addr: addr.to_string(),
-            message,
+            message: e.to_string(),
         })?;
         let dial = self.routes.get(addr).map_or(addr, String::as_str);
         let url = format!("{}://{dial}{path}", self.scheme);
@@ -152,9 +153,9 @@ impl PeerClient {
                 message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
             });
         }
-        decode(&bytes).map_err(|message| TransportError::NoAnswer {
+        decode(&bytes).map_err(|e| TransportError::NoAnswer {
             addr: addr.to_string(),
-            message,
+            message: e.to_string(),
         })
     }
 

@@ -65,13 +65,3 @@ pub enum PeerError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string())
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
-}

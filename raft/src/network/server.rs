@@ -1,8 +1,11 @@
 //! Inbound peer routes: Raft's messages go straight to the local [`Raft`]; follower-to-leader
-//! requests go to [`StoreHandle::serve_peer`]. Bodies are bincode; any size up to
-//! [`MAX_PEER_BODY`] is accepted (log batches and whole snapshots travel here).
+//! requests go to whatever [`PeerService`] the node passes in. Bodies are bincode; any size
+//! up to [`MAX_PEER_BODY`] is accepted (log batches and whole snapshots travel here).
+//!
+//! This module decodes, dispatches and encodes; what a request does is the service's.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -10,12 +13,19 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures::future::BoxFuture;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
 use super::client::paths;
-use super::{decode, encode, PeerRequest};
-use crate::node::StoreHandle;
+use super::{PeerError, PeerRequest, PeerResponse};
+use crate::auth::Token;
+use crate::codec::{decode, encode, CodecError};
 use crate::types::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
+
+/// What answers the follower-to-leader requests ([`PeerRequest`]) this member receives.
+pub trait PeerService: Send + Sync {
+    fn serve(&self, req: PeerRequest) -> BoxFuture<'_, Result<PeerResponse, PeerError>>;
+}
 
 /// Largest peer request body: a whole snapshot must fit.
 pub const MAX_PEER_BODY: usize = 1 << 30;
@@ -23,10 +33,11 @@ pub const MAX_PEER_BODY: usize = 1 << 30;
 #[derive(Clone)]
 struct PeerState {
     raft: Raft,
-    handle: StoreHandle,
+    service: Arc<dyn PeerService>,
 }
 
-pub fn router(raft: Raft, handle: StoreHandle) -> Router {
+/// The peer API: Raft's RPCs for `raft`, calls for `service`, all behind `token` when given.
+pub fn router(raft: Raft, service: Arc<dyn PeerService>, token: Option<Token>) -> Router {
     Router::new()
         .route(paths::APPEND, post(append))
         .route(paths::VOTE, post(vote))
@@ -36,22 +47,22 @@ pub fn router(raft: Raft, handle: StoreHandle) -> Router {
         // Without the cluster's secret nothing here runs: no append, vote, snapshot or call.
         .layer(axum::middleware::from_fn_with_state(
             crate::auth::Guard {
-                token: handle.config().peer_token.clone(),
+                token,
                 open_paths: &[],
             },
             crate::auth::require_token,
         ))
-        .with_state(PeerState { raft, handle })
+        .with_state(PeerState { raft, service })
 }
 
 fn reply<T: serde::Serialize>(v: &T) -> Response {
     match encode(v) {
         Ok(bytes) => (StatusCode::OK, bytes).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
-fn bad_request(e: String) -> Response {
+fn bad_request(e: CodecError) -> Response {
     (
         StatusCode::BAD_REQUEST,
         format!("undecodable peer request: {e}"),
@@ -88,7 +99,7 @@ async fn snapshot(State(s): State<PeerState>, body: Bytes) -> Response {
 
 async fn call(State(s): State<PeerState>, body: Bytes) -> Response {
     match decode::<PeerRequest>(&body) {
-        Ok(req) => reply(&s.handle.serve_peer(req).await),
+        Ok(req) => reply(&s.service.serve(req).await),
         Err(e) => bad_request(e),
     }
 }

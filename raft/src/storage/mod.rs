@@ -26,6 +26,7 @@ use openraft::{
     RaftSnapshotBuilder, StorageIOError,
 };
 
+use crate::codec::{decode, encode};
 use crate::mvcc::{MvccError, MvccStore};
 use crate::types::{
     BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -40,16 +41,6 @@ const KEY_COMMITTED: &[u8] = b"committed";
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string())
-}
-
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
 }
 
 /// Opens the log store and the state machine. `mvcc` must be opened on the same `db`;

@@ -4,10 +4,20 @@
 //! commands in one entry build on each other. Nothing is written until
 //! [`MvccStore::apply_batch`](super::MvccStore::apply_batch) applies the batch; a failure
 //! half-way leaves the store untouched.
+//!
+//! [`ApplyCtx::apply`] passes each command through the NOSPACE gate ([`capped`]) to a
+//! dispatcher over the plain operations (put, delete, transaction, compaction, here);
+//! leases ([`lease`]) and alarms ([`alarm`]) have handlers of their own. Everything here is
+//! deterministic and touches only the entry's batch and overlay, never sled directly.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod alarm;
+mod capped;
+mod lease;
+
 use super::{at_revision, keys, range_at, KeyRev, MvccError, State};
+use crate::codec;
 use crate::types::*;
 
 /// Everything one entry produced, ready to commit.
@@ -66,124 +76,70 @@ impl<'a> ApplyCtx<'a> {
         }
     }
 
-    /// Applies one command. Deterministic: the same state and command give the same result
-    /// on every member.
+    /// Applies one command: through the NOSPACE gate ([`capped`]), then [`Self::dispatch`].
+    /// Deterministic: the same state and command give the same result on every member.
     pub fn apply(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
-        if adds_data(cmd) {
-            let alarms = self.alarms();
-            if !alarms.is_empty() {
-                return Ok(self.rejected(CommandError::NoSpace {
-                    members: alarms.iter().copied().collect(),
-                }));
-            }
-        }
-        let result = match cmd {
-            Command::Put(op) => {
-                if op.lease != 0 && !self.lease_exists(op.lease)? {
-                    return Ok(self.rejected(CommandError::LeaseNotFound(op.lease)));
-                }
-                let rev = self.revision + 1;
-                let prev = self.put(op, rev)?;
-                self.commit_revision(rev);
-                CommandResult::Put {
-                    revision: self.revision,
-                    prev_kv: if op.prev_kv { prev } else { None },
-                }
-            }
-            Command::DeleteRange(op) => {
-                let rev = self.revision + 1;
-                let prev_kvs = self.delete(op, rev)?;
-                self.commit_revision(rev);
-                CommandResult::DeleteRange {
-                    revision: self.revision,
-                    deleted: prev_kvs.len() as i64,
-                    prev_kvs: if op.prev_kv { prev_kvs } else { Vec::new() },
-                }
-            }
-            Command::Txn(txn) => return self.txn(txn),
-            Command::LeaseGrant { id, ttl } => {
-                let id = if *id == 0 {
-                    let mut next = self.lease_seq + 1;
-                    while self.lease_exists(next)? {
-                        next += 1;
-                    }
-                    next
-                } else if self.lease_exists(*id)? {
-                    return Ok(self.rejected(CommandError::LeaseExists(*id)));
-                } else {
-                    *id
-                };
-                self.lease_seq = self.lease_seq.max(id);
-                self.leases.insert(id, Some(*ttl));
-                self.batch.insert(&keys::lease(id), &keys::i64_value(*ttl));
-                CommandResult::LeaseGrant {
-                    revision: self.revision,
-                    id,
-                    ttl: *ttl,
-                }
-            }
-            Command::LeaseRevoke { id } => {
-                if !self.lease_exists(*id)? {
-                    return Ok(self.rejected(CommandError::LeaseNotFound(*id)));
-                }
-                let rev = self.revision + 1;
-                for key in self.lease_keys_of(*id)? {
-                    if self.get(&key)?.is_some() {
-                        self.delete_key(&key, rev)?;
-                    }
-                }
-                self.commit_revision(rev);
-                self.leases.insert(*id, None);
-                self.batch.remove(&keys::lease(*id));
-                CommandResult::LeaseRevoke {
-                    revision: self.revision,
-                }
-            }
-            Command::Compact { revision } => {
-                if *revision <= self.compact {
-                    return Ok(self.rejected(CommandError::Compacted {
-                        requested: *revision,
-                        compact_revision: self.compact,
-                    }));
-                }
-                if *revision > self.revision {
-                    return Ok(self.rejected(CommandError::FutureRevision {
-                        requested: *revision,
-                        current: self.revision,
-                    }));
-                }
-                self.compact_to(*revision);
-                CommandResult::Compact {
-                    revision: self.revision,
-                }
-            }
-            Command::Alarm { member, raise } => {
-                let mut alarms = self.alarms().clone();
-                // A member that was removed cannot raise an alarm any more (its process may
-                // still be running); clearing is always allowed.
-                let is_member = self
-                    .st
-                    .membership
-                    .membership()
-                    .nodes()
-                    .any(|(id, _)| id == member);
-                if !*raise {
-                    alarms.remove(member);
-                } else if is_member {
-                    alarms.insert(*member);
-                }
-                self.alarms = Some(alarms);
-                CommandResult::Alarm {
-                    revision: self.revision,
-                }
-            }
-        };
-        Ok(result)
+        capped::NoSpaceGate(self).apply(cmd)
     }
 
-    /// The alarm set as of this point of the entry.
-    fn alarms(&self) -> &BTreeSet<NodeId> {
-        self.alarms.as_ref().unwrap_or(&self.st.alarms)
+    /// Applies one command, ungated: each kind to its operation.
+    fn dispatch(&mut self, cmd: &Command) -> Result<CommandResult, MvccError> {
+        match cmd {
+            Command::Put(op) => self.apply_put(op),
+            Command::DeleteRange(op) => self.apply_delete(op),
+            Command::Txn(txn) => self.txn(txn),
+            Command::LeaseGrant { id, ttl } => self.lease_grant(*id, *ttl),
+            Command::LeaseRevoke { id } => self.lease_revoke(*id),
+            Command::Compact { revision } => self.apply_compact(*revision),
+            Command::Alarm { member, raise } => Ok(self.alarm(*member, *raise)),
+        }
+    }
+
+    /// A put at the next revision; refused if it names a lease that does not exist.
+    fn apply_put(&mut self, op: &PutOp) -> Result<CommandResult, MvccError> {
+        if op.lease != 0 && !self.lease_exists(op.lease)? {
+            return Ok(self.rejected(CommandError::LeaseNotFound(op.lease)));
+        }
+        let rev = self.revision + 1;
+        let prev = self.put(op, rev)?;
+        self.commit_revision(rev);
+        Ok(CommandResult::Put {
+            revision: self.revision,
+            prev_kv: if op.prev_kv { prev } else { None },
+        })
+    }
+
+    /// A deletion of a key or range at the next revision (no revision if nothing matched).
+    fn apply_delete(&mut self, op: &DeleteOp) -> Result<CommandResult, MvccError> {
+        let rev = self.revision + 1;
+        let prev_kvs = self.delete(op, rev)?;
+        self.commit_revision(rev);
+        Ok(CommandResult::DeleteRange {
+            revision: self.revision,
+            deleted: prev_kvs.len() as i64,
+            prev_kvs: if op.prev_kv { prev_kvs } else { Vec::new() },
+        })
+    }
+
+    /// Compaction to `revision`: refused at or below the compacted revision and beyond the
+    /// current one.
+    fn apply_compact(&mut self, revision: i64) -> Result<CommandResult, MvccError> {
+        if revision <= self.compact {
+            return Ok(self.rejected(CommandError::Compacted {
+                requested: revision,
+                compact_revision: self.compact,
+            }));
+        }
+        if revision > self.revision {
+            return Ok(self.rejected(CommandError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            }));
+        }
+        self.compact_to(revision);
+        Ok(CommandResult::Compact {
+            revision: self.revision,
+        })
     }
 
     fn rejected(&self, error: CommandError) -> CommandResult {
@@ -314,7 +270,7 @@ impl<'a> ApplyCtx<'a> {
             return Ok(v.clone());
         }
         match self.tree.get(keys::cur(key))? {
-            Some(v) => Ok(Some(keys::decode(&v)?)),
+            Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
     }
@@ -327,7 +283,7 @@ impl<'a> ApplyCtx<'a> {
         if lo < hi {
             for item in self.tree.range(lo..hi) {
                 let (_, v) = item?;
-                let kv: KeyValue = keys::decode(&v)?;
+                let kv: KeyValue = codec::decode(&v)?;
                 found.insert(kv.key.clone(), kv);
             }
         }
@@ -342,47 +298,11 @@ impl<'a> ApplyCtx<'a> {
         Ok(found.into_values().collect())
     }
 
-    fn lease_exists(&self, id: i64) -> Result<bool, MvccError> {
-        if let Some(v) = self.leases.get(&id) {
-            return Ok(v.is_some());
-        }
-        Ok(self.tree.contains_key(keys::lease(id))?)
-    }
-
-    fn lease_keys_of(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
-        let prefix = keys::lease_keys_prefix(id);
-        let mut found = std::collections::BTreeSet::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (k, _) = item?;
-            found.insert(k[prefix.len()..].to_vec());
-        }
-        for ((lid, key), attached) in &self.lease_keys {
-            if *lid == id {
-                if *attached {
-                    found.insert(key.clone());
-                } else {
-                    found.remove(key);
-                }
-            }
-        }
-        Ok(found.into_iter().collect())
-    }
-
-    fn attach(&mut self, lease: i64, key: &[u8]) {
-        self.batch.insert(keys::lease_key(lease, key), &[] as &[u8]);
-        self.lease_keys.insert((lease, key.to_vec()), true);
-    }
-
-    fn detach(&mut self, lease: i64, key: &[u8]) {
-        self.batch.remove(keys::lease_key(lease, key));
-        self.lease_keys.insert((lease, key.to_vec()), false);
-    }
-
     /// Records one event at `rev`.
     fn record(&mut self, rev: i64, event: Event) -> Result<(), MvccError> {
         let sub = self.pending.len() as u32;
         self.batch
-            .insert(&keys::hist(rev, sub), keys::encode(&event)?);
+            .insert(&keys::hist(rev, sub), codec::encode(&event)?);
         self.index_adds.push((
             event.kv.key.clone(),
             KeyRev {
@@ -414,7 +334,7 @@ impl<'a> ApplyCtx<'a> {
         if op.lease != 0 {
             self.attach(op.lease, &op.key);
         }
-        self.batch.insert(keys::cur(&op.key), keys::encode(&kv)?);
+        self.batch.insert(keys::cur(&op.key), codec::encode(&kv)?);
         self.cur.insert(op.key.clone(), Some(kv.clone()));
         self.record(
             rev,
@@ -499,12 +419,12 @@ impl<'a> ApplyCtx<'a> {
         self.batch
             .insert(keys::META_LEASE_SEQ, &keys::i64_value(self.lease_seq));
         self.batch
-            .insert(keys::META_APPLIED, keys::encode(&Some(log_id))?);
+            .insert(keys::META_APPLIED, codec::encode(&Some(log_id))?);
         if let Some(m) = membership {
-            self.batch.insert(keys::META_MEMBERSHIP, keys::encode(m)?);
+            self.batch.insert(keys::META_MEMBERSHIP, codec::encode(m)?);
         }
         if let Some(alarms) = &self.alarms {
-            self.batch.insert(keys::META_ALARMS, keys::encode(alarms)?);
+            self.batch.insert(keys::META_ALARMS, codec::encode(alarms)?);
         }
         Ok(Output {
             batch: self.batch,
@@ -516,20 +436,6 @@ impl<'a> ApplyCtx<'a> {
             lease_seq: self.lease_seq,
             alarms: self.alarms,
         })
-    }
-}
-
-/// Whether a command can grow the store (and so is refused while a NOSPACE alarm is
-/// raised, as etcd does). A transaction counts if either branch puts.
-fn adds_data(cmd: &Command) -> bool {
-    let puts = |ops: &[RequestOp]| ops.iter().any(|op| matches!(op, RequestOp::Put(_)));
-    match cmd {
-        Command::Put(_) | Command::LeaseGrant { .. } => true,
-        Command::Txn(t) => puts(&t.success) || puts(&t.failure),
-        Command::DeleteRange(_)
-        | Command::LeaseRevoke { .. }
-        | Command::Compact { .. }
-        | Command::Alarm { .. } => false,
     }
 }
 

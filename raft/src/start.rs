@@ -1,0 +1,380 @@
+//! [`StoreNode::start`], step by step: open the storage (sled, the MVCC store, the watch hub
+//! as the state machine's apply listener, Raft's log store), build Raft, check the listening
+//! security and bind the listeners, start the proposer, the read indexer and the leader
+//! service, start the servers and background tasks, and initialise the cluster on a founding
+//! member's first start.
+//!
+//! Wiring only: every decision is the started part's. This is the one module that knows
+//! both the node and its servers (network, gRPC, HTTP), so that [`crate::node`] imports
+//! none of them and they may import it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::StoreConfig;
+use crate::disk::DiskGuard;
+use crate::leader_route::LeaderRoute;
+use crate::lease::LeaseClock;
+use crate::metrics::Metrics;
+use crate::mvcc::MvccStore;
+use crate::network::client::{PeerClient, PeerNetworkFactory};
+use crate::node::{NodeError, NodeParts, StoreHandle, StoreNode};
+use crate::peer_service::LeaderService;
+use crate::proposer::Proposer;
+use crate::read_index::ReadIndexer;
+use crate::serve::ServeConfig;
+use crate::storage::{LogStore, StateMachineStore};
+use crate::tls::PeerTls;
+use crate::types::{MemberNode, NodeId, Raft};
+use crate::watch::WatchHub;
+
+/// The opened data directory.
+struct Storage {
+    db: sled::Db,
+    mvcc: MvccStore,
+    hub: WatchHub,
+    log_store: LogStore,
+    state_machine: StateMachineStore,
+}
+
+/// The bound listeners and the TLS each serves with.
+struct Listeners {
+    peer: TcpListener,
+    peer_addr: SocketAddr,
+    peer_tls: Option<Arc<rustls::ServerConfig>>,
+    client: TcpListener,
+    client_addr: SocketAddr,
+    client_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl StoreNode {
+    /// Opens the data directory and starts every part of the node.
+    pub async fn start(config: StoreConfig) -> Result<StoreNode, NodeError> {
+        let storage = open_storage(&config)?;
+        let db = storage.db.clone();
+        let peers = PeerClient::new(
+            config.peer_routes.clone(),
+            config.peer_token.clone(),
+            config.peer_tls.as_ref(),
+        )
+        .map_err(NodeError::Config)?;
+        let raft = build_raft(&config, &peers, storage.log_store, storage.state_machine).await?;
+        let listeners = bind_listeners(&config).await?;
+        let (peer_addr, client_addr) = (listeners.peer_addr, listeners.client_addr);
+        let handle = assemble(
+            &config,
+            raft.clone(),
+            peers,
+            storage.mvcc,
+            storage.hub,
+            db.clone(),
+            client_addr,
+        );
+        let (stop, stopped) = watch::channel(false);
+        let tasks = start_tasks(&config, &handle, listeners, db, stopped);
+        initialize_cluster(&raft, &config).await?;
+        tracing::info!(
+            id = config.id,
+            client = %client_addr,
+            peer = %peer_addr,
+            data = %config.data_dir.display(),
+            "store node started"
+        );
+        Ok(StoreNode::running(
+            handle,
+            client_addr,
+            peer_addr,
+            stop,
+            tasks,
+        ))
+    }
+}
+
+/// Opens sled in the data directory (creating it), the MVCC store over it, the watch hub
+/// and Raft's log store and state machine (which tells the hub of every applied entry).
+fn open_storage(config: &StoreConfig) -> Result<Storage, NodeError> {
+    let data_dir_error = |message: String| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| data_dir_error(e.to_string()))?;
+    let db = sled::Config::new()
+        .path(config.data_dir.join("db"))
+        .cache_capacity(64 * 1024 * 1024)
+        .open()
+        .map_err(|e| data_dir_error(format!("cannot open the database: {e}")))?;
+    let mvcc = MvccStore::open(&db).map_err(|e| NodeError::Storage(e.to_string()))?;
+    let hub = WatchHub::new(mvcc.clone(), config.limits.max_watchers);
+    let (log_store, state_machine) = crate::storage::open_stores(
+        db.clone(),
+        &config.data_dir,
+        mvcc.clone(),
+        Arc::new(hub.clone()),
+    )
+    .map_err(|e| NodeError::Storage(e.to_string()))?;
+    Ok(Storage {
+        db,
+        mvcc,
+        hub,
+        log_store,
+        state_machine,
+    })
+}
+
+/// Raft over the opened stores, talking to peers through `peers`.
+async fn build_raft(
+    config: &StoreConfig,
+    peers: &PeerClient,
+    log_store: LogStore,
+    state_machine: StateMachineStore,
+) -> Result<Raft, NodeError> {
+    let raft_config = openraft::Config {
+        cluster_name: "miniku".into(),
+        heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: config.election_timeout_min.as_millis() as u64,
+        election_timeout_max: config.election_timeout_max.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: config.max_in_snapshot_log_to_keep,
+        install_snapshot_timeout: 60_000,
+        max_payload_entries: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        PeerNetworkFactory::new(peers.clone()),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// Refuses to listen openly (no secret, no mutual TLS) where that is unsafe, loads the
+/// servers' TLS and binds both listeners.
+async fn bind_listeners(config: &StoreConfig) -> Result<Listeners, NodeError> {
+    // A verified client certificate authenticates a peer as well as the secret does.
+    let peer_mtls = config.peer_tls.as_ref().is_some_and(PeerTls::is_mutual);
+    if !peer_mtls {
+        crate::auth::check_listen(
+            "peer API",
+            &config.peer_addr,
+            config.peer_token.as_ref(),
+            "--peer-token-file (or mutual TLS: --peer-cert-file, --peer-key-file and \
+             --peer-trusted-ca-file)",
+        )
+        .map_err(NodeError::Config)?;
+    }
+    crate::auth::check_listen(
+        "client API",
+        &config.client_addr,
+        config.client_token.as_ref(),
+        "--token-file",
+    )
+    .map_err(NodeError::Config)?;
+    let tls_error = |e: crate::tls::TlsError| NodeError::Config(e.to_string());
+    let peer_tls = match &config.peer_tls {
+        Some(t) => Some(
+            crate::tls::server_config(&t.cert_key, t.trusted_ca.as_deref()).map_err(tls_error)?,
+        ),
+        None => None,
+    };
+    let client_tls = match &config.client_tls {
+        Some(ck) => Some(crate::tls::server_config(ck, None).map_err(tls_error)?),
+        None => None,
+    };
+    let (peer, peer_addr) = bind(&config.peer_addr).await?;
+    let (client, client_addr) = bind(&config.client_addr).await?;
+    Ok(Listeners {
+        peer,
+        peer_addr,
+        peer_tls,
+        client,
+        client_addr,
+        client_tls,
+    })
+}
+
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), NodeError> {
+    let listen_error = |e: std::io::Error| NodeError::Listen {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    };
+    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, bound))
+}
+
+/// Starts the proposer, the read indexer, the lease clock and the leader service, and
+/// gathers them into the node's handle.
+fn assemble(
+    config: &StoreConfig,
+    raft: Raft,
+    peers: PeerClient,
+    mvcc: MvccStore,
+    hub: WatchHub,
+    db: sled::Db,
+    client_addr: SocketAddr,
+) -> StoreHandle {
+    let metrics = Metrics::new();
+    let route = LeaderRoute::new(config.id, raft.clone(), peers.clone());
+    let proposer = Proposer::start(
+        config.id,
+        raft.clone(),
+        route.clone(),
+        metrics.clone(),
+        config.request_timeout,
+        config.max_batch_commands,
+    );
+    let reads = ReadIndexer::start(raft.clone(), route.clone(), config.request_timeout);
+    let leases = LeaseClock::new(config.id, raft.clone(), mvcc.clone());
+    let client_url = advertised_client_url(config, client_addr);
+    let leader = Arc::new(LeaderService {
+        id: config.id,
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+        leases: leases.clone(),
+        mvcc: mvcc.clone(),
+        peers: peers.clone(),
+        client_url: client_url.clone(),
+        request_timeout: config.request_timeout,
+        election_timeout_max: config.election_timeout_max,
+    });
+    StoreHandle::new(NodeParts {
+        config: config.clone(),
+        raft,
+        mvcc,
+        hub,
+        metrics,
+        proposer,
+        reads,
+        leases,
+        peers,
+        route,
+        leader,
+        db,
+        client_url,
+    })
+}
+
+/// Serves the peer and client APIs and runs the lease clock, the disk guard and the
+/// leadership counter, until `stopped`.
+fn start_tasks(
+    config: &StoreConfig,
+    handle: &StoreHandle,
+    listeners: Listeners,
+    db: sled::Db,
+    stopped: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let inner = handle.parts();
+    let serving = |name, tls| ServeConfig {
+        tls,
+        max_connections: config.limits.max_connections,
+        ..ServeConfig::new(name)
+    };
+    let peer_router = crate::network::server::router(
+        inner.raft.clone(),
+        inner.leader.clone(),
+        config.peer_token.clone(),
+    );
+    vec![
+        serve(
+            listeners.peer,
+            peer_router,
+            serving("peer API", listeners.peer_tls),
+            stopped.clone(),
+        ),
+        serve(
+            listeners.client,
+            crate::grpc::client_router(handle.clone()),
+            serving("client API", listeners.client_tls),
+            stopped.clone(),
+        ),
+        tokio::spawn(inner.leases.clone().run(inner.proposer.clone())),
+        tokio::spawn(
+            DiskGuard {
+                id: config.id,
+                data_dir: config.data_dir.clone(),
+                db,
+                mvcc: inner.mvcc.clone(),
+                proposer: inner.proposer.clone(),
+                limits: config.space.clone(),
+            }
+            .run(stopped.clone()),
+        ),
+        tokio::spawn(watch_leadership(inner.raft.clone(), inner.metrics.clone())),
+    ]
+}
+
+/// On a founding member's first start, initialises the cluster with the initial members.
+async fn initialize_cluster(raft: &Raft, config: &StoreConfig) -> Result<(), NodeError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if initialized || !config.initial_cluster.contains_key(&config.id) {
+        return Ok(());
+    }
+    let members: BTreeMap<NodeId, MemberNode> = config
+        .initial_cluster
+        .iter()
+        .map(|(id, addr)| (*id, MemberNode { addr: addr.clone() }))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(id = config.id, "initialised a new cluster"),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => tracing::info!(id = config.id, "cluster already initialised"),
+        Err(e) => return Err(NodeError::Raft(e.to_string())),
+    }
+    Ok(())
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    config: ServeConfig,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::spawn(crate::serve::serve(listener, router, config, shutdown))
+}
+
+/// The client URL other members and clients dial: the bound address, with the peer
+/// address's host when the client API listens on every interface.
+fn advertised_client_url(config: &StoreConfig, bound: SocketAddr) -> String {
+    let scheme = if config.client_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if bound.ip().is_unspecified() {
+        if let Some((host, _)) = config.peer_addr.rsplit_once(':') {
+            return format!("{scheme}://{host}:{}", bound.port());
+        }
+    }
+    format!("{scheme}://{bound}")
+}
+
+/// Counts leader changes for the metrics.
+async fn watch_leadership(raft: Raft, metrics: Metrics) {
+    let mut rx = raft.metrics();
+    let mut leader = rx.borrow().current_leader;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow().current_leader;
+        if now != leader {
+            tracing::info!(from = ?leader, to = ?now, "leader changed");
+            metrics.leader_changed();
+            leader = now;
+        }
+    }
+}
