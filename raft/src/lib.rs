@@ -45,6 +45,7 @@ pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod serve;
+pub mod sse;
 pub mod storage;
 pub mod tls;
 pub mod types;
