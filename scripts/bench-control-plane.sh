@@ -14,6 +14,7 @@
 #   --no-docker  skip the Docker part
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 QUICK=0
 DOCKER=1
@@ -28,66 +29,41 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-need=()
-command -v protoc >/dev/null || need+=(protobuf-compiler)
-command -v jq >/dev/null || need+=(jq)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  echo "installing ${need[*]}..."
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing protoc=protobuf-compiler jq=jq curl=curl
 if [ "$DOCKER" = 1 ] && ! docker info >/dev/null 2>&1; then
   echo "the Docker engine is not reachable; skipping the Docker part"
   DOCKER=0
 fi
 [ "$DOCKER" = 1 ] && scripts/test-image.sh
 
-echo "building (release)..."
-cargo build --release --quiet -p miniku -p miniku-bench
-BIN=target/release/miniku
-BENCH=target/release/miniku-bench
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/miniku-bench-cp.XXXXXX")
-RAW="$WORK/raw.json"
-: >"$RAW"
-declare -A PIDS
+build_release
+make_workdir miniku-bench-cp
 RUN=$(date +%s)
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+extra_cleanup() {
   if [ "$DOCKER" = 1 ]; then
     for n in "bench$RUN-docker-a" "bench$RUN-docker-b"; do
       docker ps -aq --filter "label=miniku.node=$n" | xargs -r docker rm -f >/dev/null 2>&1 || true
     done
   fi
-  rm -rf "$WORK"
 }
-trap cleanup EXIT
 
 CLIENT=(0 2679 22679 32679); PEER=(0 12680 22680 32680)
 EP="127.0.0.1:2679,127.0.0.1:22679,127.0.0.1:32679"
 API=http://127.0.0.1:18080
-start() {
-  local name=$1; shift
-  "$BIN" "$@" >>"$WORK/$name.log" 2>&1 &
-  PIDS[$name]=$!
-  disown "$!"
-}
 for i in 1 2 3; do
-  start "store$i" store --id "$i" --data-dir "$WORK/store$i" \
+  start "store$i" "$BIN" store --id "$i" --data-dir "$WORK/store$i" \
     --client-addr "127.0.0.1:${CLIENT[$i]}" --peer-addr "127.0.0.1:${PEER[$i]}" \
     --initial-cluster "1=127.0.0.1:12680,2=127.0.0.1:22680,3=127.0.0.1:32680"
 done
-start apiserver apiserver --listen 127.0.0.1:18080 --store "$EP"
-start controller-manager controller-manager --store "$EP"
-start scheduler scheduler --store "$EP"
+start apiserver "$BIN" apiserver --listen 127.0.0.1:18080 --store "$EP"
+start controller-manager "$BIN" controller-manager --store "$EP"
+start scheduler "$BIN" scheduler --store "$EP"
 HOLLOW=100
-start hollow kubelet --runtime fake --hollow-nodes "$HOLLOW" --node-name "bench$RUN-hollow" \
+start hollow "$BIN" kubelet --runtime fake --hollow-nodes "$HOLLOW" --node-name "bench$RUN-hollow" \
   --labels runtime=fake --store "$EP"
 if [ "$DOCKER" = 1 ]; then
   for n in a b; do
-    start "docker-$n" kubelet --runtime docker --node-name "bench$RUN-docker-$n" \
+    start "docker-$n" "$BIN" kubelet --runtime docker --node-name "bench$RUN-docker-$n" \
       --labels runtime=docker --stop-grace-secs 1 --store "$EP"
   done
 fi

@@ -11,6 +11,7 @@
 #   --json FILE  where the raw results go (default bench-results.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 QUICK=0
 OUT=bench-results.json
@@ -23,35 +24,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-need=()
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v etcdctl >/dev/null || need+=(etcd-client)
-command -v protoc >/dev/null || need+=(protobuf-compiler)
-command -v jq >/dev/null || need+=(jq)
-command -v curl >/dev/null || need+=(curl)
-command -v ps >/dev/null || need+=(procps)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  echo "installing ${need[*]}..."
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-echo "building (release)..."
-cargo build --release --quiet -p miniku -p miniku-bench
-BIN=target/release/miniku
-BENCH=target/release/miniku-bench
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/miniku-bench.XXXXXX")
-RAW="$WORK/raw.json"
-: >"$RAW"
-declare -A PIDS
-
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+install_missing etcd=etcd-server etcdctl=etcd-client protoc=protobuf-compiler jq=jq curl=curl \
+  ps=procps
+build_release
+make_workdir miniku-bench
 
 M_CLIENT=(0 2579 22579 32579); M_PEER=(0 12580 22580 32580)
 E_CLIENT=(0 2479 22479 32479); E_PEER=(0 12480 22480 32480)
@@ -60,26 +36,20 @@ E_EP="127.0.0.1:2479,127.0.0.1:22479,127.0.0.1:32479"
 
 start_miniku() {
   local i=$1
-  "$BIN" store --id "$i" --data-dir "$WORK/miniku$i" \
+  start "miniku$i" "$BIN" store --id "$i" --data-dir "$WORK/miniku$i" \
     --client-addr "127.0.0.1:${M_CLIENT[$i]}" --peer-addr "127.0.0.1:${M_PEER[$i]}" \
-    --initial-cluster "1=127.0.0.1:12580,2=127.0.0.1:22580,3=127.0.0.1:32580" \
-    >>"$WORK/miniku$i.log" 2>&1 &
-  PIDS[miniku$i]=$!
-  disown "$!"
+    --initial-cluster "1=127.0.0.1:12580,2=127.0.0.1:22580,3=127.0.0.1:32580"
 }
 
 start_etcd() {
   local i=$1
-  etcd --name "e$i" --data-dir "$WORK/etcd$i" \
+  start "etcd$i" etcd --name "e$i" --data-dir "$WORK/etcd$i" \
     --listen-client-urls "http://127.0.0.1:${E_CLIENT[$i]}" \
     --advertise-client-urls "http://127.0.0.1:${E_CLIENT[$i]}" \
     --listen-peer-urls "http://127.0.0.1:${E_PEER[$i]}" \
     --initial-advertise-peer-urls "http://127.0.0.1:${E_PEER[$i]}" \
     --initial-cluster "e1=http://127.0.0.1:12480,e2=http://127.0.0.1:22480,e3=http://127.0.0.1:32480" \
-    --initial-cluster-state new --initial-cluster-token miniku-bench \
-    >>"$WORK/etcd$i.log" 2>&1 &
-  PIDS[etcd$i]=$!
-  disown "$!"
+    --initial-cluster-state new --initial-cluster-token miniku-bench
 }
 
 # Prints the member number (1-3) of the current leader.

@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use common::{wait_until, ControlPlane};
+use common::{wait_until, ControlPlane, Process};
 use futures::StreamExt;
 use miniku::api::{Node, NodeLease, NodeStatus, Resources};
 use miniku_store::client::{PutOptions, StoreClient};
+use miniku_store::sse;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -306,9 +307,7 @@ async fn a_leader_that_loses_its_lease_campaigns_again_and_acts() -> Result<()> 
         .find(|c| c.name == "controller-manager")
         .ok_or_else(|| anyhow!("no controller manager"))?;
     ensure!(
-        cm.child
-            .as_mut()
-            .is_some_and(|ch| matches!(ch.try_wait(), Ok(None))),
+        cm.process.as_mut().is_some_and(|p| !p.has_exited()),
         "the controller manager exited"
     );
     Ok(())
@@ -393,7 +392,7 @@ async fn two_controller_managers_never_overshoot() -> Result<()> {
                 let leader = cp
                     .components
                     .iter()
-                    .position(|c| c.child.as_ref().map(|ch| ch.id()) == Some(pid))
+                    .position(|c| c.process.as_ref().map(Process::pid) == Some(pid))
                     .context("the lock holder is one of ours")?;
                 ensure!(cp.components[leader].name.starts_with("controller-manager"));
                 cp.components[leader].kill();
@@ -498,36 +497,21 @@ async fn scheduler_spreads_evenly_and_waits_for_room() -> Result<()> {
     Ok(())
 }
 
+/// Reads SSE messages until `n` non-bookmark events arrived.
+async fn read_frames(resp: reqwest::Response, n: usize) -> Result<Vec<sse::Frame>> {
+    common::read_frames(resp, n, Duration::from_secs(20), |f| {
+        f.event.as_deref() != Some("BOOKMARK")
+    })
+    .await
+}
+
 /// Reads SSE messages `(event, data)` until `n` non-bookmark events arrived.
 async fn read_events(resp: reqwest::Response, n: usize) -> Result<Vec<(String, Value)>> {
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    let mut stream = resp.bytes_stream();
-    while out.len() < n {
-        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .map_err(|_| anyhow!("timed out with {} events: {out:?}", out.len()))?
-            .context("stream ended")??;
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(pos) = buf.find("\n\n") {
-            let msg: String = buf.drain(..pos + 2).collect();
-            let mut event = String::new();
-            let mut data = None;
-            for line in msg.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = Some(serde_json::from_str::<Value>(v.trim())?);
-                }
-            }
-            if let Some(d) = data {
-                if event != "BOOKMARK" {
-                    out.push((event, d));
-                }
-            }
-        }
-    }
-    Ok(out)
+    read_frames(resp, n)
+        .await?
+        .into_iter()
+        .map(|f| Ok((f.event.unwrap_or_default(), serde_json::from_str(&f.data)?)))
+        .collect()
 }
 
 /// The initial ADDED events carry the list's revision as their id, so an EventSource that
@@ -545,20 +529,14 @@ async fn an_api_watch_resumes_from_last_event_id_after_the_initial_list() -> Res
     ensure!(status == 200);
     // The first watch: three ADDED events; remember the last id.
     let resp = reqwest::get(cp.url("/replicasets?watch=true")).await?;
-    let mut stream = resp.bytes_stream();
-    let mut text = String::new();
-    while text.matches("event: ADDED").count() < 3 || !text.ends_with("\n\n") {
-        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .map_err(|_| anyhow!("no initial events: {text}"))?
-            .context("stream ended")??;
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    drop(stream);
-    let ids: Vec<i64> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("id:"))
-        .filter_map(|v| v.trim().parse().ok())
+    let initial = read_frames(resp, 3).await?;
+    ensure!(
+        initial.iter().all(|f| f.event.as_deref() == Some("ADDED")),
+        "{initial:?}"
+    );
+    let ids: Vec<i64> = initial
+        .iter()
+        .filter_map(|f| f.id.as_deref()?.parse().ok())
         .collect();
     ensure!(
         ids.len() >= 3 && ids.windows(2).all(|w| w[0] <= w[1]),

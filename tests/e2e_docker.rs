@@ -13,36 +13,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use common::{wait_until, ControlPlane};
+use anyhow::{anyhow, ensure, Context, Result};
+use common::{docker_ready, wait_until, ControlPlane, Process, TEST_IMAGE as IMAGE};
 use serde_json::{json, Value};
-
-const IMAGE: &str = "miniku/busybox:latest";
-
-/// Checks the engine and the image; Ok(false) means "skip" (outside CI only).
-fn docker_ready() -> Result<bool> {
-    let up = Command::new("docker")
-        .args(["info"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !up {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            bail!(
-                "CI=true but the Docker engine is not reachable: the end-to-end tests cannot run"
-            );
-        }
-        eprintln!("SKIPPED: the Docker engine is not reachable");
-        return Ok(false);
-    }
-    let image = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()?;
-    ensure!(
-        image.status.success(),
-        "image {IMAGE} is missing: run scripts/test-image.sh"
-    );
-    Ok(true)
-}
 
 /// Our containers of `nodes`: (name, id, state).
 fn containers(nodes: &[String]) -> Result<Vec<(String, String, String)>> {
@@ -93,15 +66,8 @@ impl Drop for Cluster {
         for k in &self.kubelets {
             self.cp.components[*k].kill();
         }
-        if let Ok(cs) = containers(&self.nodes) {
-            let ids: Vec<String> = cs.into_iter().map(|(_, id, _)| id).collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
-            }
+        for n in &self.nodes {
+            miniku_harness::docker::remove_node_containers(n);
         }
     }
 }
@@ -439,14 +405,13 @@ async fn workloads_outlive_a_store_outage_and_a_missing_engine_is_reported() -> 
 
     // A kubelet whose engine is unreachable says so and keeps trying; the rest still works.
     let log = c.cp.store.tmp.path().join("kubelet-noengine.log");
-    let file = std::fs::File::create(&log)?;
-    let mut noengine = Command::new(common::BIN)
-        .args(kubelet_args("e2e6-no-engine"))
-        .args(["--store", &c.cp.store_arg()])
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()?;
+    let mut noengine = Process::spawn(
+        Command::new(common::BIN)
+            .args(kubelet_args("e2e6-no-engine"))
+            .args(["--store", &c.cp.store_arg()])
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+        &log,
+    )?;
     let seen = wait_until(
         Duration::from_secs(20),
         "the kubelet to report the engine",
@@ -457,9 +422,8 @@ async fn workloads_outlive_a_store_outage_and_a_missing_engine_is_reported() -> 
         },
     )
     .await;
-    let still_running = noengine.try_wait()?.is_none();
-    let _ = noengine.kill();
-    let _ = noengine.wait();
+    let still_running = !noengine.has_exited();
+    noengine.kill();
     seen?;
     ensure!(still_running, "the kubelet must keep retrying, not exit");
     let resp = reqwest::get(c.cp.url("/nodes/e2e6-no-engine")).await?;

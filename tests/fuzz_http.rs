@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{free_port, wait_until, StoreCluster, BIN};
+use common::{free_port, wait_answers, Process, StoreCluster, BIN};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
@@ -425,29 +425,16 @@ async fn random_requests_get_clear_answers_and_change_nothing_else() -> Result<(
 
     // The API server in front of the same store.
     let api_port = free_port();
-    let log = std::fs::File::create(store.tmp.path().join("api.log"))?;
-    let mut api = std::process::Command::new(BIN)
-        .args(["apiserver", "--listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--store", &store.endpoints().join(",")])
-        .stdout(std::process::Stdio::from(log.try_clone()?))
-        .stderr(std::process::Stdio::from(log))
-        .spawn()?;
+    let api = Process::spawn(
+        std::process::Command::new(BIN)
+            .args(["apiserver", "--listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--store", &store.endpoints().join(",")]),
+        &store.tmp.path().join("api.log"),
+    )?;
     let base = format!("http://127.0.0.1:{api_port}");
     let result = async {
         let http = reqwest::Client::new();
-        wait_until(Duration::from_secs(30), "the API server", || {
-            let (http, u) = (http.clone(), format!("{base}/health"));
-            async move {
-                http.get(u)
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            }
-        })
-        .await?;
+        wait_answers(&format!("{base}/health"), "the API server").await?;
         let api_routes: &[(&[Method], &str)] = &[
             (&[Method::GET, Method::POST], "/replicasets"),
             (
@@ -513,8 +500,7 @@ async fn random_requests_get_clear_answers_and_change_nothing_else() -> Result<(
         anyhow::Ok(n)
     }
     .await;
-    let _ = api.kill();
-    let _ = api.wait();
+    api.kill();
     tried += result?;
 
     // Every member still serves, agrees on a leader, and the canaries are untouched.

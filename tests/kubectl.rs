@@ -7,57 +7,23 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Result};
-use common::{run_check_script, wait_until, ControlPlane};
-
-const IMAGE: &str = "miniku/busybox:latest";
+use anyhow::{bail, Result};
+use common::{docker_ready, run_check_script, wait_until, ControlPlane};
 
 /// Removes the node's containers when the test ends, however it ends.
 struct Containers(String);
 
 impl Drop for Containers {
     fn drop(&mut self) {
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=miniku.node={}", self.0),
-            ])
-            .output();
-        if let Ok(o) = ids {
-            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
-            }
-        }
+        miniku_harness::docker::remove_node_containers(&self.0);
     }
 }
 
 #[tokio::test]
 async fn kubectl_drives_miniku_as_a_kubernetes_cluster() -> Result<()> {
-    let docker = Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !docker {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            bail!("CI=true but the Docker engine is not reachable");
-        }
-        eprintln!("SKIPPED: the Docker engine is not reachable");
+    if !docker_ready()? {
         return Ok(());
     }
-    let image = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()?;
-    ensure!(image.status.success(), "run scripts/test-image.sh first");
     let mut cp = ControlPlane::start(&[]).await?;
     let node = format!("kubectl-{}", std::process::id());
     let _cleanup = Containers(node.clone());

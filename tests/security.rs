@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{free_port, impostor_is_refused, wait_until, StoreCluster, BIN};
+use common::{
+    free_port, impostor_is_refused, wait_answers, wait_until, Process, StoreCluster, BIN,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -247,19 +249,18 @@ async fn the_api_server_needs_its_token_and_the_control_plane_uses_the_stores() 
     std::fs::write(&api_token_file, "api-token-0123456789abcdef")?;
     let api_port = free_port();
     let stores = store.endpoints().join(",");
-    let spawn = |args: &[&str], log: &str| -> Result<std::process::Child> {
-        let f = std::fs::File::create(store.tmp.path().join(log))?;
-        Ok(Command::new(BIN)
-            .args(args)
-            .args(["--store", &stores, "--store-token-file"])
-            .arg(&token_file)
-            .stdout(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::from(f))
-            .spawn()?)
+    let spawn = |args: &[&str], log: &str| {
+        Process::spawn(
+            Command::new(BIN)
+                .args(args)
+                .args(["--store", &stores, "--store-token-file"])
+                .arg(&token_file),
+            &store.tmp.path().join(log),
+        )
     };
     let listen = format!("127.0.0.1:{api_port}");
     let api_token = api_token_file.display().to_string();
-    let mut children = vec![
+    let children = vec![
         spawn(
             &["apiserver", "--listen", &listen, "--token-file", &api_token],
             "api.log",
@@ -272,19 +273,7 @@ async fn the_api_server_needs_its_token_and_the_control_plane_uses_the_stores() 
     let result = async {
         let http = reqwest::Client::new();
         let url = |p: &str| format!("http://{listen}{p}");
-        wait_until(Duration::from_secs(30), "the API server", || {
-            let (http, u) = (http.clone(), url("/health"));
-            async move {
-                http.get(u)
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            }
-        })
-        .await?;
+        wait_answers(&url("/health"), "the API server").await?;
         let rs = json!({"name": "web", "desiredCount": 2, "selector": {"app": "web"},
                         "template": {"image": "nginx:latest", "labels": {"app": "web"}}});
         for (method, path) in [
@@ -342,9 +331,6 @@ async fn the_api_server_needs_its_token_and_the_control_plane_uses_the_stores() 
         .await
     }
     .await;
-    for c in &mut children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(children);
     result
 }

@@ -53,7 +53,11 @@ async fn write_burst(c: &StoreClient, prefix: &str, n: usize) -> Result<Duration
 async fn ten_thousand_stuck_watchers_keep_memory_bounded_and_writes_flowing() -> Result<()> {
     let store = StoreCluster::start(3).await?;
     let m = store.member(1);
-    let pid = m.child.as_ref().map(|c| c.id()).context("member 1 pid")?;
+    let pid = m
+        .process
+        .as_ref()
+        .map(|p| p.pid())
+        .context("member 1 pid")?;
     // Until the stuck connections' kernel buffers are full, every write is delivered to
     // every watcher: on a 2-core machine in a debug build that first phase takes tens of
     // seconds, so no write may be given up after the default 5 s.

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use common::{wait_until, StoreCluster};
 use futures::StreamExt;
 use miniku_store::client::{StoreClient, WatchOptions};
@@ -30,42 +30,24 @@ fn value_of(range: &Value) -> Option<String> {
     range["kvs"].get(0)?["value"].as_str().map(String::from)
 }
 
-/// Reads an SSE stream until `n` data messages arrived; returns them parsed.
+/// Reads an SSE stream until `n` messages with events arrived; returns their ids and data.
 async fn read_sse(
     resp: reqwest::Response,
     n: usize,
     timeout: Duration,
 ) -> Result<Vec<(i64, Value)>> {
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    let mut stream = resp.bytes_stream();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut id = 0i64;
-    while out.len() < n {
-        let chunk = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .map_err(|_| anyhow!("timed out with {} of {n} messages: {out:?}", out.len()))?
-            .ok_or_else(|| anyhow!("stream ended after {} messages", out.len()))??;
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(pos) = buf.find("\n\n") {
-            let msg: String = buf.drain(..pos + 2).collect();
-            let mut data = None;
-            for line in msg.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().unwrap_or(0);
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = Some(v.trim().to_string());
-                }
-            }
-            if let Some(d) = data {
-                let v: Value = serde_json::from_str(&d)?;
-                if v["events"].as_array().is_some_and(|e| !e.is_empty()) {
-                    out.push((id, v));
-                }
-            }
-        }
-    }
-    Ok(out)
+    let frames = common::read_frames(resp, n, timeout, |f| {
+        serde_json::from_str::<Value>(&f.data)
+            .is_ok_and(|v| v["events"].as_array().is_some_and(|e| !e.is_empty()))
+    })
+    .await?;
+    frames
+        .iter()
+        .map(|f| {
+            let id = f.id.as_deref().and_then(|id| id.parse().ok()).unwrap_or(0);
+            Ok((id, serde_json::from_str(&f.data)?))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -700,22 +682,11 @@ async fn last_event_id_resumes_and_progress_notifications_carry_the_revision() -
         )
         .send()
         .await?;
-    let mut stream = resp.bytes_stream();
-    let mut buf = String::new();
-    let progress = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(chunk) = stream.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk?));
-            if let Some(line) = buf
-                .lines()
-                .find(|l| l.starts_with("data:") && l.contains("progress_notify"))
-            {
-                let v: Value = serde_json::from_str(line.trim_start_matches("data:").trim())?;
-                return anyhow::Ok(v);
-            }
-        }
-        Err(anyhow!("stream ended"))
+    let frames = common::read_frames(resp, 1, Duration::from_secs(20), |f| {
+        f.data.contains("progress_notify")
     })
-    .await??;
+    .await?;
+    let progress: Value = serde_json::from_str(&frames[0].data)?;
     ensure!(
         progress["header"]["revision"].as_i64() >= revs.last().copied(),
         "{progress}"

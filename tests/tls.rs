@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{free_port, impostor_is_refused, wait_until, StoreCluster, BIN};
+use common::{free_port, impostor_is_refused, wait_until, Process, StoreCluster, BIN};
 use futures::StreamExt;
 use miniku_store::client::{GetOptions, PutOptions, StoreClient, WatchOptions};
 use rcgen::{
@@ -338,8 +338,7 @@ async fn the_api_server_serves_https_behind_its_token_and_reaches_a_tls_store() 
     let api_token = dir.join("api.token");
     std::fs::write(&api_token, API_TOKEN)?;
     let stores = store.endpoints().join(",");
-    let spawn = |port: u16, store_ca: Option<&Path>, log: &str| -> Result<std::process::Child> {
-        let f = std::fs::File::create(dir.join(log))?;
+    let spawn = |port: u16, store_ca: Option<&Path>, log: &str| {
         let mut cmd = Command::new(BIN);
         cmd.args(["apiserver", "--listen", &format!("127.0.0.1:{port}")])
             .args(api_pem.args("--cert-file", "--key-file"))
@@ -347,17 +346,15 @@ async fn the_api_server_serves_https_behind_its_token_and_reaches_a_tls_store() 
             .arg(&api_token)
             .args(["--store", &stores, "--store-token-file"])
             .arg(&store_token)
-            .env_remove("MINIKU_STORE_CA_FILE")
-            .stdout(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::from(f));
+            .env_remove("MINIKU_STORE_CA_FILE");
         // The component flag's environment variable, as a deployment would set it.
         if let Some(ca) = store_ca {
             cmd.env("MINIKU_STORE_CA_FILE", ca);
         }
-        Ok(cmd.spawn()?)
+        Process::spawn(&mut cmd, &dir.join(log))
     };
     let (port, blind_port) = (free_port(), free_port());
-    let mut children = vec![
+    let children = vec![
         spawn(port, Some(&ca.file), "api.log")?,
         // Does not trust the store's CA: cannot use the store.
         spawn(blind_port, None, "api-blind.log")?,
@@ -452,10 +449,7 @@ async fn the_api_server_serves_https_behind_its_token_and_reaches_a_tls_store() 
         Ok(())
     }
     .await;
-    for c in &mut children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(children);
     result.with_context(|| {
         let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
         format!(

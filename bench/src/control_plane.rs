@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
+use miniku_store::sse;
 use serde_json::{json, Value};
 
 /// When each pod was first seen, bound and Running.
@@ -80,7 +81,7 @@ pub async fn run(
     let mut pods: HashMap<String, PodTimes> = HashMap::new();
     let mut running = 0usize;
     let mut stream = watch.bytes_stream();
-    let mut buf = String::new();
+    let mut frames = sse::Decoder::new();
     let deadline = posted + timeout;
     let mut measured: Option<Outcome> = None;
     let mut deleting = posted;
@@ -93,14 +94,11 @@ pub async fn run(
                 pods.len()
             ),
         };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(pos) = buf.find("\n\n") {
-            let frame: String = buf.drain(..pos + 2).collect();
+        frames.push(&chunk);
+        while let Some(frame) = frames.next_frame() {
             let now = Instant::now();
-            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
-                continue;
-            };
-            let ev: Value = serde_json::from_str(data.trim())?;
+            let data = &frame.data;
+            let ev: Value = serde_json::from_str(data)?;
             let kind = ev["type"].as_str().unwrap_or_default();
             let pod = &ev["object"];
             let Some(pod_name) = pod["spec"]["name"].as_str() else {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
+use miniku_store::sse;
 use serde_json::json;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -527,16 +528,15 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
                     let resp = http.get(&url).send().await?;
                     ready.fetch_add(1, Ordering::SeqCst);
                     let mut s = resp.bytes_stream();
-                    let mut buf = String::new();
+                    let mut frames = sse::Decoder::new();
                     let mut seen = 0;
                     while seen < events {
                         let Some(chunk) = s.next().await else { break };
-                        buf.push_str(&String::from_utf8_lossy(&chunk?));
-                        while let Some(pos) = buf.find("\n\n") {
-                            let frame: String = buf.drain(..pos + 2).collect();
+                        frames.push(&chunk?);
+                        while let Some(frame) = frames.next_frame() {
                             let now = Instant::now();
-                            if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id:")) {
-                                if frame.contains("\"events\":[{") {
+                            if let Some(id) = &frame.id {
+                                if frame.data.contains("\"events\":[{") {
                                     let rev: i64 = id.trim().parse().unwrap_or(0);
                                     receipts
                                         .lock()

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use miniku_harness::{free_addr, Process};
 use miniku_store::client::StoreClient;
-use tokio::process::{Child, Command};
 
 use crate::proxy::LinkProxy;
 
@@ -17,7 +17,7 @@ pub struct Member {
     pub id: u64,
     pub client_addr: String,
     pub peer_addr: String,
-    child: Option<Child>,
+    process: Option<Process>,
     paused: bool,
 }
 
@@ -26,10 +26,7 @@ impl Member {
         format!("http://{}", self.client_addr)
     }
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        self.process.is_some()
     }
 }
 
@@ -48,11 +45,6 @@ pub struct Cluster {
     links: BTreeMap<(u64, u64), LinkProxy>,
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 impl Cluster {
     /// Starts every member and waits for a leader.
     pub async fn start(opts: ClusterOptions) -> Result<Cluster> {
@@ -60,9 +52,9 @@ impl Cluster {
         for id in 1..=opts.size {
             members.push(Member {
                 id,
-                client_addr: format!("127.0.0.1:{}", free_port()?),
-                peer_addr: format!("127.0.0.1:{}", free_port()?),
-                child: None,
+                client_addr: free_addr(),
+                peer_addr: free_addr(),
+                process: None,
                 paused: false,
             });
         }
@@ -133,15 +125,11 @@ impl Cluster {
         let bin = self.opts.bin.clone();
         let extra = self.opts.extra_args.clone();
         let m = self.member_mut(id)?;
-        if m.child.is_some() {
+        if m.process.is_some() {
             return Ok(());
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("store{id}.log")))?;
-        let child = Command::new(&bin)
-            .arg("store")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("store")
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
             .arg(dir.join(format!("store{id}")))
@@ -152,14 +140,9 @@ impl Cluster {
             // Small snapshots, so faults also hit snapshot building and installing.
             .args(["--snapshot-entries", "500"])
             .args(["--request-timeout-secs", "2"])
-            .args(&extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        m.child = Some(child);
+            .args(&extra);
+        let process = Process::spawn(&mut cmd, &dir.join(format!("store{id}.log")))?;
+        m.process = Some(process);
         m.paused = false;
         Ok(())
     }
@@ -167,25 +150,18 @@ impl Cluster {
     /// `kill -9`.
     pub async fn kill(&mut self, id: u64) -> Result<()> {
         let m = self.member_mut(id)?;
-        if let Some(mut c) = m.child.take() {
-            c.start_kill()?;
-            let _ = c.wait().await;
+        if let Some(p) = m.process.take() {
+            p.kill();
         }
         m.paused = false;
         Ok(())
     }
 
     fn signal(&self, id: u64, sig: &str) -> Result<()> {
-        let Some(pid) = self.member(id)?.pid() else {
+        let Some(p) = &self.member(id)?.process else {
             bail!("member {id} is not running");
         };
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill {sig} {pid} failed");
-        }
-        Ok(())
+        Ok(p.signal(sig)?)
     }
 
     /// SIGSTOP: the process stays, frozen, with its sockets open.

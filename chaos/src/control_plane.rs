@@ -15,20 +15,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use miniku::api::{Pod, PodPhase, ReplicaSet};
+use miniku_harness::docker::remove_node_containers;
+use miniku_harness::{free_addr, poll_until, Process};
 use miniku_store::api::EventType;
 use miniku_store::client::{GetOptions, StoreClient, WatchOptions};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::Rng;
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 
 use crate::cluster::{Cluster, ClusterOptions};
@@ -37,7 +38,7 @@ use crate::cluster::{Cluster, ClusterOptions};
 struct Component {
     name: String,
     args: Vec<String>,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 struct Processes {
@@ -51,7 +52,7 @@ impl Processes {
         self.all.push(Component {
             name: name.to_string(),
             args,
-            child: None,
+            process: None,
         });
         self.start(name)
     }
@@ -63,33 +64,22 @@ impl Processes {
             .iter_mut()
             .find(|c| c.name == name)
             .with_context(|| format!("no component {name}"))?;
-        if c.child.is_some() {
+        if c.process.is_some() {
             return Ok(());
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{name}.log")))?;
-        c.child = Some(
-            Command::new(&bin)
-                .args(&c.args)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .kill_on_drop(true)
-                .spawn()?,
-        );
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(&c.args);
+        c.process = Some(Process::spawn(&mut cmd, &dir.join(format!("{name}.log")))?);
         Ok(())
     }
 
-    async fn kill(&mut self, name: &str) -> Result<()> {
+    /// `kill -9`.
+    fn kill(&mut self, name: &str) {
         if let Some(c) = self.all.iter_mut().find(|c| c.name == name) {
-            if let Some(mut child) = c.child.take() {
-                child.start_kill()?;
-                let _ = child.wait().await;
+            if let Some(p) = c.process.take() {
+                p.kill();
             }
         }
-        Ok(())
     }
 
     /// Starts anything that is not running, including components that exited by
@@ -98,10 +88,8 @@ impl Processes {
         let names: Vec<String> = self.all.iter().map(|c| c.name.clone()).collect();
         for name in names {
             if let Some(c) = self.all.iter_mut().find(|c| c.name == name) {
-                if let Some(child) = &mut c.child {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        c.child = None;
-                    }
+                if c.process.as_mut().is_some_and(Process::has_exited) {
+                    c.process = None;
                 }
             }
             self.start(&name)?;
@@ -219,37 +207,6 @@ async fn docker_containers(node: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-async fn remove_containers(node: &str) {
-    if let Ok(out) = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=miniku.node={node}"),
-        ])
-        .output()
-        .await
-    {
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output()
-                .await;
-        }
-    }
-}
-
-fn free_addr() -> Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
-}
-
 pub struct Report {
     pub violations: Vec<String>,
     pub faults: BTreeMap<String, usize>,
@@ -271,7 +228,7 @@ pub async fn run(opts: Options, rng: &mut StdRng, tag: &str) -> Result<Report> {
         .map(|m| m.client_addr.clone())
         .collect();
     let stores = store_eps.join(",");
-    let api_addr = free_addr()?;
+    let api_addr = free_addr();
     let api = format!("http://{api_addr}");
     let mut procs = Processes {
         bin: opts.bin.clone(),
@@ -302,17 +259,14 @@ pub async fn run(opts: Options, rng: &mut StdRng, tag: &str) -> Result<Report> {
             s(&["scheduler", "--store", &stores, "--leader-lease-secs", "3"]),
         )?;
     }
-    let hollow = format!("{tag}-hollow");
-    procs.add(
-        "kubelet-hollow",
-        s(&[
+    // Every kubelet: short leases and back-offs, so faults show and heal within a run.
+    let kubelet = |runtime: &str, node: &str, extra: &[&str]| {
+        let mut args = s(&[
             "kubelet",
             "--runtime",
-            "fake",
-            "--hollow-nodes",
-            "3",
+            runtime,
             "--node-name",
-            &hollow,
+            node,
             "--labels",
             "chaos=1",
             "--lease-ttl-secs",
@@ -323,32 +277,21 @@ pub async fn run(opts: Options, rng: &mut StdRng, tag: &str) -> Result<Report> {
             "2000",
             "--store",
             &stores,
-        ]),
+        ]);
+        args.extend(s(extra));
+        args
+    };
+    let hollow = format!("{tag}-hollow");
+    procs.add(
+        "kubelet-hollow",
+        kubelet("fake", &hollow, &["--hollow-nodes", "3"]),
     )?;
     let docker_node = format!("{tag}-docker");
     let mut kubelets = vec!["kubelet-hollow".to_string()];
     if opts.docker {
         procs.add(
             "kubelet-docker",
-            s(&[
-                "kubelet",
-                "--runtime",
-                "docker",
-                "--node-name",
-                &docker_node,
-                "--labels",
-                "chaos=1",
-                "--lease-ttl-secs",
-                "4",
-                "--backoff-initial-ms",
-                "500",
-                "--backoff-max-ms",
-                "2000",
-                "--stop-grace-secs",
-                "1",
-                "--store",
-                &stores,
-            ]),
+            kubelet("docker", &docker_node, &["--stop-grace-secs", "1"]),
         )?;
         kubelets.push("kubelet-docker".to_string());
     }
@@ -364,10 +307,11 @@ pub async fn run(opts: Options, rng: &mut StdRng, tag: &str) -> Result<Report> {
     )
     .await;
     for name in procs.all.iter().map(|c| c.name.clone()).collect::<Vec<_>>() {
-        let _ = procs.kill(&name).await;
+        procs.kill(&name);
     }
     if opts.docker {
-        remove_containers(&docker_node).await;
+        let node = docker_node.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_node_containers(&node)).await;
     }
     result
 }
@@ -519,12 +463,12 @@ async fn drive(
                     "controller-manager"
                 };
                 let name = format!("{base}-{}", rng.random_range(1..=2));
-                procs.kill(&name).await?;
+                procs.kill(&name);
                 name
             }
             _ => {
                 let name = kubelets.choose(rng).cloned().unwrap_or_default();
-                procs.kill(&name).await?;
+                procs.kill(&name);
                 name
             }
         };
@@ -634,19 +578,11 @@ async fn drive(
     })
 }
 
-async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
+/// Polls `f` every 200 ms until it returns `Some`, or fails after `within` with `what`.
+async fn wait_for<T, F, Fut>(within: Duration, what: &str, f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Ok(poll_until(within, Duration::from_millis(200), what, f).await?)
 }

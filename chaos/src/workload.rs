@@ -18,6 +18,7 @@ use miniku_store::api::{
     WatchMessage,
 };
 use miniku_store::client::{ClientError, GetOptions, PutOptions, StoreClient};
+use miniku_store::sse;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -340,19 +341,15 @@ pub async fn run_watcher(
         {
             if resp.status().is_success() {
                 let mut body = resp.bytes_stream();
-                let mut buf = String::new();
+                let mut frames = sse::Decoder::new();
                 // Progress notifications come every 5 s; silence much longer means the
                 // member is gone, paused or cut off.
                 'conn: while let Ok(Some(Ok(chunk))) =
                     tokio::time::timeout(Duration::from_secs(8), body.next()).await
                 {
-                    buf.push_str(&String::from_utf8_lossy(&chunk));
-                    while let Some(pos) = buf.find("\n\n") {
-                        let frame: String = buf.drain(..pos + 2).collect();
-                        let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
-                            continue;
-                        };
-                        let Ok(msg) = serde_json::from_str::<WatchMessage>(data.trim()) else {
+                    frames.push(&chunk);
+                    while let Some(frame) = frames.next_frame() {
+                        let Ok(msg) = serde_json::from_str::<WatchMessage>(&frame.data) else {
                             break 'conn;
                         };
                         if msg.canceled {

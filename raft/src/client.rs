@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::api::*;
 use crate::error::with_causes;
+use crate::sse;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -501,7 +502,7 @@ impl StoreClient {
             next_revision: opts.start_revision,
             endpoint: self.inner.preferred.load(Ordering::Relaxed),
             conn: None,
-            buf: String::new(),
+            frames: sse::Decoder::new(),
             backoff: Duration::from_millis(50),
             done: false,
         };
@@ -532,7 +533,7 @@ struct WatchState {
     next_revision: i64,
     endpoint: usize,
     conn: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
-    buf: String,
+    frames: sse::Decoder,
     backoff: Duration,
     done: bool,
 }
@@ -561,7 +562,7 @@ impl WatchState {
             "watch reconnecting"
         );
         self.conn = None;
-        self.buf.clear();
+        self.frames = sse::Decoder::new();
         self.endpoint += 1;
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
@@ -619,11 +620,8 @@ impl WatchState {
     async fn next_message(&mut self) -> Result<WatchMessage, ClientError> {
         loop {
             // A whole SSE message in the buffer?
-            while let Some(pos) = self.buf.find("\n\n") {
-                let frame: String = self.buf.drain(..pos + 2).collect();
-                let Some(msg) = parse_frame(&frame)? else {
-                    continue;
-                };
+            while let Some(frame) = self.frames.next_frame() {
+                let msg = parse_message(&frame)?;
                 if msg.canceled {
                     if let Some(r) = msg.compact_revision {
                         return Err(ClientError::Compacted {
@@ -653,7 +651,7 @@ impl WatchState {
                 continue;
             };
             match tokio::time::timeout(WATCH_IDLE_TIMEOUT, conn.next()).await {
-                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(Ok(chunk))) => self.frames.push(&chunk),
                 Ok(Some(Err(e))) => self.reconnect_later(&e.to_string()).await,
                 Ok(None) => self.reconnect_later("stream ended").await,
                 Err(_) => self.reconnect_later("no data for too long").await,
@@ -662,22 +660,9 @@ impl WatchState {
     }
 }
 
-/// Parses one SSE frame; None for comments and keep-alives.
-fn parse_frame(frame: &str) -> Result<Option<WatchMessage>, ClientError> {
-    let mut data = String::new();
-    for line in frame.lines() {
-        if let Some(d) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(d.strip_prefix(' ').unwrap_or(d));
-        }
-    }
-    if data.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_str(&data)
-        .map(Some)
+/// The watch message an SSE frame carries.
+fn parse_message(frame: &sse::Frame) -> Result<WatchMessage, ClientError> {
+    serde_json::from_str(&frame.data)
         .map_err(|e| ClientError::Decode(format!("watch message: {e}")))
 }
 
@@ -696,10 +681,12 @@ mod tests {
 
     #[test]
     fn sse_frames_parse_and_comments_are_skipped() {
-        let frame = "id: 7\ndata: {\"header\":{\"revision\":7,\"raft_term\":1,\"member_id\":1},\"events\":[]}\n\n";
-        let msg = parse_frame(frame).ok().flatten();
-        assert_eq!(msg.map(|m| m.header.revision), Some(7));
-        assert!(matches!(parse_frame(":\n\n"), Ok(None)));
-        assert!(parse_frame("data: {oops\n\n").is_err());
+        let mut d = sse::Decoder::new();
+        d.push(b":\n\nid: 7\ndata: {\"header\":{\"revision\":7,\"raft_term\":1,\"member_id\":1},\"events\":[]}\n\ndata: {oops\n\n");
+        let msg = d
+            .next_frame()
+            .map(|f| parse_message(&f).map(|m| m.header.revision));
+        assert!(matches!(msg, Some(Ok(7))));
+        assert!(d.next_frame().is_some_and(|f| parse_message(&f).is_err()));
     }
 }

@@ -31,7 +31,10 @@
 //! - [`start`]: [`node::StoreNode::start`], from a [`config::StoreConfig`]: opens the
 //!   storage, starts Raft, the node's parts and its servers.
 //! - [`metrics`]: counters and histograms rendered in Prometheus text format.
-//! - [`client`]: [`client::StoreClient`], the Rust client the control plane uses.
+//! - [`client`]: [`client::StoreClient`], the Rust client the control plane uses; [`sse`]
+//!   decodes the Server-Sent Events its watches (and every other watch reader) receive.
+//! - `local` (feature `local`): the state machine and watch hub in one process, without
+//!   Raft or HTTP, answering like the client: for other crates' unit tests.
 //! - [`auth`], [`tls`], [`serve`]: bearer tokens, TLS configuration (rustls), and the
 //!   listening loop shared by every server (TLS handshakes, connection limit, shutdown);
 //!   [`h2_authority`] repairs the scheme-bearing `:authority` etcd's clients send.
@@ -59,6 +62,7 @@ pub(crate) mod peer_service;
 pub mod proposer;
 pub mod read_index;
 pub mod serve;
+pub mod sse;
 pub(crate) mod start;
 pub mod storage;
 pub mod tls;

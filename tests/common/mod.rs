@@ -1,56 +1,91 @@
-//! Test harness: starts real `miniku` processes on free loopback ports with temporary data
-//! directories, and kills them all when dropped. Waiting is always for a condition with a
-//! deadline (a leader is known, an endpoint answers), never a fixed sleep.
+//! Test harness: starts real `miniku` processes (a store cluster, a control plane) on free
+//! loopback ports with temporary data directories, and kills them all when dropped. Ports,
+//! processes and waiting come from `miniku_harness`, which the chaos harness shares.
+//! Waiting is always for a condition with a deadline (a leader is known, an endpoint
+//! answers), never a fixed sleep.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use futures::StreamExt;
+use miniku_store::sse;
 use serde_json::Value;
+
+pub use miniku_harness::{free_port, Process};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_miniku");
 
-/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768 and up) so that
-/// no outgoing connection can take it between this check and the server's bind, and never
-/// the same one twice in a test process.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    let _ = NEXT.compare_exchange(
-        0,
-        std::process::id() * 7919 % SPAN + 1,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
-pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
+    Ok(miniku_harness::wait_until(timeout, what, check).await?)
+}
+
+/// Waits until a GET of `url` answers 2xx: a server started and is up.
+pub async fn wait_answers(url: &str, what: &str) -> Result<()> {
+    let http = reqwest::Client::new();
+    miniku_harness::wait_for_success(&http, url, Duration::from_secs(30), what).await?;
+    Ok(())
+}
+
+/// Reads the SSE frames of `resp` until `keep` has taken `n` of them; fails when that takes
+/// longer than `timeout` or the stream ends first.
+pub async fn read_frames(
+    resp: reqwest::Response,
+    n: usize,
+    timeout: Duration,
+    mut keep: impl FnMut(&sse::Frame) -> bool,
+) -> Result<Vec<sse::Frame>> {
+    let mut out = Vec::new();
+    let mut frames = sse::Decoder::new();
+    let mut stream = resp.bytes_stream();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| anyhow!("timed out with {} of {n} messages: {out:?}", out.len()))?
+            .ok_or_else(|| anyhow!("stream ended after {} messages", out.len()))??;
+        frames.push(&chunk);
+        while let Some(f) = frames.next_frame() {
+            if keep(&f) {
+                out.push(f);
+            }
         }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(out)
+}
+
+/// The image the Docker tests run (`scripts/test-image.sh` builds it).
+pub const TEST_IMAGE: &str = "miniku/busybox:latest";
+
+/// Checks the Docker engine and [`TEST_IMAGE`]; Ok(false) means "skip" (said on stderr),
+/// which only happens outside CI: under `CI=true` a missing engine fails.
+pub fn docker_ready() -> Result<bool> {
+    let up = Command::new("docker")
+        .args(["info"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !up {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("CI=true but the Docker engine is not reachable: the Docker tests cannot run");
+        }
+        eprintln!("SKIPPED: the Docker engine is not reachable");
+        return Ok(false);
+    }
+    let image = Command::new("docker")
+        .args(["image", "inspect", TEST_IMAGE])
+        .output()?;
+    ensure!(
+        image.status.success(),
+        "image {TEST_IMAGE} is missing: run scripts/test-image.sh"
+    );
+    Ok(true)
 }
 
 /// Runs a check script (one that prints `ok`/`FAIL` lines and `summary: N passed, M
@@ -78,7 +113,7 @@ pub struct StoreMember {
     pub client_port: u16,
     pub peer_port: u16,
     pub dir: PathBuf,
-    pub child: Option<Child>,
+    pub process: Option<Process>,
     /// True when the client API serves TLS.
     pub https: bool,
 }
@@ -166,7 +201,7 @@ impl StoreCluster {
                 client_port: free_port(),
                 peer_port: free_port(),
                 dir: tmp.path().join(format!("m{id}")),
-                child: None,
+                process: None,
                 https: ca.is_some(),
             });
         }
@@ -204,12 +239,8 @@ impl StoreCluster {
         let extra = self.extra_args.clone();
         let m = &mut self.members[(id - 1) as usize];
         std::fs::create_dir_all(&m.dir)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(m.dir.with_extension("log"))?;
-        let child = Command::new(BIN)
-            .arg("store")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("store")
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
             .arg(&m.dir)
@@ -228,13 +259,10 @@ impl StoreCluster {
                 "--election-max-ms",
                 "600",
             ])
-            .args(&extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
+            .args(&extra);
+        let process = Process::spawn(&mut cmd, &m.dir.with_extension("log"))
             .context("spawning miniku store")?;
-        m.child = Some(child);
+        m.process = Some(process);
         Ok(())
     }
 
@@ -247,7 +275,7 @@ impl StoreCluster {
             client_port: free_port(),
             peer_port: free_port(),
             dir: self.tmp.path().join(format!("m{id}")),
-            child: None,
+            process: None,
             https: self.ca.is_some(),
         });
         self.extra_args.push("--join".into());
@@ -258,9 +286,8 @@ impl StoreCluster {
 
     /// SIGKILLs member `id`.
     pub fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.members[(id - 1) as usize].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(p) = self.members[(id - 1) as usize].process.take() {
+            p.kill();
         }
     }
 
@@ -348,17 +375,15 @@ pub async fn impostor_is_refused(
         store.member(1).peer_port,
         store.member(3).peer_port
     );
-    let f = std::fs::File::create(&log)?;
-    let mut impostor = Command::new(BIN)
-        .args(["store", "--id", "2", "--data-dir"])
-        .arg(dir.join("impostor"))
-        .args(["--client-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--peer-addr", &peer, "--initial-cluster", &initial])
-        .args(credentials)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(f.try_clone()?))
-        .stderr(Stdio::from(f))
-        .spawn()?;
+    let impostor = Process::spawn(
+        Command::new(BIN)
+            .args(["store", "--id", "2", "--data-dir"])
+            .arg(dir.join("impostor"))
+            .args(["--client-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--peer-addr", &peer, "--initial-cluster", &initial])
+            .args(credentials),
+        &log,
+    )?;
     let refused = wait_until(
         Duration::from_secs(30),
         "the impostor's refused RPCs",
@@ -371,42 +396,23 @@ pub async fn impostor_is_refused(
         },
     )
     .await;
-    let _ = impostor.kill();
-    let _ = impostor.wait();
+    impostor.kill();
     refused.with_context(|| std::fs::read_to_string(&log).unwrap_or_default())
-}
-
-impl Drop for StoreCluster {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            if let Some(mut c) = m.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
 }
 
 /// A component process of the control plane (api server, controller manager, scheduler,
 /// kubelet), killed when dropped.
 pub struct Component {
     pub name: String,
-    pub child: Option<Child>,
+    pub process: Option<Process>,
     pub log: PathBuf,
 }
 
 impl Component {
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(p) = self.process.take() {
+            p.kill();
         }
-    }
-}
-
-impl Drop for Component {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -434,22 +440,7 @@ impl ControlPlane {
         args.extend_from_slice(cm_args);
         cp.spawn("controller-manager", &args)?;
         cp.spawn("scheduler", &["scheduler", "--leader-lease-secs", "3"])?;
-        let http = reqwest::Client::new();
-        let url = cp.url("/health");
-        wait_until(Duration::from_secs(30), "the API server to answer", || {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                http.get(&url)
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            }
-        })
-        .await?;
+        wait_answers(&cp.url("/health"), "the API server to answer").await?;
         Ok(cp)
     }
 
@@ -468,21 +459,16 @@ impl ControlPlane {
             .tmp
             .path()
             .join(format!("{name}-{}.log", self.components.len()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = Command::new(BIN)
-            .args(args)
-            .args(["--store", &self.store_arg()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .with_context(|| format!("spawning miniku {name}"))?;
+        let process = Process::spawn(
+            Command::new(BIN)
+                .args(args)
+                .args(["--store", &self.store_arg()]),
+            &log,
+        )
+        .with_context(|| format!("spawning miniku {name}"))?;
         self.components.push(Component {
             name: name.to_string(),
-            child: Some(child),
+            process: Some(process),
             log,
         });
         Ok(self.components.len() - 1)
