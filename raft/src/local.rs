@@ -9,6 +9,7 @@
 //! themselves (there is no lease clock): [`LocalStore::expire_lease`] ends one, as the
 //! leader would when its TTL ran out.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -39,6 +40,9 @@ pub struct LocalStore {
     /// The next log index; held while a write is applied and published, so writes are
     /// applied and seen in order.
     log_index: Arc<Mutex<u64>>,
+    /// Writes still to be applied but answered `OutcomeUnknown`, as when a member's answer
+    /// is lost on the way back.
+    lost_answers: Arc<AtomicUsize>,
     _dir: Arc<tempfile::TempDir>,
 }
 
@@ -76,6 +80,7 @@ impl LocalStore {
             hub,
             limits,
             log_index: Arc::new(Mutex::new(0)),
+            lost_answers: Arc::new(AtomicUsize::new(0)),
             _dir: Arc::new(dir),
         })
     }
@@ -98,6 +103,15 @@ impl LocalStore {
             .apply_batch(log_id, &[cmd], None)
             .map_err(|e| client_error(StoreError::Internal(e.to_string())))?;
         self.hub.publish(applied.events);
+        let lose = self
+            .lost_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose {
+            return Err(ClientError::OutcomeUnknown(
+                "the write was applied but its answer was lost".into(),
+            ));
+        }
         match applied.results.into_iter().next() {
             Some(CommandResult::Rejected { error, .. }) => {
                 Err(client_error(StoreError::Rejected(error)))
@@ -192,6 +206,12 @@ impl LocalStore {
             }),
             other => Err(Self::unexpected(other)),
         }
+    }
+
+    /// Applies the next `n` writes but answers each with `OutcomeUnknown`, as a client sees
+    /// it when the connection breaks after the store applied its write.
+    pub fn lose_next_answers(&self, n: usize) {
+        self.lost_answers.store(n, Ordering::SeqCst);
     }
 
     /// Ends lease `id` as its expiry would: what is attached to it is deleted.

@@ -9,3 +9,6 @@ pub mod replicaset;
 pub use namespace::NamespaceController;
 pub use node_lifecycle::NodeLifecycleController;
 pub use replicaset::ReplicaSetController;
+
+#[cfg(test)]
+mod in_process_tests;

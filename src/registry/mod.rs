@@ -321,6 +321,14 @@ impl Registry {
         }
     }
 
+    /// A registry over a new store in this process, for unit tests; the store is returned
+    /// too, to inject what a real one would do (expire a lease, lose an answer).
+    #[cfg(test)]
+    pub fn in_process() -> (Registry, miniku_store::local::LocalStore) {
+        let store = miniku_store::local::LocalStore::new().expect("an in-process store");
+        (Registry::over(Arc::new(store.clone())), store)
+    }
+
     /// The same registry whose writes (create, update, delete) succeed only while `fence`
     /// holds.
     pub fn fenced(&self, fence: Fence) -> Registry {

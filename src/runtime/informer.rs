@@ -100,6 +100,18 @@ impl<T: Object> Informer<T> {
         self.read().revision()
     }
 
+    /// Resolves once `done` holds for the cache (looked at after the first list and after
+    /// every change).
+    pub async fn wait_until(&self, done: impl Fn(&Informer<T>) -> bool) {
+        let mut changes = self.subscribe();
+        self.wait_synced().await;
+        while !done(self) {
+            if changes.recv().await.is_none() {
+                return;
+            }
+        }
+    }
+
     /// Resolves once the first list has filled the cache.
     pub async fn wait_synced(&self) {
         let mut rx = self.synced.clone();
