@@ -927,6 +927,8 @@ async fn health_answers_503_when_the_leader_loses_its_quorum() -> Result<()> {
     let leader = c.wait_leader(&[1, 2, 3]).await?;
     let (status, v) = get_json(&http, &c.member(leader).url("/health")).await?;
     ensure!(status == 200 && v["health"] == "true", "{status} {v}");
+    // Like every answer, it carries the header.
+    ensure!(v["header"]["member_id"] == leader, "no header: {v}");
     let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
     for f in &followers {
         c.kill(*f);

@@ -54,6 +54,7 @@ fn member_id(id: &str) -> Result<u64, HttpError> {
 pub async fn health(State(h): State<StoreHandle>) -> Result<Json<serde_json::Value>, HttpError> {
     let leader = h.health().await?;
     Ok(Json(serde_json::json!({
+        "header": h.header(h.mvcc().current_revision()),
         "health": "true",
         "member_id": h.id(),
         "leader_id": leader,
