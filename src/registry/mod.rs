@@ -308,6 +308,26 @@ fn compare(key: &str, target: CompareTarget, result: CompareResult, value: i64) 
     }
 }
 
+/// A transaction that writes `value` at `key` (attached to `lease`, if not 0) only if the key
+/// does not exist.
+fn create_only(key: &str, value: Bin, lease: i64) -> TxnRequest {
+    TxnRequest {
+        compare: vec![compare(
+            key,
+            CompareTarget::CreateRevision,
+            CompareResult::Equal,
+            0,
+        )],
+        success: vec![RequestOp::Put(PutRequest {
+            key: Bin::from(key),
+            value,
+            lease,
+            prev_kv: false,
+        })],
+        failure: vec![],
+    }
+}
+
 impl Registry {
     pub fn new(client: StoreClient) -> Self {
         Registry::over(Arc::new(client))
@@ -389,21 +409,7 @@ impl Registry {
     ) -> Result<Option<(i64, Fence)>, RegistryError> {
         let key = leader_key(component);
         let lease = self.grant_lease(ttl).await?;
-        let txn = TxnRequest {
-            compare: vec![compare(
-                &key,
-                CompareTarget::CreateRevision,
-                CompareResult::Equal,
-                0,
-            )],
-            success: vec![RequestOp::Put(PutRequest {
-                key: Bin::from(key.as_str()),
-                value: Bin::from(identity),
-                lease,
-                prev_kv: false,
-            })],
-            failure: vec![],
-        };
+        let txn = create_only(&key, Bin::from(identity), lease);
         let resp = self.client.txn(&txn).await?;
         if resp.succeeded {
             Ok(Some((
@@ -504,20 +510,7 @@ impl Registry {
     /// Stores a new object; fails with `AlreadyExists` if the name is taken.
     pub async fn create<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
         let key = key_of::<T>(&obj.key());
-        let mut txn = TxnRequest {
-            compare: vec![compare(
-                &key,
-                CompareTarget::CreateRevision,
-                CompareResult::Equal,
-                0,
-            )],
-            success: vec![RequestOp::Put(PutRequest {
-                key: Bin::from(key.as_str()),
-                value: Bin(encode(obj)?),
-                ..Default::default()
-            })],
-            failure: vec![],
-        };
+        let mut txn = create_only(&key, Bin(encode(obj)?), 0);
         self.fence_txn(&mut txn);
         let resp = self.client.txn(&txn).await?;
         if !resp.succeeded {
