@@ -43,6 +43,11 @@ pub struct LocalStore {
     /// Writes still to be applied but answered `OutcomeUnknown`, as when a member's answer
     /// is lost on the way back.
     lost_answers: Arc<AtomicUsize>,
+    /// While Some, applied revisions wait here instead of reaching watchers, as when a
+    /// watcher's stream lags behind the store.
+    held_events: Arc<Mutex<Option<Vec<crate::types::RevisionEvents>>>>,
+    /// How many writes were asked for so far.
+    writes: Arc<tokio::sync::watch::Sender<u64>>,
     _dir: Arc<tempfile::TempDir>,
 }
 
@@ -81,6 +86,8 @@ impl LocalStore {
             limits,
             log_index: Arc::new(Mutex::new(0)),
             lost_answers: Arc::new(AtomicUsize::new(0)),
+            held_events: Arc::new(Mutex::new(None)),
+            writes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _dir: Arc::new(dir),
         })
     }
@@ -102,7 +109,14 @@ impl LocalStore {
             .mvcc
             .apply_batch(log_id, &[cmd], None)
             .map_err(|e| client_error(StoreError::Internal(e.to_string())))?;
-        self.hub.publish(applied.events);
+        {
+            let mut held = self.held_events.lock().unwrap_or_else(|p| p.into_inner());
+            match held.as_mut() {
+                Some(waiting) => waiting.extend(applied.events),
+                None => self.hub.publish(applied.events),
+            }
+        }
+        self.writes.send_modify(|n| *n += 1);
         let lose = self
             .lost_answers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -212,6 +226,32 @@ impl LocalStore {
     /// it when the connection breaks after the store applied its write.
     pub fn lose_next_answers(&self, n: usize) {
         self.lost_answers.store(n, Ordering::SeqCst);
+    }
+
+    /// Holds back what is written from watchers until [`Self::release_events`]: watchers
+    /// (and the caches they keep) fall behind the store.
+    pub fn hold_events(&self) {
+        let mut held = self.held_events.lock().unwrap_or_else(|p| p.into_inner());
+        held.get_or_insert_with(Vec::new);
+    }
+
+    /// Hands watchers everything held back, in order, and stops holding.
+    pub fn release_events(&self) {
+        let waiting = self
+            .held_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(events) = waiting {
+            self.hub.publish(events);
+        }
+    }
+
+    /// Resolves once `n` writes (applied, refused or failed preconditions alike) were asked
+    /// of this store.
+    pub async fn wait_for_writes(&self, n: u64) {
+        let mut rx = self.writes.subscribe();
+        let _ = rx.wait_for(|w| *w >= n).await;
     }
 
     /// Ends lease `id` as its expiry would: what is attached to it is deleted.

@@ -167,6 +167,21 @@ impl ReplicaSetController {
         }
     }
 
+    /// Remembers pods of `rs` whose create had an unknown outcome, to be settled before
+    /// anything else is created for it.
+    fn remember_uncertain(&self, rs: &str, pods: impl IntoIterator<Item = Pod>) {
+        let mut pods = pods.into_iter().peekable();
+        if pods.peek().is_none() {
+            return;
+        }
+        self.uncertain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(rs.to_string())
+            .or_default()
+            .extend(pods);
+    }
+
     fn expect_revision(&self, name: &str, revision: i64) {
         let mut e = self.expectations.lock().unwrap_or_else(|p| p.into_inner());
         let v = e.entry(name.to_string()).or_insert(0);
@@ -240,14 +255,7 @@ impl ReplicaSetController {
                 }
             }
         }
-        if !still.is_empty() {
-            self.uncertain
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(rs.to_string())
-                .or_default()
-                .extend(still);
-        }
+        self.remember_uncertain(rs, still);
         match failure {
             Some(e) => Err(e.into()),
             None => Ok(settled),
@@ -412,12 +420,7 @@ impl ReplicaSetController {
                 Ok(p) => return Ok(p.resource_version),
                 Err(RegistryError::AlreadyExists { .. }) => continue,
                 Err(e @ RegistryError::OutcomeUnknown(_)) => {
-                    self.uncertain
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(name.to_string())
-                        .or_default()
-                        .push(pod);
+                    self.remember_uncertain(name, [pod]);
                     return Err(e.into());
                 }
                 Err(e) => return Err(e.into()),

@@ -423,7 +423,9 @@ impl Request {
         Ok((labels, fields))
     }
 
-    async fn list<K: Kind>(&self) -> Result<Response, KubeError> {
+    /// The objects of the target namespace (or all) that the request's label and field
+    /// selectors match, each with its JSON, and the revision the list reflects.
+    async fn matching<K: Kind>(&self) -> Result<(Vec<(K, Value)>, i64), KubeError> {
         let (labels, fields) = self.selectors::<K>()?;
         let (items, revision) = self
             .registry()
@@ -437,6 +439,11 @@ impl Request {
                 kept.push((item, v));
             }
         }
+        Ok((kept, revision))
+    }
+
+    async fn list<K: Kind>(&self) -> Result<Response, KubeError> {
+        let (kept, revision) = self.matching::<K>().await?;
         let meta = ListMeta {
             resource_version: Some(revision.to_string()),
             ..Default::default()
@@ -967,18 +974,9 @@ impl Request {
 
     /// `DELETE` on a collection: every object the selectors match.
     async fn delete_collection<K: Kind>(&self) -> Result<Response, KubeError> {
-        let (labels, fields) = self.selectors::<K>()?;
-        let (items, revision) = self
-            .registry()
-            .list_in::<K>(self.target.namespace.as_deref())
-            .await
-            .map_err(|e| self.target.registry_error(e))?;
+        let (items, revision) = self.matching::<K>().await?;
         let mut gone = Vec::new();
-        for item in items {
-            let v = to_value(&item)?;
-            if !(labels.matches_object(&v) && fields.matches_object(&v)) {
-                continue;
-            }
+        for (item, v) in items {
             if !self.dry_run()? {
                 match self.registry().delete::<K>(&item.key(), 0).await {
                     Ok(_) | Err(RegistryError::NotFound { .. }) => {}
