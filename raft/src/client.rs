@@ -160,7 +160,11 @@ pub struct StoreClient {
 }
 
 /// The range end a request sends: an explicit one, the prefix's end, or none (one key).
-fn range_end_for(key: &[u8], prefix: bool, explicit: &Option<Vec<u8>>) -> Option<Vec<u8>> {
+pub(crate) fn range_end_for(
+    key: &[u8],
+    prefix: bool,
+    explicit: &Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
     explicit
         .clone()
         .or_else(|| prefix.then(|| crate::types::prefix_end(key)))

@@ -18,14 +18,14 @@ use crate::api::{
     self, ErrorBody, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse,
     RangeResponse, ResponseHeader, TxnRequest, TxnResponse, WatchMessage,
 };
-use crate::client::{ClientError, GetOptions, WatchOptions, WatchStream};
+use crate::client::{range_end_for, ClientError, GetOptions, WatchOptions, WatchStream};
 use crate::config::Limits;
 use crate::error::StoreError;
 use crate::http::error::{classify, HttpError};
 use crate::http::kv::page_limit;
 use crate::http::txn::{response_op, to_txn};
 use crate::mvcc::MvccStore;
-use crate::types::{prefix_end, Command, CommandResult, RangeOp};
+use crate::types::{Command, CommandResult, RangeOp};
 use crate::watch::{WatchHub, WatchItem};
 
 /// The member id this store answers as.
@@ -160,11 +160,7 @@ impl LocalStore {
     }
 
     pub async fn get(&self, key: &[u8], opts: GetOptions) -> Result<RangeResponse, ClientError> {
-        let range_end = match (opts.range_end, opts.prefix) {
-            (Some(end), _) => end,
-            (None, true) => prefix_end(key),
-            (None, false) => Vec::new(),
-        };
+        let range_end = range_end_for(key, opts.prefix, &opts.range_end).unwrap_or_default();
         let op = RangeOp {
             key: key.to_vec(),
             range_end,
@@ -267,11 +263,7 @@ impl LocalStore {
     /// Every change in range from `opts.start_revision` (0: from the next one), one message
     /// per revision; ends with `Err(Compacted)` if that history is gone.
     pub fn watch(&self, key: &[u8], opts: WatchOptions) -> WatchStream {
-        let range_end = match (opts.range_end, opts.prefix) {
-            (Some(end), _) => end,
-            (None, true) => prefix_end(key),
-            (None, false) => Vec::new(),
-        };
+        let range_end = range_end_for(key, opts.prefix, &opts.range_end).unwrap_or_default();
         let sub = match self
             .hub
             .subscribe(key.to_vec(), range_end, opts.start_revision)
