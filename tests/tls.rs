@@ -593,12 +593,14 @@ async fn stalled_tls_handshakes_hold_slots_only_until_they_time_out() -> Result<
     for _ in 0..LIMIT {
         stalled.push(TcpStream::connect(&addr).await?);
     }
-    let http = https_client(&ca, None)?;
     // Once the server has accepted all of them (it may lag behind the connects on a loaded
-    // machine), a new request is over the limit.
+    // machine), a new request is over the limit. Every attempt is a new client, so a new
+    // connection: one that got a slot before the server had accepted all the stalled ones
+    // would otherwise be kept alive, reused, and answered 200 until the end.
     let (status, body) = wait_until(Duration::from_secs(5), "a 429 while they stall", || {
-        let (http, u) = (http.clone(), m.url("/health"));
+        let (http, u) = (https_client(&ca, None), m.url("/health"));
         async move {
+            let http = http.ok()?;
             let r = http.get(u).send().await.ok()?;
             let status = r.status().as_u16();
             (status == 429).then_some((status, r.text().await.ok()?))
@@ -616,6 +618,7 @@ async fn stalled_tls_handshakes_hold_slots_only_until_they_time_out() -> Result<
         ensure!(n == 0, "a stalled connection got {n} bytes");
     }
     // ...and requests are served again.
+    let http = https_client(&ca, None)?;
     wait_until(
         Duration::from_secs(10),
         "a request served after the timeouts",
