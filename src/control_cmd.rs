@@ -157,7 +157,8 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
         let shutdown = term_shutdown.clone();
         async move {
             use miniku::controllers::{
-                NamespaceController, NodeLifecycleController, ReplicaSetController,
+                DeploymentController, NamespaceController, NodeLifecycleController,
+                ReplicaSetController,
             };
             use miniku::runtime::Informer;
             // One informer per kind, shared by the controllers that read it.
@@ -166,6 +167,7 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
             let nodes = Informer::start(registry.clone());
             let heartbeats = Informer::start(registry.clone());
             let namespaces = Informer::start(registry.clone());
+            let deployments = Informer::start(registry.clone());
             let lifecycle = NodeLifecycleController::new(
                 registry.clone(),
                 nodes,
@@ -174,6 +176,14 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
                 eviction,
             );
             tokio::join!(
+                DeploymentController::run(
+                    registry.clone(),
+                    deployments,
+                    replicasets.clone(),
+                    pods.clone(),
+                    workers,
+                    shutdown.clone()
+                ),
                 ReplicaSetController::run(
                     registry.clone(),
                     replicasets,

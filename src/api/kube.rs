@@ -31,6 +31,7 @@ use super::{
 
 pub type KubePod = core::Pod;
 pub type KubeReplicaSet = apps::ReplicaSet;
+pub type KubeDeployment = apps::Deployment;
 pub type KubeNode = core::Node;
 pub type KubeNamespace = core::Namespace;
 

@@ -170,6 +170,7 @@ macro_rules! kube_object {
 
 kube_object!(kube::KubePod, "pods", true);
 kube_object!(kube::KubeReplicaSet, "replicasets", true);
+kube_object!(kube::KubeDeployment, "deployments", true);
 kube_object!(kube::KubeNode, "nodes", false);
 kube_object!(kube::KubeNamespace, "namespaces", false);
 

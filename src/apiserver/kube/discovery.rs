@@ -264,6 +264,19 @@ pub const RESOURCES: &[ResourceSpec] = &[
         subresources: &[SCALE, STATUS],
         schema: SchemaGenerator::subschema_for::<k8s_openapi::api::apps::v1::ReplicaSet>,
     },
+    ResourceSpec {
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        singular: "deployment",
+        kind: "Deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        categories: &["all"],
+        verbs: ALL_VERBS,
+        subresources: &[SCALE, STATUS],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::apps::v1::Deployment>,
+    },
 ];
 
 /// The served resource `plural` in `group`/`version`, if any.
@@ -1082,7 +1095,11 @@ mod tests {
         assert_eq!(v["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let apps = &v["items"][0];
         assert_eq!(apps["metadata"]["name"], "apps");
-        let rs = &apps["versions"][0]["resources"][0];
+        let rs = apps["versions"][0]["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["resource"] == "replicasets"))
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(rs["resource"], "replicasets");
         assert_eq!(rs["shortNames"], serde_json::json!(["rs"]));
         let scale = &rs["subresources"][0];

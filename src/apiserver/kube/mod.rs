@@ -37,7 +37,7 @@ use futures::{stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use serde_json::{json, Value};
 
-use crate::api::kube::{to_time, KubeNamespace, KubePod, KubeReplicaSet};
+use crate::api::kube::{to_time, KubeDeployment, KubeNamespace, KubePod, KubeReplicaSet};
 use crate::api::DEFAULT_NAMESPACE;
 use crate::registry::{Registry, RegistryError, WatchEvent};
 use discovery::ResourceSpec;
@@ -279,6 +279,7 @@ async fn serve_api(
     let result = match req.target.spec.plural {
         "pods" => req.handle::<KubePod>().await,
         "replicasets" => req.handle::<KubeReplicaSet>().await,
+        "deployments" => req.handle::<KubeDeployment>().await,
         "nodes" => req.handle::<crate::api::kube::KubeNode>().await,
         "namespaces" => req.handle::<KubeNamespace>().await,
         _ => Err(not_found_path()),
@@ -734,6 +735,7 @@ impl Request {
             }
         }
         let name = meta.name.clone().unwrap_or_default();
+        obj.apply_defaults();
         let causes = obj.validate();
         if !causes.is_empty() {
             return Err(self.invalid::<K>(&name, causes));
@@ -812,6 +814,7 @@ impl Request {
             n
         } else {
             let mut n = request;
+            n.apply_defaults();
             n.prepare_update(current)
                 .map_err(|c| self.invalid::<K>(self.target.name(), c))?;
             let causes = n.validate();
@@ -920,19 +923,17 @@ impl Request {
                 tracing::info!(namespace = %key, "marked for deletion");
                 return Ok(json_response(StatusCode::OK, &to_value(&ns)?));
             }
-            "ReplicaSet" if policy != "Background" => {
-                // The ReplicaSet controller settles its pods (orphans or deletes them), then
-                // deletes it, as Kubernetes' garbage collector does; kubectl waits for that.
+            // A workload's controller settles its dependents (orphans or deletes them), then
+            // deletes it, as Kubernetes' garbage collector does; kubectl waits for that.
+            "ReplicaSet" | "Deployment" if policy != "Background" => {
                 let finalizer = if policy == "Orphan" {
                     "orphan"
                 } else {
                     "foregroundDeletion"
                 };
-                let rs = self
-                    .mark_deleting::<KubeReplicaSet>(&key, Some(finalizer))
-                    .await?;
+                let marked = self.mark_deleting::<K>(&key, Some(finalizer)).await?;
                 tracing::info!(key = %key, policy = %policy, "marked for deletion");
-                return Ok(json_response(StatusCode::OK, &to_value(&rs)?));
+                return Ok(json_response(StatusCode::OK, &to_value(&marked)?));
             }
             _ => {}
         }
@@ -996,15 +997,24 @@ impl Request {
         ))
     }
 
-    /// `replicasets/NAME/scale`: an autoscaling/v1 Scale over the ReplicaSet's replicas.
+    /// `replicasets/NAME/scale`, `deployments/NAME/scale`.
     async fn scale(&self) -> Result<Response, KubeError> {
-        let current: KubeReplicaSet = self.get::<KubeReplicaSet>().await?;
+        match self.target.spec.plural {
+            "replicasets" => self.scale_of::<KubeReplicaSet>().await,
+            "deployments" => self.scale_of::<KubeDeployment>().await,
+            _ => Err(not_found_path()),
+        }
+    }
+
+    /// An autoscaling/v1 Scale over a workload's replicas.
+    async fn scale_of<K: Kind + Scalable>(&self) -> Result<Response, KubeError> {
+        let current: K = self.get::<K>().await?;
         if self.method == Method::GET {
-            return Ok(json_response(StatusCode::OK, &scale_of(&current)));
+            return Ok(json_response(StatusCode::OK, &scale_body(&current)));
         }
         let requested: Value = if self.method == Method::PATCH {
             let content_type = self.header(header::CONTENT_TYPE).unwrap_or("");
-            patch::apply_patch("Scale", content_type, &scale_of(&current), &self.body)
+            patch::apply_patch("Scale", content_type, &scale_body(&current), &self.body)
                 .map_err(patch_error)?
         } else if self.method == Method::PUT {
             serde_json::from_slice(&self.body).map_err(|e| {
@@ -1055,11 +1065,11 @@ impl Request {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let mut next = current.clone();
-        next.spec.get_or_insert_with(Default::default).replicas = Some(replicas as i32);
+        next.set_replicas(replicas as i32);
         let resp = self.write(next, precondition, false).await?;
         drop(resp);
-        let now: KubeReplicaSet = self.get::<KubeReplicaSet>().await?;
-        Ok(json_response(StatusCode::OK, &scale_of(&now)))
+        let now: K = self.get::<K>().await?;
+        Ok(json_response(StatusCode::OK, &scale_body(&now)))
     }
 }
 
@@ -1086,13 +1096,50 @@ fn with_warning(mut resp: Response, warning: Option<HeaderValue>) -> Response {
     resp
 }
 
-/// The Scale of a ReplicaSet.
-fn scale_of(rs: &KubeReplicaSet) -> Value {
-    let m = &rs.metadata;
-    let selector = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
+/// A kind with a `scale` subresource.
+trait Scalable {
+    /// `spec.replicas`, 1 when unset (Kubernetes' default).
+    fn replicas(&self) -> i32;
+    fn set_replicas(&mut self, replicas: i32);
+    fn status_replicas(&self) -> i32;
+    fn match_labels(&self) -> Option<&std::collections::BTreeMap<String, String>>;
+}
+
+impl Scalable for KubeReplicaSet {
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn set_replicas(&mut self, replicas: i32) {
+        self.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
+    }
+    fn status_replicas(&self) -> i32 {
+        self.status.as_ref().map_or(0, |s| s.replicas)
+    }
+    fn match_labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec.as_ref()?.selector.match_labels.as_ref()
+    }
+}
+
+impl Scalable for KubeDeployment {
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn set_replicas(&mut self, replicas: i32) {
+        self.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
+    }
+    fn status_replicas(&self) -> i32 {
+        self.status.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+    }
+    fn match_labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec.as_ref()?.selector.match_labels.as_ref()
+    }
+}
+
+/// The Scale of a workload.
+fn scale_body<K: Kind + Scalable>(obj: &K) -> Value {
+    let m = obj.metadata();
+    let selector = obj
+        .match_labels()
         .map(|l| {
             l.iter()
                 .map(|(k, v)| format!("{k}={v}"))
@@ -1107,9 +1154,9 @@ fn scale_of(rs: &KubeReplicaSet) -> Value {
             "name": m.name, "namespace": m.namespace, "uid": m.uid,
             "resourceVersion": m.resource_version, "creationTimestamp": m.creation_timestamp,
         },
-        "spec": {"replicas": rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)},
+        "spec": {"replicas": obj.replicas()},
         "status": {
-            "replicas": rs.status.as_ref().map_or(0, |s| s.replicas),
+            "replicas": obj.status_replicas(),
             "selector": selector,
         },
     })
