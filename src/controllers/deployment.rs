@@ -1131,6 +1131,9 @@ impl DeploymentController {
                 let mut released = rs.clone();
                 if let Some(refs) = released.metadata.owner_references.as_mut() {
                     refs.retain(|o| o.controller != Some(true));
+                    if refs.is_empty() {
+                        released.metadata.owner_references = None;
+                    }
                 }
                 self.update_rs(key, &released).await.map(|_| ())
             } else {
