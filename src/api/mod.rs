@@ -14,6 +14,7 @@
 
 pub mod kube;
 pub mod quantity;
+pub mod service;
 pub mod validation;
 
 use std::collections::BTreeMap;

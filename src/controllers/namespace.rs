@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::api::kube::{KubeNamespace, KubePod, KubeReplicaSet};
+use crate::api::kube::{KubeEndpointSlice, KubeNamespace, KubePod, KubeReplicaSet, KubeService};
 use crate::registry::{Object, Registry, RegistryError};
 use crate::runtime::{Controller, Informer, Next, Shutdown};
 
@@ -58,6 +58,9 @@ impl NamespaceController {
         // ReplicaSets first, so that none makes new pods while its pods go.
         let sets = self.delete_all::<KubeReplicaSet>(name).await?;
         let pods = self.delete_all::<KubePod>(name).await?;
+        // Services (their node ports are released with them) and their slices.
+        self.delete_all::<KubeService>(name).await?;
+        self.delete_all::<KubeEndpointSlice>(name).await?;
         let (left_sets, _) = self.registry.list_in::<KubeReplicaSet>(Some(name)).await?;
         let (left_pods, _) = self.registry.list_in::<KubePod>(Some(name)).await?;
         if !left_sets.is_empty() || !left_pods.is_empty() {

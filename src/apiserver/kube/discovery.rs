@@ -264,6 +264,34 @@ pub const RESOURCES: &[ResourceSpec] = &[
         subresources: &[SCALE, STATUS],
         schema: SchemaGenerator::subschema_for::<k8s_openapi::api::apps::v1::ReplicaSet>,
     },
+    // Services, and the EndpointSlices the endpoints controller keeps for them (read-only
+    // through the API).
+    ResourceSpec {
+        group: "",
+        version: "v1",
+        plural: "services",
+        singular: "service",
+        kind: "Service",
+        namespaced: true,
+        short_names: &["svc"],
+        categories: &["all"],
+        verbs: ALL_VERBS,
+        subresources: &[STATUS],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::core::v1::Service>,
+    },
+    ResourceSpec {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        verbs: &[Verb::Get, Verb::List, Verb::Watch],
+        subresources: &[],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    },
 ];
 
 /// The served resource `plural` in `group`/`version`, if any.

@@ -48,7 +48,25 @@ pub trait Served:
     fn take_status_from(&mut self, request: Self);
     /// Shows that the object is being deleted, where its kind has a status for it.
     fn mark_terminating(&mut self) {}
+    /// The prefix of the claims ([`Object::claims`]) the server picks values from for the
+    /// object, such as a Service's node ports (None: it picks nothing).
+    const ALLOCATES: Option<&'static str> = None;
+    /// Fills in what the server picks (a Service's unset node ports), choosing among values
+    /// whose claims are not in `held`; returns the claims it picked.
+    fn allocate(&mut self, _held: &std::collections::HashSet<String>) -> Vec<String> {
+        Vec::new()
+    }
+    /// The 422 causes for a claim the user asked for that another object holds.
+    fn claim_taken(&self, claim: &str) -> Vec<Cause> {
+        vec![cause(
+            "metadata",
+            "FieldValueInvalid",
+            format!("Invalid value: {claim:?}: already held by another object"),
+        )]
+    }
 }
+
+mod service;
 
 fn cause(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Cause {
     Cause {
