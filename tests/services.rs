@@ -358,6 +358,7 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
         }
         (last_hit, failures)
     });
+    let deleted_at = Instant::now();
     k.ok(&["delete", "pod", &gone_name, "--wait=false"])?;
     wait_until(Duration::from_secs(30), "the deleted pod to leave the slice", || {
         let got = slice_addresses(&k, "web").ok();
@@ -376,12 +377,17 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let (last_hit, failures) = client.await?;
     ensure!(after == 0, "{after} connections reached the deleted pod after it left the slice");
-    let lag_ms = last_hit
-        .map(|t| t.saturating_duration_since(left_slice).as_millis())
-        .unwrap_or(0);
+    let after = |t0: Instant| match last_hit {
+        Some(t) if t > t0 => format!("{} ms", (t - t0).as_millis()),
+        Some(_) => "none".to_string(),
+        None => "never reached at all".to_string(),
+    };
     eprintln!(
-        "MEASURED last connection to the deleted pod after the slice dropped it (as this test saw the slice): {lag_ms} ms; failed requests meanwhile: {failures}"
+        "MEASURED last connection to the deleted pod after `kubectl delete pod` was issued: {}; after this test saw the slice without it: {}; failed requests meanwhile: {failures}",
+        after(deleted_at),
+        after(left_slice)
     );
+    ensure!(last_hit.is_some(), "the client reached the pod before it was deleted");
 
     // Scale to 0: the slice empties and the node port answers nothing.
     k.ok(&["scale", "rs", "web", "--replicas=0"])?;

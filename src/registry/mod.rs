@@ -1057,3 +1057,96 @@ fn to_watch_event<T: Object>(
         }
     }
 }
+
+#[cfg(test)]
+mod claims_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+
+    fn service(name: &str, node_ports: &[i32]) -> kube::KubeService {
+        let mut s = kube::KubeService::default();
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some("default".into());
+        s.spec = Some(ServiceSpec {
+            type_: Some("NodePort".into()),
+            ports: Some(
+                node_ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| ServicePort {
+                        name: Some(format!("p{i}")),
+                        port: 80 + i as i32,
+                        node_port: Some(*n),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        s
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_never_share_a_node_port() {
+        let (reg, _store) = Registry::in_process();
+        let mut tries = Vec::new();
+        for i in 0..16 {
+            let reg = reg.clone();
+            tries.push(tokio::spawn(async move {
+                reg.create(&service(&format!("s{i}"), &[30080])).await
+            }));
+        }
+        let mut won = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(RegistryError::Claimed { claim }) => assert_eq!(claim, "nodeports/30080"),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one Service holds the port");
+        assert_eq!(reg.claims_held("nodeports/").await.unwrap(), ["nodeports/30080"]);
+        // The loser's name is free: nothing of it was written.
+        let (list, _) = reg.list::<kube::KubeService>().await.unwrap();
+        assert_eq!(list.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn updates_take_and_release_claims_and_deletes_release_them() {
+        let (reg, _store) = Registry::in_process();
+        let a = reg.create(&service("a", &[30001, 30002])).await.unwrap();
+        // Same name again: AlreadyExists, not Claimed, though its ports are held.
+        assert!(matches!(
+            reg.create(&service("a", &[30001])).await,
+            Err(RegistryError::AlreadyExists { .. })
+        ));
+        reg.create(&service("b", &[30003])).await.unwrap();
+        // a moves 30002 to 30004: 30002 is free afterwards.
+        let mut moved = service("a", &[30001, 30004]);
+        moved.set_resource_version(a.resource_version());
+        let a = reg.update(&moved).await.unwrap();
+        let held = reg.claims_held("nodeports/").await.unwrap();
+        assert_eq!(
+            held,
+            ["nodeports/30001", "nodeports/30003", "nodeports/30004"]
+        );
+        // Taking b's port fails and changes nothing.
+        let mut clash = service("a", &[30003]);
+        clash.set_resource_version(a.resource_version());
+        assert!(matches!(
+            reg.update(&clash).await,
+            Err(RegistryError::Claimed { claim }) if claim == "nodeports/30003"
+        ));
+        // A stale resourceVersion is a conflict.
+        let mut stale = service("a", &[30009]);
+        stale.set_resource_version(a.resource_version() - 1);
+        assert!(matches!(
+            reg.update(&stale).await,
+            Err(RegistryError::Conflict { .. })
+        ));
+        reg.delete::<kube::KubeService>("default/a", 0).await.unwrap();
+        assert_eq!(reg.claims_held("nodeports/").await.unwrap(), ["nodeports/30003"]);
+        // The freed port can be taken again.
+        reg.create(&service("c", &[30001])).await.unwrap();
+    }
+}

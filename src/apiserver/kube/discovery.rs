@@ -1156,7 +1156,9 @@ mod tests {
                 "nodes",
                 "nodes/status",
                 "pods",
-                "pods/status"
+                "pods/status",
+                "services",
+                "services/status"
             ]
         );
         assert_eq!(v["resources"][4]["shortNames"], serde_json::json!(["po"]));
@@ -1231,7 +1233,11 @@ mod tests {
         };
         assert_eq!(body["resources"][0]["name"], "deployments");
         let groups = api_group_list(&table);
-        let batch = &groups.groups[1];
+        let batch = groups
+            .groups
+            .iter()
+            .find(|g| g.name == "batch")
+            .expect("the batch group");
         assert_eq!(batch.name, "batch");
         assert_eq!(
             batch.preferred_version.as_ref().map(|p| p.version.as_str()),
