@@ -176,7 +176,11 @@ fn ready_pods(k: &Kubectl) -> Result<BTreeMap<String, (String, String)>> {
         let id = p["status"]["containerStatuses"][0]["containerID"]
             .as_str()
             .unwrap_or("");
-        let short: String = id.trim_start_matches("docker://").chars().take(12).collect();
+        let short: String = id
+            .trim_start_matches("docker://")
+            .chars()
+            .take(12)
+            .collect();
         if ready && !ip.is_empty() && p["metadata"]["deletionTimestamp"].is_null() {
             let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
             out.insert(name, (ip.to_string(), short));
@@ -206,7 +210,8 @@ fn slice_addresses(k: &Kubectl, service: &str) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
-#[tokio::test]
+// kubectl runs as a blocking child process: a second worker keeps the background client going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_port_services_reach_their_ready_pods_through_the_proxy() -> Result<()> {
     if !docker_ready()? {
         return Ok(());
@@ -307,7 +312,9 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
     .await?;
     let mut seen = BTreeSet::from([hosts]);
     for _ in 0..10 {
-        let body = get(&addr).await.context("a request through the proxy failed")?;
+        let body = get(&addr)
+            .await
+            .context("a request through the proxy failed")?;
         seen.insert(body);
     }
     let all_hosts: BTreeSet<String> = pods.values().map(|(_, h)| h.clone()).collect();
@@ -318,7 +325,13 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
 
     // Measured: the same client straight to a pod and through the proxy.
     let rss_idle = rss_kib(proxy_pid);
-    let direct_addr = format!("{}:8080", pods.values().next().map(|p| p.0.clone()).unwrap_or_default());
+    let direct_addr = format!(
+        "{}:8080",
+        pods.values()
+            .next()
+            .map(|p| p.0.clone())
+            .unwrap_or_default()
+    );
     let (direct_ok, direct_rps) = load(&direct_addr, 4, 2000).await;
     let (proxy_ok, proxy_rps) = load(&addr, 4, 2000).await;
     let rss_loaded = rss_kib(proxy_pid);
@@ -360,11 +373,15 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
     });
     let deleted_at = Instant::now();
     k.ok(&["delete", "pod", &gone_name, "--wait=false"])?;
-    wait_until(Duration::from_secs(30), "the deleted pod to leave the slice", || {
-        let got = slice_addresses(&k, "web").ok();
-        let gone_ip = gone_ip.clone();
-        async move { got.filter(|g| !g.contains(&gone_ip)).map(|_| ()) }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the deleted pod to leave the slice",
+        || {
+            let got = slice_addresses(&k, "web").ok();
+            let gone_ip = gone_ip.clone();
+            async move { got.filter(|g| !g.contains(&gone_ip)).map(|_| ()) }
+        },
+    )
     .await?;
     let left_slice = Instant::now();
     // A second's more traffic, then look at when the pod was last reached.
@@ -376,7 +393,10 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     let (last_hit, failures) = client.await?;
-    ensure!(after == 0, "{after} connections reached the deleted pod after it left the slice");
+    ensure!(
+        after == 0,
+        "{after} connections reached the deleted pod after it left the slice"
+    );
     let after = |t0: Instant| match last_hit {
         Some(t) if t > t0 => format!("{} ms", (t - t0).as_millis()),
         Some(_) => "none".to_string(),
@@ -387,7 +407,10 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
         after(deleted_at),
         after(left_slice)
     );
-    ensure!(last_hit.is_some(), "the client reached the pod before it was deleted");
+    ensure!(
+        last_hit.is_some(),
+        "the client reached the pod before it was deleted"
+    );
 
     // Scale to 0: the slice empties and the node port answers nothing.
     k.ok(&["scale", "rs", "web", "--replicas=0"])?;
@@ -396,10 +419,14 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
         async move { got.filter(BTreeSet::is_empty).map(|_| ()) }
     })
     .await?;
-    wait_until(Duration::from_secs(5), "the proxy to forward nowhere", || {
-        let addr = addr.clone();
-        async move { get(&addr).await.is_none().then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the proxy to forward nowhere",
+        || {
+            let addr = addr.clone();
+            async move { get(&addr).await.is_none().then_some(()) }
+        },
+    )
     .await?;
 
     // kubectl create service nodeport with a requested port; a clash and a bad range are
@@ -485,12 +512,7 @@ spec:
     k.ok(&["delete", "svc", "web", "other", "applied"])?;
     wait_until(Duration::from_secs(10), "the node port to close", || {
         let addr = addr.clone();
-        async move {
-            TcpStream::connect(&addr)
-                .await
-                .is_err()
-                .then_some(())
-        }
+        async move { TcpStream::connect(&addr).await.is_err().then_some(()) }
     })
     .await?;
     k.ok(&[
@@ -501,17 +523,21 @@ spec:
         "--tcp=80:8080",
         &format!("--node-port={requested}"),
     ])?;
-    wait_until(Duration::from_secs(30), "the slices of deleted Services to go", || {
-        let got = k.json(&["get", "endpointslices"]).ok();
-        async move {
-            let names: Vec<String> = got?["items"]
-                .as_array()?
-                .iter()
-                .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
-                .collect();
-            names.iter().all(|n| n == "again").then_some(())
-        }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the slices of deleted Services to go",
+        || {
+            let got = k.json(&["get", "endpointslices"]).ok();
+            async move {
+                let names: Vec<String> = got?["items"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
+                    .collect();
+                names.iter().all(|n| n == "again").then_some(())
+            }
+        },
+    )
     .await?;
     k.ok(&["delete", "svc", "again"])?;
     k.ok(&["delete", "rs", "web"])?;

@@ -136,7 +136,11 @@ mod tests {
         p.target_port = Some(IntOrString::String("http".into()));
         assert_eq!(target_port(&p, &pod), Some(8080));
         p.target_port = Some(IntOrString::String("metrics".into()));
-        assert_eq!(target_port(&p, &pod), None, "no container port of that name");
+        assert_eq!(
+            target_port(&p, &pod),
+            None,
+            "no container port of that name"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::api::kube::{KubeEndpointSlice, KubePod, KubeService};
@@ -104,12 +104,12 @@ impl EndpointsController {
                 want.metadata.creation_timestamp =
                     Some(crate::api::kube::to_time(chrono::Utc::now()));
                 match self.registry.create(&want).await {
-                Ok(_) => tracing::info!(
-                    service = key,
-                    endpoints = want.endpoints.len(),
-                    "endpoint slice created"
-                ),
-                Err(e) => return Err(e.into()),
+                    Ok(_) => tracing::info!(
+                        service = key,
+                        endpoints = want.endpoints.len(),
+                        "endpoint slice created"
+                    ),
+                    Err(e) => return Err(e.into()),
                 }
             }
             (Some(cur), Some(mut want)) => {
@@ -354,7 +354,10 @@ mod tests {
             "the pod without an IP is left out"
         );
         let port = &s.ports.as_ref().unwrap()[0];
-        assert_eq!((port.name.as_deref(), port.port), (Some("http"), Some(8080)));
+        assert_eq!(
+            (port.name.as_deref(), port.port),
+            (Some("http"), Some(8080))
+        );
     }
 
     #[test]

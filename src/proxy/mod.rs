@@ -58,15 +58,20 @@ pub struct Route {
 /// Every node port the proxy should serve, from the Services and their slices: for each
 /// port of a NodePort Service, the ready endpoints' addresses with the slice's port of the
 /// same name.
-pub fn desired(
-    services: &[KubeService],
-    slices: &[KubeEndpointSlice],
-) -> BTreeMap<u16, Route> {
+pub fn desired(services: &[KubeService], slices: &[KubeEndpointSlice]) -> BTreeMap<u16, Route> {
     let mut by_service: HashMap<String, Vec<&KubeEndpointSlice>> = HashMap::new();
     for s in slices {
-        if let Some(name) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+        if let Some(name) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
             let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-            by_service.entry(format!("{ns}/{name}")).or_default().push(s);
+            by_service
+                .entry(format!("{ns}/{name}"))
+                .or_default()
+                .push(s);
         }
     }
     let mut out = BTreeMap::new();
@@ -134,7 +139,11 @@ impl Backends {
             return Vec::new();
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
-        list[start..].iter().chain(&list[..start]).copied().collect()
+        list[start..]
+            .iter()
+            .chain(&list[..start])
+            .copied()
+            .collect()
     }
 }
 
@@ -159,7 +168,12 @@ pub async fn run(registry: Registry, config: ProxyConfig, shutdown: Shutdown) {
     tracing::info!(listen = %config.listen_ip, "proxy synced; serving node ports");
     let mut open: BTreeMap<u16, Listener> = BTreeMap::new();
     loop {
-        apply(&mut open, desired(&services.list(), &slices.list()), &config).await;
+        apply(
+            &mut open,
+            desired(&services.list(), &slices.list()),
+            &config,
+        )
+        .await;
         tokio::select! {
             c = service_changes.recv() => if c.is_none() { break },
             c = slice_changes.recv() => if c.is_none() { break },
@@ -176,7 +190,11 @@ pub async fn run(registry: Registry, config: ProxyConfig, shutdown: Shutdown) {
 }
 
 /// Opens, updates and closes listeners so that `open` serves `want`.
-async fn apply(open: &mut BTreeMap<u16, Listener>, want: BTreeMap<u16, Route>, config: &ProxyConfig) {
+async fn apply(
+    open: &mut BTreeMap<u16, Listener>,
+    want: BTreeMap<u16, Route>,
+    config: &ProxyConfig,
+) {
     let gone: Vec<u16> = open
         .iter()
         .filter(|(port, l)| !want.get(port).is_some_and(|r| r.service == l.route.service))
@@ -285,7 +303,9 @@ async fn forward(
             Ok(Err(e)) => {
                 tracing::debug!(%endpoint, service, error = %e, "endpoint refused; trying the next")
             }
-            Err(_) => tracing::debug!(%endpoint, service, "endpoint did not answer; trying the next"),
+            Err(_) => {
+                tracing::debug!(%endpoint, service, "endpoint did not answer; trying the next")
+            }
         }
     }
     tracing::debug!(%peer, service, "no endpoint answered; connection closed");
@@ -367,7 +387,11 @@ mod tests {
         b.set(vec![a, c]);
         let firsts: Vec<SocketAddr> = (0..4).map(|_| b.order()[0]).collect();
         assert_eq!(firsts, vec![a, c, a, c]);
-        assert_eq!(b.order().len(), 2, "the others follow, to try if the first fails");
+        assert_eq!(
+            b.order().len(),
+            2,
+            "the others follow, to try if the first fails"
+        );
         b.set(vec![c]);
         assert!((0..3).all(|_| b.order() == vec![c]));
         b.set(vec![]);

@@ -1105,7 +1105,10 @@ mod claims_tests {
             }
         }
         assert_eq!(won, 1, "exactly one Service holds the port");
-        assert_eq!(reg.claims_held("nodeports/").await.unwrap(), ["nodeports/30080"]);
+        assert_eq!(
+            reg.claims_held("nodeports/").await.unwrap(),
+            ["nodeports/30080"]
+        );
         // The loser's name is free: nothing of it was written.
         let (list, _) = reg.list::<kube::KubeService>().await.unwrap();
         assert_eq!(list.len(), 1);
@@ -1144,8 +1147,13 @@ mod claims_tests {
             reg.update(&stale).await,
             Err(RegistryError::Conflict { .. })
         ));
-        reg.delete::<kube::KubeService>("default/a", 0).await.unwrap();
-        assert_eq!(reg.claims_held("nodeports/").await.unwrap(), ["nodeports/30003"]);
+        reg.delete::<kube::KubeService>("default/a", 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            reg.claims_held("nodeports/").await.unwrap(),
+            ["nodeports/30003"]
+        );
         // The freed port can be taken again.
         reg.create(&service("c", &[30001])).await.unwrap();
     }

@@ -947,11 +947,7 @@ mod tests {
         let paths = index["paths"].as_object().cloned().unwrap_or_default();
         assert_eq!(
             paths.keys().collect::<Vec<_>>(),
-            [
-                "api/v1",
-                "apis/apps/v1",
-                "apis/discovery.k8s.io/v1"
-            ]
+            ["api/v1", "apis/apps/v1", "apis/discovery.k8s.io/v1"]
         );
         for (key, entry) in paths {
             let d = document(&key);

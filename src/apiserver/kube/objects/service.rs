@@ -128,17 +128,17 @@ impl Served for KubeService {
             out.push(cause(
                 "spec.type",
                 "FieldValueNotSupported",
-                format!("Unsupported value: \"{type_}\": supported values: \"ClusterIP\", \"NodePort\""),
+                format!(
+                    "Unsupported value: \"{type_}\": supported values: \"ClusterIP\", \"NodePort\""
+                ),
             ));
         }
-        for (field, ip) in std::iter::once(("spec.clusterIP", spec.cluster_ip.as_deref()))
-            .chain(
-                spec.cluster_ips
-                    .iter()
-                    .flatten()
-                    .map(|ip| ("spec.clusterIPs", Some(ip.as_str()))),
-            )
-        {
+        for (field, ip) in std::iter::once(("spec.clusterIP", spec.cluster_ip.as_deref())).chain(
+            spec.cluster_ips
+                .iter()
+                .flatten()
+                .map(|ip| ("spec.clusterIPs", Some(ip.as_str()))),
+        ) {
             match ip {
                 None | Some("") | Some("None") => {}
                 Some(ip) => out.push(cause(
@@ -367,7 +367,10 @@ mod tests {
         );
         let s = service("LoadBalancer", vec![port(80, None)]);
         assert!(messages(&s)[0].starts_with("spec.type: Unsupported value"));
-        let s = service("NodePort", vec![port(80, Some(30080)), port(81, Some(30080))]);
+        let s = service(
+            "NodePort",
+            vec![port(80, Some(30080)), port(81, Some(30080))],
+        );
         assert!(messages(&s).contains(&"spec.ports[1].nodePort: Duplicate value: 30080".into()));
         assert!(messages(&s).contains(&"spec.ports[0].name: Required value".into()));
         assert!(service("NodePort", vec![port(80, Some(30080))])
@@ -388,7 +391,9 @@ mod tests {
         );
         // Nothing left: the port stays unset (and the create then fails validation's range).
         let mut full = service("NodePort", vec![port(80, None)]);
-        let all: HashSet<String> = (NODE_PORT_MIN..=NODE_PORT_MAX).map(node_port_claim).collect();
+        let all: HashSet<String> = (NODE_PORT_MIN..=NODE_PORT_MAX)
+            .map(node_port_claim)
+            .collect();
         assert!(full.allocate(&all).is_empty());
         // A ClusterIP Service gets none.
         let mut c = service("ClusterIP", vec![port(80, None)]);
