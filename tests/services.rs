@@ -297,6 +297,12 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
         },
     )
     .await?;
+    let described = k.ok(&["describe", "svc", "web"])?;
+    eprintln!("kubectl describe svc web:\n{described}");
+    ensure!(
+        described.contains("NodePort:") && described.contains(&node_port.to_string()),
+        "kubectl describe svc:\n{described}"
+    );
     let slices = k.ok(&["get", "endpointslices"])?;
     ensure!(
         slices.contains("ADDRESSTYPE") && slices.contains("IPv4") && slices.contains("8080"),
@@ -372,6 +378,7 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
         (last_hit, failures)
     });
     let deleted_at = Instant::now();
+    let deleted_wall = chrono::Utc::now();
     k.ok(&["delete", "pod", &gone_name, "--wait=false"])?;
     wait_until(
         Duration::from_secs(30),
@@ -411,6 +418,22 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
         last_hit.is_some(),
         "the client reached the pod before it was deleted"
     );
+    // From the components' logs: when the controller wrote the slice without the pod, and
+    // when the proxy swapped that listener's endpoints (it routes by them from then on).
+    let written = first_log_after(
+        cp,
+        "controller-manager",
+        "endpoint slice updated",
+        deleted_wall,
+    );
+    let applied = first_log_after(cp, "proxy", "endpoints changed", deleted_wall);
+    if let (Some(w), Some(a)) = (written, applied) {
+        eprintln!(
+            "MEASURED pod deleted -> slice written: {} ms; slice written -> proxy stops routing to it: {} ms",
+            (w - deleted_wall).num_milliseconds(),
+            (a - w).num_milliseconds()
+        );
+    }
 
     // Scale to 0: the slice empties and the node port answers nothing.
     k.ok(&["scale", "rs", "web", "--replicas=0"])?;
@@ -545,6 +568,45 @@ spec:
         bail_if_many(failures)?;
     }
     Ok(())
+}
+
+/// The time of the first line of `component`'s log that contains `what`, logged after
+/// `after` (tracing's timestamps, colours stripped).
+fn first_log_after(
+    cp: &ControlPlane,
+    component: &str,
+    what: &str,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let c = cp.components.iter().find(|c| c.name == component)?;
+    let text = std::fs::read_to_string(&c.log).ok()?;
+    text.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| {
+            let plain: String = strip_ansi(l);
+            let ts = plain.split_whitespace().next()?;
+            chrono::DateTime::parse_from_rfc3339(ts)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        })
+        .find(|t| *t >= after)
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Connections that fail while a pod is deleted come from the pod's container stopping

@@ -168,15 +168,20 @@ pub async fn run(registry: Registry, config: ProxyConfig, shutdown: Shutdown) {
     tracing::info!(listen = %config.listen_ip, "proxy synced; serving node ports");
     let mut open: BTreeMap<u16, Listener> = BTreeMap::new();
     loop {
-        apply(
-            &mut open,
-            desired(&services.list(), &slices.list()),
-            &config,
-        )
-        .await;
+        let want = desired(&services.list(), &slices.list());
+        let unopened = apply(&mut open, want, &config).await;
+        // A node port that could not be opened (another process holds it) is tried again
+        // after a while, besides at the next change.
+        let retry = async {
+            if unopened == 0 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(BIND_RETRY).await;
+        };
         tokio::select! {
             c = service_changes.recv() => if c.is_none() { break },
             c = slice_changes.recv() => if c.is_none() { break },
+            _ = retry => {}
             _ = shutdown.wait() => break,
         }
         // Take every change already waiting before recomputing once.
@@ -189,15 +194,20 @@ pub async fn run(registry: Registry, config: ProxyConfig, shutdown: Shutdown) {
     tracing::info!(ports, "proxy stopped; node ports closed");
 }
 
-/// Opens, updates and closes listeners so that `open` serves `want`.
+/// How soon a node port that could not be opened is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// Opens, updates and closes listeners so that `open` serves `want`; returns how many node
+/// ports could not be opened.
 async fn apply(
     open: &mut BTreeMap<u16, Listener>,
     want: BTreeMap<u16, Route>,
     config: &ProxyConfig,
-) {
+) -> usize {
+    let mut unopened = 0;
     let gone: Vec<u16> = open
         .iter()
-        .filter(|(port, l)| !want.get(port).is_some_and(|r| r.service == l.route.service))
+        .filter(|(port, l)| want.get(port).is_none_or(|r| r.service != l.route.service))
         .map(|(port, _)| *port)
         .collect();
     for port in gone {
@@ -224,8 +234,8 @@ async fn apply(
         let socket = match TcpListener::bind(addr).await {
             Ok(s) => s,
             Err(e) => {
-                // Tried again at the next change.
-                tracing::warn!(%addr, service = %route.service, error = %e, "cannot open node port");
+                tracing::warn!(%addr, service = %route.service, error = %e, "cannot open node port; trying again later");
+                unopened += 1;
                 continue;
             }
         };
@@ -247,6 +257,7 @@ async fn apply(
             },
         );
     }
+    unopened
 }
 
 async fn accept_loop(
