@@ -295,6 +295,7 @@ mod tests {
         let mut p = KubePod::default();
         p.metadata.name = Some(name.into());
         p.metadata.namespace = Some("default".into());
+        p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
         p.spec = Some(PodSpec {
             node_name: Some("node-a".into()),
             containers: vec![Container {
@@ -369,6 +370,95 @@ mod tests {
         let svc = service(IntOrString::String("nope".into()));
         let s = desired_slice(&svc, &[pod("web-a", "172.17.0.2", true)]).unwrap();
         assert!(s.ports.as_ref().unwrap().is_empty());
+    }
+
+    async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(10), f)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    /// The controller over the store in this process: the slice follows pods and Services
+    /// through watches.
+    #[tokio::test]
+    async fn the_slice_follows_pods_and_services_through_watches() {
+        use crate::runtime::{spawn_owned, Shutdown};
+        let (registry, _store) = Registry::in_process();
+        let slices: Informer<KubeEndpointSlice> = Informer::start(registry.clone());
+        let ctl = EndpointsController::new(
+            registry.clone(),
+            Informer::start(registry.clone()),
+            Informer::start(registry.clone()),
+            slices.clone(),
+        );
+        let _run = spawn_owned(ctl.run(Shutdown::never()));
+        let ready_ips = |i: &Informer<KubeEndpointSlice>| -> Option<Vec<String>> {
+            let s = i.get("default/web")?;
+            Some(
+                s.endpoints
+                    .iter()
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .flat_map(|e| e.addresses.clone())
+                    .collect(),
+            )
+        };
+        registry
+            .create(&service(IntOrString::Int(8080)))
+            .await
+            .unwrap();
+        let a = registry
+            .create(&pod("web-a", "10.0.0.1", true))
+            .await
+            .unwrap();
+        registry
+            .create(&pod("web-b", "10.0.0.2", true))
+            .await
+            .unwrap();
+        let mut other = pod("db-a", "10.0.0.9", true);
+        other.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        registry.create(&other).await.unwrap();
+        within(
+            "both pods in the slice",
+            slices.wait_until(|i| ready_ips(i) == Some(vec!["10.0.0.1".into(), "10.0.0.2".into()])),
+        )
+        .await;
+        // web-a turns not ready: still listed, not ready.
+        let mut unready = a.clone();
+        unready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
+        registry.update(&unready).await.unwrap();
+        within(
+            "web-a not ready",
+            slices.wait_until(|i| {
+                ready_ips(i) == Some(vec!["10.0.0.2".into()])
+                    && i.get("default/web").is_some_and(|s| s.endpoints.len() == 2)
+            }),
+        )
+        .await;
+        registry
+            .delete::<KubePod>("default/web-b", 0)
+            .await
+            .unwrap();
+        within(
+            "web-b gone",
+            slices.wait_until(|i| i.get("default/web").is_some_and(|s| s.endpoints.len() == 1)),
+        )
+        .await;
+        registry
+            .delete::<KubeService>("default/web", 0)
+            .await
+            .unwrap();
+        within(
+            "the slice deleted with its Service",
+            slices.wait_until(|i| i.get("default/web").is_none()),
+        )
+        .await;
     }
 
     #[test]
