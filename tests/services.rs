@@ -240,11 +240,39 @@ async fn node_port_services_reach_their_ready_pods_through_the_proxy() -> Result
         .as_ref()
         .map(|p| p.pid())
         .unwrap_or(0);
-    let result = scenario(&cp, proxy_pid).await;
+    let mut result = scenario(&cp, proxy_pid).await;
+    if result.is_ok() {
+        result = stops_on_sigterm(&mut cp, proxy).await;
+    }
     if result.is_err() {
         eprintln!("{}", cp.logs());
     }
     result
+}
+
+/// SIGTERM: the proxy closes its node ports and exits within the components' 10 s grace.
+async fn stops_on_sigterm(cp: &mut ControlPlane, proxy: usize) -> Result<()> {
+    let process = cp.components[proxy]
+        .process
+        .as_mut()
+        .context("the proxy process")?;
+    process.signal("-TERM")?;
+    let started = Instant::now();
+    wait_until(Duration::from_secs(10), "the proxy to exit", || {
+        let exited = process.has_exited();
+        async move { exited.then_some(()) }
+    })
+    .await?;
+    let log = std::fs::read_to_string(&cp.components[proxy].log)?;
+    ensure!(
+        log.contains("proxy stopped; node ports closed"),
+        "the proxy stopped cleanly:\n{log}"
+    );
+    eprintln!(
+        "proxy exited {} ms after SIGTERM",
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
