@@ -569,6 +569,46 @@ spec:
         !ok && text.contains("supported values: \"TCP\""),
         "UDP is refused: {text}"
     );
+    // Concurrent creates each get a node port of their own (the API server picks at random
+    // and picks again when a concurrent create took its pick first); a collection delete
+    // frees them all.
+    let http = reqwest::Client::new();
+    let url = cp.url("/api/v1/namespaces/default/services");
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (http, url) = (http.clone(), url.clone());
+        creates.spawn(async move {
+            let body = serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("many-{i}"), "labels": {"batch": "many"}},
+                "spec": {"type": "NodePort", "ports": [{"port": 80}]},
+            });
+            let resp = http.post(&url).json(&body).send().await?;
+            let status = resp.status();
+            let v: Value = resp.json().await?;
+            ensure!(status.as_u16() == 201, "{status}: {v}");
+            v["spec"]["ports"][0]["nodePort"]
+                .as_i64()
+                .context("an allocated node port")
+        });
+    }
+    let mut ports = BTreeSet::new();
+    while let Some(r) = creates.join_next().await {
+        ports.insert(r??);
+    }
+    ensure!(ports.len() == 20, "20 distinct node ports: {ports:?}");
+    k.ok(&["delete", "svc", "-l", "batch=many"])?;
+    let reused = ports.iter().next().copied().unwrap_or(0);
+    k.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "reuse",
+        "--tcp=80:8080",
+        &format!("--node-port={reused}"),
+    ])?;
+    k.ok(&["delete", "svc", "reuse"])?;
+
     // EndpointSlices are the controller's: writes are refused.
     let (ok, text) = k.run(&["delete", "endpointslice", "web"])?;
     ensure!(!ok, "deleting a slice is refused: {text}");
