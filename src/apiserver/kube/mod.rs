@@ -804,7 +804,9 @@ impl Request {
     async fn create_allocating<K: Kind>(&self, obj: K, name: &str) -> Result<K, KubeError> {
         for _ in 0..ALLOCATION_TRIES {
             let mut attempt = obj.clone();
-            let picked = attempt.allocate(&self.held_claims::<K>().await?);
+            let picked = attempt
+                .allocate(&self.held_claims::<K>().await?)
+                .map_err(|c| self.invalid::<K>(name, c))?;
             let causes = attempt.validate();
             if !causes.is_empty() {
                 return Err(self.invalid::<K>(name, causes));
@@ -839,7 +841,9 @@ impl Request {
     ) -> Result<Result<K, RegistryError>, KubeError> {
         for _ in 0..ALLOCATION_TRIES {
             let mut attempt = next.clone();
-            let picked = attempt.allocate(&self.held_claims::<K>().await?);
+            let picked = attempt
+                .allocate(&self.held_claims::<K>().await?)
+                .map_err(|c| self.invalid::<K>(self.target.name(), c))?;
             match self.registry().update(&attempt).await {
                 Err(RegistryError::Claimed { claim }) if picked.contains(&claim) => continue,
                 Err(RegistryError::Claimed { claim }) => {

@@ -52,9 +52,13 @@ pub trait Served:
     /// object, such as a Service's node ports (None: it picks nothing).
     const ALLOCATES: Option<&'static str> = None;
     /// Fills in what the server picks (a Service's unset node ports), choosing among values
-    /// whose claims are not in `held`; returns the claims it picked.
-    fn allocate(&mut self, _held: &std::collections::HashSet<String>) -> Vec<String> {
-        Vec::new()
+    /// whose claims are not in `held`; returns the claims it picked, or the causes of a 422
+    /// when nothing is left to pick.
+    fn allocate(
+        &mut self,
+        _held: &std::collections::HashSet<String>,
+    ) -> Result<Vec<String>, Vec<Cause>> {
+        Ok(Vec::new())
     }
     /// The 422 causes for a claim the user asked for that another object holds.
     fn claim_taken(&self, claim: &str) -> Vec<Cause> {

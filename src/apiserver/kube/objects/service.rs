@@ -222,23 +222,31 @@ impl Served for KubeService {
 
     const ALLOCATES: Option<&'static str> = Some(NODE_PORT_CLAIMS);
 
-    fn allocate(&mut self, held: &HashSet<String>) -> Vec<String> {
+    fn allocate(&mut self, held: &HashSet<String>) -> Result<Vec<String>, Vec<Cause>> {
         if !is_node_port(self) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut taken: HashSet<i32> = crate::api::service::node_ports(self).collect();
         let mut picked = Vec::new();
         let Some(ports) = self.spec.as_mut().and_then(|s| s.ports.as_mut()) else {
-            return picked;
+            return Ok(picked);
         };
-        for p in ports.iter_mut().filter(|p| p.node_port.unwrap_or(0) == 0) {
-            if let Some(n) = pick_node_port(held, &taken) {
-                taken.insert(n);
-                p.node_port = Some(n);
-                picked.push(node_port_claim(n));
+        for (i, p) in ports.iter_mut().enumerate() {
+            if p.node_port.unwrap_or(0) != 0 {
+                continue;
             }
+            let Some(n) = pick_node_port(held, &taken) else {
+                return Err(vec![cause(
+                    format!("spec.ports[{i}].nodePort"),
+                    "FieldValueInvalid",
+                    format!("Invalid value: 0: failed to allocate a nodePort: range {NODE_PORT_MIN}-{NODE_PORT_MAX} is full"),
+                )]);
+            };
+            taken.insert(n);
+            p.node_port = Some(n);
+            picked.push(node_port_claim(n));
         }
-        picked
+        Ok(picked)
     }
 
     fn claim_taken(&self, claim: &str) -> Vec<Cause> {
@@ -383,21 +391,23 @@ mod tests {
         let mut s = service("NodePort", vec![port(80, None), port(81, Some(30001))]);
         // Every port but 30000 and 30001 is held by someone else; 30001 is this Service's.
         let held: HashSet<String> = (30002..=NODE_PORT_MAX).map(node_port_claim).collect();
-        let picked = s.allocate(&held);
+        let picked = s.allocate(&held).unwrap();
         assert_eq!(picked, vec!["nodeports/30000".to_string()]);
         assert_eq!(
             crate::api::service::node_ports(&s).collect::<Vec<_>>(),
             vec![30000, 30001]
         );
-        // Nothing left: the port stays unset (and the create then fails validation's range).
+        // Nothing left: a 422 naming the port.
         let mut full = service("NodePort", vec![port(80, None)]);
         let all: HashSet<String> = (NODE_PORT_MIN..=NODE_PORT_MAX)
             .map(node_port_claim)
             .collect();
-        assert!(full.allocate(&all).is_empty());
+        let causes = full.allocate(&all).unwrap_err();
+        assert_eq!(causes[0].field, "spec.ports[0].nodePort");
+        assert!(causes[0].message.contains("is full"));
         // A ClusterIP Service gets none.
         let mut c = service("ClusterIP", vec![port(80, None)]);
-        assert!(c.allocate(&HashSet::new()).is_empty());
+        assert!(c.allocate(&HashSet::new()).unwrap().is_empty());
         let claim = c.claim_taken("nodeports/30000");
         assert_eq!(claim[0].field, "spec.ports[0].nodePort");
     }
