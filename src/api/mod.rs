@@ -15,6 +15,7 @@
 pub mod deployment;
 pub mod kube;
 pub mod quantity;
+pub mod service;
 pub mod validation;
 
 use std::collections::BTreeMap;

@@ -4,11 +4,13 @@
 //! registry with revision preconditions; none polls.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod replicaset;
 
 pub use deployment::DeploymentController;
+pub use endpoints::EndpointsController;
 pub use namespace::NamespaceController;
 pub use node_lifecycle::NodeLifecycleController;
 pub use replicaset::ReplicaSetController;

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use crate::api::kube::{KubeDeployment, KubeNamespace, KubePod, KubeReplicaSet};
+use crate::api::kube::{
+    KubeDeployment, KubeEndpointSlice, KubeNamespace, KubePod, KubeReplicaSet, KubeService,
+};
 use crate::registry::{Object, Registry, RegistryError};
 use crate::runtime::{Controller, Informer, Next, Shutdown};
 
@@ -60,6 +62,9 @@ impl NamespaceController {
         let deployments = self.delete_all::<KubeDeployment>(name).await?;
         let sets = self.delete_all::<KubeReplicaSet>(name).await?;
         let pods = self.delete_all::<KubePod>(name).await?;
+        // Services (their node ports are released with them) and their slices.
+        self.delete_all::<KubeService>(name).await?;
+        self.delete_all::<KubeEndpointSlice>(name).await?;
         let (left_deployments, _) = self.registry.list_in::<KubeDeployment>(Some(name)).await?;
         let (left_sets, _) = self.registry.list_in::<KubeReplicaSet>(Some(name)).await?;
         let (left_pods, _) = self.registry.list_in::<KubePod>(Some(name)).await?;

@@ -277,6 +277,34 @@ pub const RESOURCES: &[ResourceSpec] = &[
         subresources: &[SCALE, STATUS],
         schema: SchemaGenerator::subschema_for::<k8s_openapi::api::apps::v1::Deployment>,
     },
+    // Services, and the EndpointSlices the endpoints controller keeps for them (read-only
+    // through the API).
+    ResourceSpec {
+        group: "",
+        version: "v1",
+        plural: "services",
+        singular: "service",
+        kind: "Service",
+        namespaced: true,
+        short_names: &["svc"],
+        categories: &["all"],
+        verbs: ALL_VERBS,
+        subresources: &[STATUS],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::core::v1::Service>,
+    },
+    ResourceSpec {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        verbs: &[Verb::Get, Verb::List, Verb::Watch],
+        subresources: &[],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    },
 ];
 
 /// The served resource `plural` in `group`/`version`, if any.
@@ -1145,7 +1173,9 @@ mod tests {
                 "nodes",
                 "nodes/status",
                 "pods",
-                "pods/status"
+                "pods/status",
+                "services",
+                "services/status"
             ]
         );
         assert_eq!(v["resources"][4]["shortNames"], serde_json::json!(["po"]));
@@ -1220,7 +1250,11 @@ mod tests {
         };
         assert_eq!(body["resources"][0]["name"], "deployments");
         let groups = api_group_list(&table);
-        let batch = &groups.groups[1];
+        let batch = groups
+            .groups
+            .iter()
+            .find(|g| g.name == "batch")
+            .expect("the batch group");
         assert_eq!(batch.name, "batch");
         assert_eq!(
             batch.preferred_version.as_ref().map(|p| p.version.as_str()),

@@ -50,6 +50,9 @@ use table::TablePrinter;
 /// `--min-request-timeout` is 1800 s).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
 
+/// How often a write picks again when a concurrent write took what it picked.
+const ALLOCATION_TRIES: usize = 10;
+
 #[derive(Clone)]
 pub struct KubeState {
     registry: Registry,
@@ -267,6 +270,9 @@ async fn serve_api(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    if let Some(e) = refused_verb(&method, &target) {
+        return e.into_response();
+    }
     s.ensure_default_namespace().await;
     let req = Request {
         state: s,
@@ -282,9 +288,34 @@ async fn serve_api(
         "deployments" => req.handle::<KubeDeployment>().await,
         "nodes" => req.handle::<crate::api::kube::KubeNode>().await,
         "namespaces" => req.handle::<KubeNamespace>().await,
+        "services" => req.handle::<crate::api::kube::KubeService>().await,
+        "endpointslices" => req.handle::<crate::api::kube::KubeEndpointSlice>().await,
         _ => Err(not_found_path()),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A write to a resource whose discovery entry does not list the verb (EndpointSlices are
+/// read-only: the endpoints controller owns them).
+fn refused_verb(method: &Method, target: &Target) -> Option<KubeError> {
+    use discovery::Verb;
+    if target.subresource.is_some() {
+        return None;
+    }
+    let one = target.name.is_some();
+    let verb = match *method {
+        Method::POST if !one => Verb::Create,
+        Method::PUT if one => Verb::Update,
+        Method::PATCH if one => Verb::Patch,
+        Method::DELETE if one => Verb::Delete,
+        Method::DELETE => Verb::DeleteCollection,
+        _ => return None,
+    };
+    (!target.spec.has_verb(verb)).then(|| {
+        KubeError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method})"
+        ))
+    })
 }
 
 impl KubeState {
@@ -745,9 +776,7 @@ impl Request {
         let created = if self.dry_run()? {
             obj
         } else {
-            self.registry().create(&obj).await.map_err(|e| {
-                KubeError::from_registry(e, self.target.spec.group, self.target.spec.plural, &name)
-            })?
+            self.create_allocating(obj, &name).await?
         };
         tracing::info!(kind = <K as k8s_openapi::Resource>::KIND, key = %created.key(), "created through the Kubernetes API");
         let mut resp = json_response(StatusCode::CREATED, &to_value(&created)?);
@@ -755,6 +784,79 @@ impl Request {
             resp.headers_mut().insert("warning", w);
         }
         Ok(resp)
+    }
+
+    /// The claims held below the kind's allocation prefix (none if it allocates nothing).
+    async fn held_claims<K: Kind>(&self) -> Result<std::collections::HashSet<String>, KubeError> {
+        match K::ALLOCATES {
+            None => Ok(Default::default()),
+            Some(prefix) => Ok(self
+                .registry()
+                .claims_held(prefix)
+                .await
+                .map_err(|e| self.target.registry_error(e))?
+                .into_iter()
+                .collect()),
+        }
+    }
+
+    /// Stores a new object, first giving it what the server picks (a Service's node ports):
+    /// a pick another create took meanwhile is picked again; a value the user asked for that
+    /// another object holds is a 422.
+    async fn create_allocating<K: Kind>(&self, obj: K, name: &str) -> Result<K, KubeError> {
+        for _ in 0..ALLOCATION_TRIES {
+            let mut attempt = obj.clone();
+            let picked = attempt
+                .allocate(&self.held_claims::<K>().await?)
+                .map_err(|c| self.invalid::<K>(name, c))?;
+            let causes = attempt.validate();
+            if !causes.is_empty() {
+                return Err(self.invalid::<K>(name, causes));
+            }
+            match self.registry().create(&attempt).await {
+                Err(RegistryError::Claimed { claim }) if picked.contains(&claim) => continue,
+                Err(RegistryError::Claimed { claim }) => {
+                    return Err(self.invalid::<K>(name, attempt.claim_taken(&claim)))
+                }
+                other => {
+                    return other.map_err(|e| {
+                        KubeError::from_registry(
+                            e,
+                            self.target.spec.group,
+                            self.target.spec.plural,
+                            name,
+                        )
+                    })
+                }
+            }
+        }
+        Err(KubeError::unavailable(
+            "could not allocate: every pick was taken by a concurrent write",
+        ))
+    }
+
+    /// [`Registry::update`], first giving the object what the server picks, as
+    /// [`Self::create_allocating`] does. Err: the 422 of a taken value the user asked for.
+    async fn update_allocating<K: Kind>(
+        &self,
+        next: &K,
+    ) -> Result<Result<K, RegistryError>, KubeError> {
+        for _ in 0..ALLOCATION_TRIES {
+            let mut attempt = next.clone();
+            let picked = attempt
+                .allocate(&self.held_claims::<K>().await?)
+                .map_err(|c| self.invalid::<K>(self.target.name(), c))?;
+            match self.registry().update(&attempt).await {
+                Err(RegistryError::Claimed { claim }) if picked.contains(&claim) => continue,
+                Err(RegistryError::Claimed { claim }) => {
+                    return Err(self.invalid::<K>(self.target.name(), attempt.claim_taken(&claim)))
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(KubeError::unavailable(
+            "could not allocate: every pick was taken by a concurrent write",
+        ))
     }
 
     /// PUT: the body replaces the object (or only its status, on `/status`).
@@ -792,7 +894,7 @@ impl Request {
             if next == current || dry_run {
                 return Ok(json_response(StatusCode::OK, &to_value(&next)?));
             }
-            match self.registry().update(&next).await {
+            match self.update_allocating(&next).await? {
                 Ok(written) => return Ok(json_response(StatusCode::OK, &to_value(&written)?)),
                 Err(RegistryError::Conflict { .. }) if precondition == 0 => continue,
                 Err(e) => return Err(self.target.registry_error(e)),
@@ -855,7 +957,7 @@ impl Request {
                     warning,
                 ));
             }
-            match self.registry().update(&next).await {
+            match self.update_allocating(&next).await? {
                 Ok(written) => {
                     return Ok(with_warning(
                         json_response(StatusCode::OK, &to_value(&written)?),

@@ -52,7 +52,29 @@ pub trait Served:
     fn take_status_from(&mut self, request: Self);
     /// Shows that the object is being deleted, where its kind has a status for it.
     fn mark_terminating(&mut self) {}
+    /// The prefix of the claims ([`Object::claims`]) the server picks values from for the
+    /// object, such as a Service's node ports (None: it picks nothing).
+    const ALLOCATES: Option<&'static str> = None;
+    /// Fills in what the server picks (a Service's unset node ports), choosing among values
+    /// whose claims are not in `held`; returns the claims it picked, or the causes of a 422
+    /// when nothing is left to pick.
+    fn allocate(
+        &mut self,
+        _held: &std::collections::HashSet<String>,
+    ) -> Result<Vec<String>, Vec<Cause>> {
+        Ok(Vec::new())
+    }
+    /// The 422 causes for a claim the user asked for that another object holds.
+    fn claim_taken(&self, claim: &str) -> Vec<Cause> {
+        vec![cause(
+            "metadata",
+            "FieldValueInvalid",
+            format!("Invalid value: {claim:?}: already held by another object"),
+        )]
+    }
 }
+
+mod service;
 
 fn cause(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Cause {
     Cause {

@@ -945,7 +945,10 @@ mod tests {
     fn index_points_at_each_group_version_with_its_hash() {
         let index: Value = serde_json::from_slice(index()).unwrap_or(Value::Null);
         let paths = index["paths"].as_object().cloned().unwrap_or_default();
-        assert_eq!(paths.keys().collect::<Vec<_>>(), ["api/v1", "apis/apps/v1"]);
+        assert_eq!(
+            paths.keys().collect::<Vec<_>>(),
+            ["api/v1", "apis/apps/v1", "apis/discovery.k8s.io/v1"]
+        );
         for (key, entry) in paths {
             let d = document(&key);
             let url = d.map(|d| d.server_relative_url.clone()).unwrap_or_default();

@@ -1,5 +1,5 @@
 //! The protobuf bodies kubectl's typed client sends (`application/vnd.kubernetes.protobuf`,
-//! used by `kubectl create namespace` and `kubectl create deployment`): Kubernetes' envelope
+//! used by `kubectl create namespace|deployment|service`): Kubernetes' envelope
 //! (`k8s\0` + `runtime.Unknown`) around a message decoded with k8s-pb (Kubernetes' own
 //! .proto definitions), turned into the JSON every other body is, for the same path.
 //!
@@ -22,7 +22,7 @@ pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
 const MAGIC: &[u8] = b"k8s\0";
 
 /// The kinds whose protobuf bodies are understood.
-const DECODABLE: &[&str] = &["Namespace", "Deployment"];
+const DECODABLE: &[&str] = &["Namespace", "Deployment", "Service"];
 
 /// The JSON of a protobuf body, or why it cannot be read.
 pub fn to_json(body: &[u8]) -> Result<Value, String> {
@@ -41,6 +41,7 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
         "Deployment" => {
             deployment(pb_apps::Deployment::decode(raw.as_slice()).map_err(decode_error)?)?
         }
+        "Service" => service(pb_core::Service::decode(raw.as_slice()).map_err(decode_error)?)?,
         _ => {
             return Err(format!(
                 "Miniku reads protobuf bodies only for {DECODABLE:?}, not {kind:?}: send JSON"
@@ -317,6 +318,61 @@ fn deployment(mut d: pb_apps::Deployment) -> Result<Map<String, Value>, String> 
     Ok(out)
 }
 
+fn service(mut svc: pb_core::Service) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    out.insert("metadata".into(), metadata(svc.metadata.take(), "Service")?);
+    let mut spec = svc.spec.take().unwrap_or_default();
+    let mut s = Map::new();
+    let mut ports = Vec::new();
+    for (i, mut p) in std::mem::take(&mut spec.ports).into_iter().enumerate() {
+        let mut port = Map::new();
+        put(&mut port, "name", json!(p.name.take()));
+        put(&mut port, "protocol", json!(p.protocol.take()));
+        put(&mut port, "appProtocol", json!(p.app_protocol.take()));
+        port.insert("port".into(), json!(p.port.take().unwrap_or(0)));
+        // Not a pointer in Go: 0 (or "") is "not set".
+        match int_or_string(p.target_port.take()) {
+            Value::Number(n) if n.as_i64() == Some(0) => {}
+            v => put(&mut port, "targetPort", v),
+        }
+        if let Some(n) = p.node_port.take().filter(|n| *n != 0) {
+            port.insert("nodePort".into(), json!(n));
+        }
+        nothing_left(&p, &format!("Service.spec.ports[{i}]"))?;
+        ports.push(Value::Object(port));
+    }
+    put(&mut s, "ports", json!(ports));
+    put(
+        &mut s,
+        "selector",
+        json!(std::mem::take(&mut spec.selector)),
+    );
+    put(&mut s, "clusterIP", json!(spec.cluster_ip.take()));
+    put(
+        &mut s,
+        "clusterIPs",
+        json!(std::mem::take(&mut spec.cluster_ips)),
+    );
+    put(&mut s, "type", json!(spec.r#type.take()));
+    put(
+        &mut s,
+        "externalIPs",
+        json!(std::mem::take(&mut spec.external_ips)),
+    );
+    put(
+        &mut s,
+        "sessionAffinity",
+        json!(spec.session_affinity.take()),
+    );
+    put(&mut s, "externalName", json!(spec.external_name.take()));
+    nothing_left(&spec, "Service.spec")?;
+    out.insert("spec".into(), Value::Object(s));
+    // A new Service's status is the server's.
+    svc.status = None;
+    nothing_left(&svc, "Service")?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +461,46 @@ mod tests {
     }
 
     #[test]
+    fn a_service_from_kubectl_create_service_decodes_with_its_spec() {
+        let svc = pb_core::Service {
+            metadata: Some(pb_meta::ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some(String::new()),
+                ..Default::default()
+            }),
+            spec: Some(pb_core::ServiceSpec {
+                ports: vec![pb_core::ServicePort {
+                    name: Some("80-8080".into()),
+                    protocol: Some("TCP".into()),
+                    port: Some(80),
+                    target_port: Some(IntOrString {
+                        r#type: Some(0),
+                        int_val: Some(8080),
+                        str_val: Some(String::new()),
+                    }),
+                    node_port: Some(30080),
+                    ..Default::default()
+                }],
+                selector: [("app".to_string(), "web".to_string())].into(),
+                cluster_ip: Some(String::new()),
+                r#type: Some("NodePort".into()),
+                session_affinity: Some(String::new()),
+                publish_not_ready_addresses: Some(false),
+                ..Default::default()
+            }),
+            status: Some(Default::default()),
+        };
+        let v = to_json(&envelope("Service", "v1", svc.encode_to_vec())).unwrap();
+        assert_eq!(
+            v["spec"],
+            json!({"ports": [{"name": "80-8080", "protocol": "TCP", "port": 80,
+                              "targetPort": 8080, "nodePort": 30080}],
+                   "selector": {"app": "web"}, "type": "NodePort"})
+        );
+        assert_eq!(v["metadata"]["name"], "web");
+    }
+
+    #[test]
     fn a_field_miniku_does_not_read_is_refused_by_name_not_dropped() {
         let mut d = kubectl_create_deployment();
         if let Some(t) = d.spec.as_mut().and_then(|s| s.template.as_mut()) {
@@ -415,7 +511,7 @@ mod tests {
         let body = envelope("Deployment", "apps/v1", d.encode_to_vec());
         let err = to_json(&body).unwrap_err();
         assert!(err.contains("Deployment.spec.template.spec"), "{err}");
-        let err = to_json(&envelope("Service", "v1", Vec::new())).unwrap_err();
+        let err = to_json(&envelope("Pod", "v1", Vec::new())).unwrap_err();
         assert!(err.contains("send JSON"), "{err}");
     }
 }
