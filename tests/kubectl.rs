@@ -8,16 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use common::kubectl::NodeContainers as Containers;
 use common::{docker_ready, run_check_script, wait_until, ControlPlane};
-
-/// Removes the node's containers when the test ends, however it ends.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        miniku_harness::docker::remove_node_containers(&self.0);
-    }
-}
 
 #[tokio::test]
 async fn kubectl_drives_miniku_as_a_kubernetes_cluster() -> Result<()> {

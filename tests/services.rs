@@ -12,78 +12,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::kubectl::{http_get as get, Kubectl, NodeContainers as Containers};
 use common::{docker_ready, wait_until, ControlPlane};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Removes the node's containers when the test ends, however it ends.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        miniku_harness::docker::remove_node_containers(&self.0);
-    }
-}
-
-struct Kubectl {
-    server: String,
-    cache: tempfile::TempDir,
-    work: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(server: String) -> Result<Self> {
-        Ok(Kubectl {
-            server,
-            cache: tempfile::tempdir()?,
-            work: tempfile::tempdir()?,
-        })
-    }
-
-    /// Runs kubectl; Ok((exit success, stdout + stderr)).
-    fn run(&self, args: &[&str]) -> Result<(bool, String)> {
-        let out = Command::new("kubectl")
-            .arg("--server")
-            .arg(&self.server)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args)
-            .output()
-            .context("running kubectl")?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok((out.status.success(), text))
-    }
-
-    /// Runs kubectl and fails unless it succeeds; returns what it printed.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let (ok, text) = self.run(args)?;
-        ensure!(ok, "kubectl {args:?} failed:\n{text}");
-        Ok(text)
-    }
-
-    fn apply(&self, name: &str, yaml: &str) -> Result<String> {
-        let path = self.work.path().join(name);
-        std::fs::write(&path, yaml)?;
-        self.ok(&["apply", "-f", path.to_str().unwrap_or_default()])
-    }
-
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        Ok(serde_json::from_str(&self.ok(&all)?)?)
-    }
-}
 
 const REPLICASET: &str = r#"
 apiVersion: apps/v1
@@ -106,26 +43,6 @@ spec:
         # Each pod answers with its hostname (its container's short id).
         command: ["sh", "-c", "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
 "#;
-
-/// One HTTP/1.0 GET on a new connection; the body, or None if the connection failed or
-/// closed without an answer.
-async fn get(addr: &str) -> Option<String> {
-    let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.")
-        .then(|| body.trim().to_string())
-        .filter(|b| !b.is_empty())
-}
 
 /// `requests` GETs of `addr` from `clients` concurrent clients; (successes, seconds taken).
 async fn load(addr: &str, clients: usize, requests: usize) -> (usize, f64) {

@@ -14,6 +14,8 @@ use futures::StreamExt;
 use miniku_store::sse;
 use serde_json::Value;
 
+pub mod kubectl;
+
 pub use miniku_harness::{free_port, Process};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_miniku");
