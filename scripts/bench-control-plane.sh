@@ -6,7 +6,9 @@
 # is bound and Running, pods per second, and p50/p99 pod startup (creation to Running as
 # seen through the watch, Kubernetes' SLO definition). Then, with the real Docker engine
 # and the local test image (scripts/test-image.sh), a ReplicaSet of 20 on two Docker
-# kubelets: p50/p99 from POST to Running.
+# kubelets: p50/p99 from POST to Running. Also a Deployment of 1,000 hollow pods (100 with
+# --quick) through the Kubernetes API: time until all are available, and the time a rolling
+# update (25% surge) takes to replace every pod.
 #
 # Usage: scripts/bench-control-plane.sh [--quick] [--json FILE] [--no-docker]
 #   --quick      100 and 500 hollow pods, 5 Docker pods (CI runs it)
@@ -85,6 +87,13 @@ for n in $SIZES; do
   "$BENCH" --json "$RAW" control-plane --api "$API" --name "hollow-$n" --replicas "$n" \
     --node-selector runtime=fake --image hollow:latest --timeout-secs 900 >/dev/null
 done
+ROLLOUT_PODS=1000
+[ "$QUICK" = 1 ] && ROLLOUT_PODS=100
+echo "hollow Deployment of $ROLLOUT_PODS, then a rolling update of all of them..."
+ROLLOUT_RAW="$WORK/rollout.json"
+"$BENCH" --json "$ROLLOUT_RAW" rollout --api "$API" --name "rollout-$ROLLOUT_PODS" \
+  --replicas "$ROLLOUT_PODS" --node-selector runtime=fake --image hollow:latest \
+  --timeout-secs 900 >/dev/null
 if [ "$DOCKER" = 1 ]; then
   echo "Docker ReplicaSet of $DOCKER_PODS..."
   "$BENCH" --json "$RAW" control-plane --api "$API" --name "docker-$DOCKER_PODS" \
@@ -99,6 +108,10 @@ jq -r '[.params.image, .params.replicas, (.all_bound_s|.*100|round/100), (.all_r
   | { printf 'image\tpods\tall bound s\tall Running s\tbound/s\tRunning/s\tstartup p50 ms\tp99 ms\tmax ms\tdelete s\n'; cat; } \
   | { command -v column >/dev/null && column -t -s $'\t' || cat; }
 echo
+jq -r '[.params.replicas, (.created_s|.*100|round/100), (.rolled_s|.*100|round/100), (.pods_replaced_per_s|round)] | @tsv' "$ROLLOUT_RAW" \
+  | { printf 'Deployment pods\tall available s\trolling update s\tpods replaced/s\n'; cat; } \
+  | { command -v column >/dev/null && column -t -s $'\t' || cat; }
+echo
 echo "CPU seconds per process over the whole run (user+system):"
 tick=$(getconf CLK_TCK)
 for name in $(printf '%s\n' "${!PIDS[@]}" | sort); do
@@ -107,5 +120,5 @@ for name in $(printf '%s\n' "${!PIDS[@]}" | sort); do
   read -r -a f <<<"${stat##*) }"
   awk -v n="$name" -v u="${f[11]}" -v s="${f[12]}" -v t="$tick" 'BEGIN { printf "  %-20s %6.1f\n", n, (u + s) / t }'
 done
-cp "$RAW" "$OUT"
+cat "$RAW" "$ROLLOUT_RAW" > "$OUT"
 echo "raw results: $OUT"

@@ -9,6 +9,7 @@
 //! ```
 
 mod control_plane;
+mod rollout;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,6 +126,25 @@ enum Workload {
         #[arg(long, default_value = "miniku/busybox:latest")]
         image: String,
         /// The pods' node_selector, k=v,k2=v2.
+        #[arg(long)]
+        node_selector: Option<String>,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Creates a Deployment through the Kubernetes API, then times a rolling update of all
+    /// its pods until the Deployment reports it complete.
+    Rollout {
+        /// The API server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// Deployment name (also the pods' `app` label).
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1000)]
+        replicas: usize,
+        #[arg(long, default_value = "miniku/busybox:latest")]
+        image: String,
+        /// The pods' nodeSelector, k=v,k2=v2.
         #[arg(long)]
         node_selector: Option<String>,
         #[arg(long, default_value_t = 600)]
@@ -489,6 +509,38 @@ async fn main() -> Result<()> {
                     "pods_bound_per_s": replicas as f64 / secs(o.binding_window).max(1e-3),
                     "pods_running_per_s": replicas as f64 / secs(o.all_running).max(1e-3),
                     "cleanup_s": secs(o.cleanup),
+                }),
+            )
+        }
+        Workload::Rollout {
+            api,
+            name,
+            replicas,
+            image,
+            node_selector,
+            timeout_secs,
+        } => {
+            let o = rollout::run(
+                &api,
+                &name,
+                replicas,
+                &image,
+                node_selector.as_deref(),
+                Duration::from_secs(timeout_secs),
+            )
+            .await?;
+            let secs = |d: Duration| d.as_secs_f64();
+            report(
+                &args,
+                "rollout",
+                json!({"replicas": replicas, "image": image}),
+                &[],
+                0,
+                o.rolled,
+                json!({
+                    "created_s": secs(o.created),
+                    "rolled_s": secs(o.rolled),
+                    "pods_replaced_per_s": replicas as f64 / secs(o.rolled).max(1e-3),
                 }),
             )
         }

@@ -139,8 +139,7 @@ const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// Equal templates hash alike in every process; the value differs from Kubernetes' own
 /// (which hashes Go's printing of the object), which nothing depends on.
 pub fn pod_template_hash(template: &core::PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let template = without_hash_label(template);
-    let mut bytes = serde_json::to_vec(&template).unwrap_or_default();
+    let mut bytes = serde_json::to_vec(&semantic(template)).unwrap_or_default();
     if let Some(c) = collision_count {
         bytes.extend_from_slice(&c.to_le_bytes());
     }
@@ -170,9 +169,38 @@ pub fn without_hash_label(template: &core::PodTemplateSpec) -> core::PodTemplate
     t
 }
 
-/// Whether two templates are the same apart from the hash label.
+/// Whether two templates are the same apart from the hash label, as Kubernetes compares
+/// them (`EqualIgnoreHash` with semantic equality: an absent and an empty map or list are
+/// the same).
 pub fn equal_ignoring_hash(a: &core::PodTemplateSpec, b: &core::PodTemplateSpec) -> bool {
-    without_hash_label(a) == without_hash_label(b)
+    semantic(a) == semantic(b)
+}
+
+/// A template's JSON without its hash label, nulls, or empty objects and lists.
+fn semantic(template: &core::PodTemplateSpec) -> serde_json::Value {
+    fn prune(v: serde_json::Value) -> Option<serde_json::Value> {
+        use serde_json::Value;
+        match v {
+            Value::Null => None,
+            Value::Object(m) => {
+                let m: serde_json::Map<String, Value> = m
+                    .into_iter()
+                    .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                    .collect();
+                (!m.is_empty()).then_some(Value::Object(m))
+            }
+            Value::Array(a) => {
+                let a: Vec<Value> = a
+                    .into_iter()
+                    .map(|v| prune(v).unwrap_or(Value::Null))
+                    .collect();
+                (!a.is_empty()).then_some(Value::Array(a))
+            }
+            other => Some(other),
+        }
+    }
+    let value = serde_json::to_value(without_hash_label(template)).unwrap_or_default();
+    prune(value).unwrap_or_default()
 }
 
 /// A ReplicaSet's revision (its annotation), 0 when it has none.
@@ -262,5 +290,12 @@ mod tests {
             &template("a", Some("x")),
             &template("a", None)
         ));
+        // An empty map is no map.
+        let mut empty = template("a", None);
+        if let Some(s) = empty.spec.as_mut() {
+            s.node_selector = Some(BTreeMap::new());
+        }
+        assert!(equal_ignoring_hash(&empty, &template("a", None)));
+        assert_eq!(pod_template_hash(&empty, None), a);
     }
 }

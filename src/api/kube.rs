@@ -143,6 +143,14 @@ fn spec_from_kube(spec: Option<&core::PodSpec>) -> PodSpec {
 
 /// Writes the view's container fields over `spec`, changing only what differs.
 fn spec_into_kube(v: &PodSpec, default_container: &str, spec: &mut core::PodSpec) {
+    // A view that says what the object already says changes nothing in it, so a component's
+    // write never rewrites a spec it did not change (an empty map stays an empty map).
+    let mut current = spec_from_kube(Some(spec));
+    current.name.clone_from(&v.name);
+    current.labels.clone_from(&v.labels);
+    if current == *v && !spec.containers.is_empty() {
+        return;
+    }
     if spec.containers.is_empty() {
         spec.containers.push(core::Container {
             name: default_container.to_string(),
@@ -829,5 +837,26 @@ mod tests {
             },
             node
         );
+    }
+
+    #[test]
+    fn a_status_write_through_the_view_leaves_the_template_and_generation_alone() {
+        let rs: KubeReplicaSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "default", "generation": 1},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"nodeSelector": {}, "containers": [{"name": "main", "image": "x"}]},
+                },
+            },
+        }))
+        .unwrap();
+        let mut view = replicaset_from_kube(rs.clone());
+        view.ready_count = 2;
+        let written = replicaset_into_kube(&view);
+        assert_eq!(written.spec, rs.spec);
+        assert_eq!(written.metadata.generation, Some(1));
     }
 }
