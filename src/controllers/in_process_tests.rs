@@ -231,3 +231,132 @@ async fn a_node_whose_heartbeat_expires_turns_not_ready_and_loses_its_pods() {
     )
     .await;
 }
+
+/// Plays the kubelet: every pod that appears is bound and Running (ready) at once.
+fn run_every_pod(registry: &Registry) -> crate::runtime::OwnedTask<()> {
+    let registry = registry.clone();
+    let pods = Informer::<Pod>::start(registry.clone());
+    spawn_owned(async move {
+        let mut changes = pods.subscribe();
+        pods.wait_synced().await;
+        loop {
+            for p in pods.list() {
+                if p.status == PodPhase::Pending {
+                    let mut running = p.clone();
+                    running.spec.node_name = "n1".into();
+                    running.status = PodPhase::Running;
+                    // A conflict means it changed: its event brings it round again.
+                    let _ = registry.update(&running).await;
+                }
+            }
+            if changes.recv().await.is_none() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_rolling_update_stays_within_surge_and_unavailability_at_every_pod_event() {
+    use crate::api::kube::KubeDeployment;
+    use crate::controllers::DeploymentController;
+    let (registry, _store) = Registry::in_process();
+    let mut d: KubeDeployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "d-1", "generation": 1},
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "main", "image": "a"}]},
+            },
+        },
+    }))
+    .unwrap();
+    d = registry.create(&d).await.unwrap();
+    let (deployments, sets, pods_inf) = (
+        Informer::start(registry.clone()),
+        Informer::start(registry.clone()),
+        Informer::start(registry.clone()),
+    );
+    let _rs = start_replicaset_controller(&registry);
+    let _kubelet = run_every_pod(&registry);
+    let _ctl = spawn_owned(DeploymentController::run(
+        registry.clone(),
+        deployments,
+        sets,
+        pods_inf,
+        2,
+        Shutdown::never(),
+    ));
+    let watched = Informer::<KubeDeployment>::start(registry.clone());
+    let done = |image: &'static str| {
+        move |i: &Informer<KubeDeployment>| {
+            i.get("default/web").is_some_and(|d| {
+                let s = d.status.clone().unwrap_or_default();
+                let spec = d.spec.clone().unwrap_or_default();
+                spec.template
+                    .spec
+                    .as_ref()
+                    .and_then(|p| p.containers[0].image.as_deref())
+                    == Some(image)
+                    && s.observed_generation == d.metadata.generation
+                    && s.updated_replicas == Some(4)
+                    && s.available_replicas == Some(4)
+                    && s.replicas == Some(4)
+            })
+        }
+    };
+    within("the first rollout", watched.wait_until(done("a"))).await;
+
+    // Every pod event from here on: at most 4 + 1 pods, at least 4 - 1 running.
+    let pods = Informer::<Pod>::start(registry.clone());
+    pods.wait_synced().await;
+    let worst = Arc::new(std::sync::Mutex::new((0usize, usize::MAX)));
+    let seen = worst.clone();
+    let mut changes = pods.subscribe();
+    let observed = pods.clone();
+    let _check = spawn_owned(async move {
+        while changes.recv().await.is_some() {
+            let all = observed.list();
+            let running = all.iter().filter(|p| p.status == PodPhase::Running).count();
+            let mut w = seen.lock().unwrap();
+            w.0 = w.0.max(all.len());
+            w.1 = w.1.min(running);
+        }
+    });
+    registry
+        .modify::<KubeDeployment, _>("default/web", |d| {
+            if let Some(c) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+                c.containers[0].image = Some("b".into());
+            }
+            d.metadata.generation = Some(2);
+            true
+        })
+        .await
+        .unwrap();
+    within("the rolling update", watched.wait_until(done("b"))).await;
+    let (most, fewest_running) = *worst.lock().unwrap();
+    assert!(most <= 5, "{most} pods: more than replicas + maxSurge");
+    assert!(
+        fewest_running >= 3,
+        "{fewest_running} running: fewer than replicas - maxUnavailable"
+    );
+    // Two ReplicaSets: the new one with 4, the old one with none, revisions 1 and 2.
+    let sets = Informer::<ReplicaSet>::start(registry.clone());
+    sets.wait_synced().await;
+    let mut sizes: Vec<u32> = sets.list().iter().map(|r| r.desired_count).collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![0, 4]);
+    let d = watched.get("default/web").unwrap();
+    assert_eq!(
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+            .map(String::as_str),
+        Some("2")
+    );
+}
