@@ -261,7 +261,7 @@ async fn a_rolling_update_stays_within_surge_and_unavailability_at_every_pod_eve
     use crate::api::kube::KubeDeployment;
     use crate::controllers::DeploymentController;
     let (registry, _store) = Registry::in_process();
-    let mut d: KubeDeployment = serde_json::from_value(serde_json::json!({
+    let d: KubeDeployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web", "namespace": "default", "uid": "d-1", "generation": 1},
         "spec": {
             "replicas": 4,
@@ -275,7 +275,7 @@ async fn a_rolling_update_stays_within_surge_and_unavailability_at_every_pod_eve
         },
     }))
     .unwrap();
-    d = registry.create(&d).await.unwrap();
+    registry.create(&d).await.unwrap();
     let (deployments, sets, pods_inf) = (
         Informer::start(registry.clone()),
         Informer::start(registry.clone()),
