@@ -11,7 +11,6 @@
 //! - On start it adopts the containers it finds, and removes those whose pod is gone.
 //! - If the engine is unreachable it says so and keeps retrying; if the store is unreachable
 //!   it leaves running containers alone and catches up when the store returns.
-//!
 //! - Runs the containers' startup, readiness and liveness probes ([`prober`], on timers it
 //!   owns); a changed result queues the pod, whose sync writes its readiness or restarts
 //!   its container ([`sync`]).

@@ -88,11 +88,17 @@ fn http_client() -> Option<reqwest::Client> {
 impl<R: ContainerRuntime> Prober<R> {
     /// Probe results change → the pod's name is added to `queue`.
     pub fn new(runtime: R, queue: WorkQueue) -> Self {
+        // Hollow nodes have no network to probe: no client for them.
+        let http = if runtime.has_network() {
+            http_client()
+        } else {
+            None
+        };
         Prober {
             inner: Arc::new(Inner {
                 runtime,
                 queue,
-                http: http_client(),
+                http,
                 pods: Mutex::new(HashMap::new()),
             }),
         }
@@ -375,4 +381,109 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubelet::fake::FakeRuntime;
+    use crate::kubelet::runtime::ContainerState;
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use std::time::Duration;
+
+    /// A pod `web` whose container `main` has these probes (period 1 s).
+    fn pod_with(readiness: Option<core::Probe>, liveness: Option<core::Probe>) -> Pod {
+        let mut p = Pod::default();
+        p.spec.name = "web".into();
+        p.uid = "u1".into();
+        p.stored = Some(Arc::new(crate::api::kube::KubePod {
+            spec: Some(core::PodSpec {
+                containers: vec![core::Container {
+                    name: "main".into(),
+                    readiness_probe: readiness,
+                    liveness_probe: liveness,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        p
+    }
+
+    fn main_container(id: &str) -> Container {
+        Container {
+            id: id.into(),
+            pod_key: "default/web".into(),
+            pod_uid: "u1".into(),
+            state: ContainerState::Running {
+                started_at: Some(Utc::now()),
+            },
+            ip: String::new(),
+        }
+    }
+
+    fn every_second(p: core::Probe) -> Option<core::Probe> {
+        Some(core::Probe {
+            period_seconds: Some(1),
+            ..p
+        })
+    }
+
+    async fn until_reported(prober: &Prober<FakeRuntime>, done: impl Fn(&ProbeReport) -> bool) {
+        for _ in 0..100 {
+            if done(&prober.report("default/web")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no such report: {:?}", prober.report("default/web"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_succeeding_readiness_probe_makes_the_container_ready_and_queues_the_pod() {
+        let queue = WorkQueue::default();
+        let prober = Prober::new(FakeRuntime::new(), queue.clone());
+        let exec = core::Probe {
+            exec: Some(core::ExecAction {
+                command: Some(vec!["true".into()]),
+            }),
+            ..Default::default()
+        };
+        prober.watch(&pod_with(every_second(exec), None), &main_container("c1"));
+        until_reported(&prober, |r| r.ready.get("main") == Some(&true)).await;
+        assert_eq!(prober.report("default/web").container_id, "c1");
+        assert_eq!(queue.len(), 1);
+        prober.forget("default/web");
+        assert_eq!(prober.probed_pods(), 0);
+        assert_eq!(prober.report("default/web"), ProbeReport::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_liveness_probe_failing_its_threshold_asks_for_a_restart() {
+        let prober = Prober::new(FakeRuntime::new(), WorkQueue::default());
+        let broken = core::Probe {
+            tcp_socket: Some(core::TCPSocketAction {
+                port: IntOrString::String("missing".into()),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        let pod = pod_with(None, every_second(broken));
+        prober.watch(&pod, &main_container("c1"));
+        // Not after one or two failures: after the third (failureThreshold 3).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(prober.report("default/web").failed, None);
+        until_reported(&prober, |r| r.failed.is_some()).await;
+        let failed = prober.report("default/web").failed.unwrap_or_default();
+        assert!(
+            failed.starts_with("Liveness probe failed: port \"missing\""),
+            "{failed}"
+        );
+        // A new container gets fresh probes.
+        prober.watch(&pod, &main_container("c2"));
+        let fresh = prober.report("default/web");
+        assert_eq!((fresh.container_id.as_str(), fresh.failed), ("c2", None));
+    }
 }
