@@ -461,6 +461,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_startup_probe_gates_the_others_and_its_success_makes_the_container_ready() {
+        let prober = Prober::new(FakeRuntime::new(), WorkQueue::default());
+        let broken = core::Probe {
+            tcp_socket: Some(core::TCPSocketAction {
+                port: IntOrString::String("missing".into()),
+                host: None,
+            }),
+            failure_threshold: Some(1),
+            ..Default::default()
+        };
+        let exec = core::Probe {
+            exec: Some(core::ExecAction {
+                command: Some(vec!["true".into()]),
+            }),
+            ..Default::default()
+        };
+        // Startup fails for ever: the (failing) liveness probe never runs, so the restart
+        // it asks for is the startup probe's.
+        let mut gated = pod_with(None, every_second(broken.clone()));
+        if let Some(k) = gated.stored.as_mut().map(Arc::make_mut) {
+            if let Some(c) = k.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+                c.startup_probe = every_second(core::Probe {
+                    failure_threshold: Some(2),
+                    ..broken
+                });
+            }
+        }
+        prober.watch(&gated, &main_container("c1"));
+        until_reported(&prober, |r| r.failed.is_some()).await;
+        let failed = prober.report("default/web").failed.unwrap_or_default();
+        assert!(failed.starts_with("Startup probe failed: "), "{failed}");
+
+        // A startup probe that succeeds, without a readiness probe: ready then.
+        let mut starting = pod_with(None, None);
+        if let Some(k) = starting.stored.as_mut().map(Arc::make_mut) {
+            if let Some(c) = k.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+                c.startup_probe = every_second(exec);
+            }
+        }
+        prober.watch(&starting, &main_container("c2"));
+        until_reported(&prober, |r| r.ready.get("main") == Some(&true)).await;
+        assert_eq!(prober.report("default/web").failed, None);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_liveness_probe_failing_its_threshold_asks_for_a_restart() {
         let prober = Prober::new(FakeRuntime::new(), WorkQueue::default());
         let broken = core::Probe {
