@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Starts, stops and inspects a whole Miniku system on this machine:
 #   three store members (client ports 2379 22379 32379, peer ports 12380 22380 32380),
-#   the API server (:8080), the controller manager, the scheduler and two kubelets
-#   (node-a, node-b) running pods as Docker containers.
+#   the API server (:8080), the controller manager, the scheduler, two kubelets
+#   (node-a, node-b) running pods as Docker containers, and beside each kubelet a proxy
+#   (proxy-a, proxy-b) serving NodePort Services: node-a's on 127.0.0.1, node-b's on
+#   127.0.0.2 (both loopback; two proxies on one host cannot share an address and port).
 #
 # Usage: scripts/cluster.sh up|down|status|kill NAME|start NAME|logs NAME|names
 #   up            build (release) and start everything not already running; waits for a
@@ -26,7 +28,7 @@ mkdir -p "$DATA/pids" "$DATA/logs"
 DATA=$(cd "$DATA" && pwd)
 
 STORES="store1 store2 store3"
-CONTROL="apiserver controller-manager scheduler kubelet-a kubelet-b"
+CONTROL="apiserver controller-manager scheduler kubelet-a kubelet-b proxy-a proxy-b"
 INITIAL="1=127.0.0.1:12380,2=127.0.0.1:22380,3=127.0.0.1:32380"
 STORE_ENDPOINTS="127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
 CLIENT_PORTS=(0 2379 22379 32379)
@@ -68,6 +70,8 @@ command_for() {
     scheduler) echo "$BIN scheduler --store $STORE_ENDPOINTS" ;;
     kubelet-a) echo "$BIN kubelet --node-name node-a --runtime $RUNTIME --store $STORE_ENDPOINTS" ;;
     kubelet-b) echo "$BIN kubelet --node-name node-b --runtime $RUNTIME --store $STORE_ENDPOINTS" ;;
+    proxy-a) echo "$BIN proxy --listen-address 127.0.0.1 --store $STORE_ENDPOINTS" ;;
+    proxy-b) echo "$BIN proxy --listen-address 127.0.0.2 --store $STORE_ENDPOINTS" ;;
     *) echo "unknown component '$1' (one of: $(all_names))" >&2; return 1 ;;
   esac
 }
@@ -161,6 +165,7 @@ case "${1:-}" in
       for n in $CONTROL; do start_one "$n"; done
       wait_for_http http://127.0.0.1:8080/replicasets "the API server"
       echo "API server: http://127.0.0.1:8080  (kubelets: node-a, node-b, runtime $RUNTIME)"
+      echo "NodePort Services: 127.0.0.1:<nodePort> (proxy-a) and 127.0.0.2:<nodePort> (proxy-b)"
       write_kubeconfig
       echo "kubectl:    export KUBECONFIG=$DATA/kubeconfig"
     fi

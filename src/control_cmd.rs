@@ -1,5 +1,5 @@
-//! `miniku apiserver`, `miniku controller-manager` and `miniku scheduler`: flags, wiring and
-//! lifetimes of the control-plane components. What they do lives in the library.
+//! `miniku apiserver`, `miniku controller-manager`, `miniku scheduler`, `miniku kubelet` and
+//! `miniku proxy`: flags, wiring and lifetimes of the components. What they do lives in the library.
 
 use std::time::Duration;
 
@@ -157,7 +157,8 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
         let shutdown = term_shutdown.clone();
         async move {
             use miniku::controllers::{
-                NamespaceController, NodeLifecycleController, ReplicaSetController,
+                DeploymentController, EndpointsController, NamespaceController,
+                NodeLifecycleController, ReplicaSetController,
             };
             use miniku::runtime::Informer;
             // One informer per kind, shared by the controllers that read it.
@@ -166,6 +167,14 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
             let nodes = Informer::start(registry.clone());
             let heartbeats = Informer::start(registry.clone());
             let namespaces = Informer::start(registry.clone());
+            let deployments = Informer::start(registry.clone());
+            // The endpoints controller reads pods as stored (their Ready condition).
+            let endpoints = EndpointsController::new(
+                registry.clone(),
+                Informer::start(registry.clone()),
+                Informer::start(registry.clone()),
+                Informer::start(registry.clone()),
+            );
             let lifecycle = NodeLifecycleController::new(
                 registry.clone(),
                 nodes,
@@ -174,6 +183,14 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
                 eviction,
             );
             tokio::join!(
+                DeploymentController::run(
+                    registry.clone(),
+                    deployments,
+                    replicasets.clone(),
+                    pods.clone(),
+                    workers,
+                    shutdown.clone()
+                ),
                 ReplicaSetController::run(
                     registry.clone(),
                     replicasets,
@@ -182,7 +199,8 @@ pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Resu
                     shutdown.clone()
                 ),
                 lifecycle.run(shutdown.clone()),
-                NamespaceController::run(registry, namespaces, shutdown),
+                NamespaceController::run(registry, namespaces, shutdown.clone()),
+                endpoints.run(shutdown),
             );
             Ok(())
         }
@@ -427,6 +445,41 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
             }
         }
         tracing::info!("kubelet stopped; containers keep running and are adopted on restart");
+        Ok(())
+    };
+    run_until_stopped(work, &shutdown).await
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub store: StoreEndpoints,
+    /// The address NodePort Services' ports are opened on. Loopback by default: a node port
+    /// on another address is reachable by anyone who can reach the node, and the proxy
+    /// forwards to pods without authentication, so opening one is a deliberate choice.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_address: std::net::IpAddr,
+    /// Milliseconds a connection to one endpoint may take before the next one is tried.
+    #[arg(long, default_value_t = 1000)]
+    pub connect_timeout_ms: u64,
+}
+
+pub async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    if !args.listen_address.is_loopback() {
+        tracing::warn!(
+            listen = %args.listen_address,
+            "node ports open on a non-loopback address: pods behind NodePort Services are reachable by whoever reaches it"
+        );
+    }
+    let registry = args.store.registry()?;
+    let config = miniku::proxy::ProxyConfig {
+        listen_ip: args.listen_address,
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
+    };
+    let (shutdown, _signals) = shutdown_on_signal();
+    let stopping = shutdown.clone();
+    let work = async move {
+        miniku::proxy::run(registry, config, stopping).await;
         Ok(())
     };
     run_until_stopped(work, &shutdown).await

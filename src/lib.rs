@@ -11,11 +11,13 @@
 //! - [`controllers`]: the ReplicaSet controller and the node lifecycle controller.
 //! - [`scheduler`]: binds pending pods to ready nodes.
 //! - [`kubelet`]: runs a node's pods as Docker containers (or fake ones for scale tests).
+//! - [`proxy`]: `miniku proxy`, forwarding NodePort Services' connections to their pods.
 
 pub mod api;
 pub mod apiserver;
 pub mod controllers;
 pub mod kubelet;
+pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;

@@ -25,6 +25,8 @@ enum Command {
     Scheduler(control_cmd::SchedulerArgs),
     /// Run a node agent: pods bound to this node become containers.
     Kubelet(control_cmd::KubeletArgs),
+    /// Run a node's proxy: NodePort Services' ports, forwarded to their ready pods.
+    Proxy(control_cmd::ProxyArgs),
 }
 
 mod control_cmd;
@@ -48,5 +50,6 @@ async fn main() -> anyhow::Result<()> {
         Command::ControllerManager(args) => control_cmd::run_controller_manager(args).await,
         Command::Scheduler(args) => control_cmd::run_scheduler(args).await,
         Command::Kubelet(args) => control_cmd::run_kubelet(args).await,
+        Command::Proxy(args) => control_cmd::run_proxy(args).await,
     }
 }

@@ -31,8 +31,13 @@ use super::{
 
 pub type KubePod = core::Pod;
 pub type KubeReplicaSet = apps::ReplicaSet;
+pub type KubeDeployment = apps::Deployment;
 pub type KubeNode = core::Node;
 pub type KubeNamespace = core::Namespace;
+/// A v1 Service (stored as itself; the endpoints controller and `miniku proxy` read it).
+pub type KubeService = core::Service;
+/// A discovery.k8s.io/v1 EndpointSlice (written only by the endpoints controller).
+pub type KubeEndpointSlice = k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// When the kubelet next tries a failed pod's container (RFC 3339); absent = no retry pending.
 pub const NEXT_RETRY_ANNOTATION: &str = "miniku.io/next-retry-at";

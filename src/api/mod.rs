@@ -12,8 +12,10 @@
 //! keeps the object it was read from (`stored`), so a component's write changes only the
 //! fields the view has and keeps every other field a Kubernetes client wrote.
 
+pub mod deployment;
 pub mod kube;
 pub mod quantity;
+pub mod service;
 pub mod validation;
 
 use std::collections::{BTreeMap, BTreeSet};

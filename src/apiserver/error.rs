@@ -147,6 +147,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::NoSpace(_) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", message, None)
             }
+            RegistryError::Claimed { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", message, None)
+            }
             RegistryError::Decode(_) => {
                 tracing::error!(error = %message, "stored data could not be read");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, None)

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use crate::api::kube::{KubeNamespace, KubePod, KubeReplicaSet};
+use crate::api::kube::{
+    KubeDeployment, KubeEndpointSlice, KubeNamespace, KubePod, KubeReplicaSet, KubeService,
+};
 use crate::registry::{Object, Registry, RegistryError};
 use crate::runtime::{Controller, Informer, Next, Shutdown};
 
@@ -55,12 +57,18 @@ impl NamespaceController {
         if ns.metadata.deletion_timestamp.is_none() {
             return Ok(Next::Done);
         }
-        // ReplicaSets first, so that none makes new pods while its pods go.
+        // Deployments, then ReplicaSets, so that none makes new ReplicaSets or pods while
+        // they go.
+        let deployments = self.delete_all::<KubeDeployment>(name).await?;
         let sets = self.delete_all::<KubeReplicaSet>(name).await?;
         let pods = self.delete_all::<KubePod>(name).await?;
+        // Services (their node ports are released with them) and their slices.
+        self.delete_all::<KubeService>(name).await?;
+        self.delete_all::<KubeEndpointSlice>(name).await?;
+        let (left_deployments, _) = self.registry.list_in::<KubeDeployment>(Some(name)).await?;
         let (left_sets, _) = self.registry.list_in::<KubeReplicaSet>(Some(name)).await?;
         let (left_pods, _) = self.registry.list_in::<KubePod>(Some(name)).await?;
-        if !left_sets.is_empty() || !left_pods.is_empty() {
+        if !left_deployments.is_empty() || !left_sets.is_empty() || !left_pods.is_empty() {
             return Ok(Next::After(RECHECK));
         }
         match self
@@ -71,6 +79,7 @@ impl NamespaceController {
             Ok(_) | Err(RegistryError::NotFound { .. }) => {
                 tracing::info!(
                     namespace = name,
+                    deployments,
                     replicasets = sets,
                     pods,
                     "namespace emptied and deleted"

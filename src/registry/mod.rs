@@ -59,6 +59,23 @@ pub trait Object:
     fn from_stored(bytes: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
+    /// Whether objects of the kind hold [`Object::claims`] (then updates and deletes read the
+    /// stored object first, to know which claims to take and release).
+    const HAS_CLAIMS: bool = false;
+    /// Names the object holds exclusively while it exists (a Service's node ports,
+    /// `nodeports/30080`): each is a store key below [`CLAIMS`], created with the object in
+    /// one create-only transaction (the write fails with [`RegistryError::Claimed`] if
+    /// another object holds it) and deleted with it, so no two objects ever hold one name.
+    fn claims(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Where [`Object::claims`] live: `/registry/claims/<claim>`, each holding its owner's key.
+pub const CLAIMS: &str = "/registry/claims/";
+
+fn claim_key(claim: &str) -> String {
+    format!("{CLAIMS}{claim}")
 }
 
 /// The name part of a key (`web` of `default/web`), for messages.
@@ -170,8 +187,47 @@ macro_rules! kube_object {
 
 kube_object!(kube::KubePod, "pods", true);
 kube_object!(kube::KubeReplicaSet, "replicasets", true);
+kube_object!(kube::KubeDeployment, "deployments", true);
 kube_object!(kube::KubeNode, "nodes", false);
 kube_object!(kube::KubeNamespace, "namespaces", false);
+
+// Services and their EndpointSlices. A Service holds a claim per node port
+// (`nodeports/<port>`), so no two Services ever get one port.
+kube_object!(kube::KubeEndpointSlice, "endpointslices", true);
+
+impl Object for kube::KubeService {
+    const KIND: &'static str = "services";
+    const NAMESPACED: bool = true;
+    const HAS_CLAIMS: bool = true;
+    fn key(&self) -> String {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        let ns = self.metadata.namespace.as_deref().unwrap_or_default();
+        format!("{}/{name}", crate::api::namespace_or_default(ns))
+    }
+    fn resource_version(&self) -> i64 {
+        self.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+    fn set_resource_version(&mut self, rv: i64) {
+        self.metadata.resource_version = (rv > 0).then(|| rv.to_string());
+    }
+    fn claims(&self) -> Vec<String> {
+        crate::api::service::node_ports(self)
+            .map(node_port_claim)
+            .collect()
+    }
+}
+
+/// The claim a Service holds on node port `port`.
+pub fn node_port_claim(port: i32) -> String {
+    format!("{NODE_PORT_CLAIMS}{port}")
+}
+
+/// The prefix of every node port claim.
+pub const NODE_PORT_CLAIMS: &str = "nodeports/";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
@@ -202,6 +258,9 @@ pub enum RegistryError {
     /// are refused, deletes still work.
     #[error("the store is out of disk space: {0}")]
     NoSpace(String),
+    /// One of the object's [`Object::claims`] is held by another object.
+    #[error("`{claim}` is already held by another object")]
+    Claimed { claim: String },
 }
 
 impl From<ClientError> for RegistryError {
@@ -326,6 +385,64 @@ fn create_only(key: &str, value: Bin, lease: i64) -> TxnRequest {
         })],
         failure: vec![],
     }
+}
+
+/// How often a write of an object with claims is tried again while the object keeps
+/// changing under it.
+const CLAIM_RETRIES: usize = 20;
+
+/// A read of `key`'s metadata (for a failure branch).
+fn keys_only(key: &str) -> RequestOp {
+    RequestOp::Range(RangeRequest {
+        key: Bin::from(key),
+        keys_only: true,
+        ..Default::default()
+    })
+}
+
+/// Adds to `txn` the creation of each claim (holding `owner`), only if none exists, and a
+/// read of each to its failure branch.
+fn take_claims(txn: &mut TxnRequest, owner: &str, claims: &[String]) {
+    for claim in claims {
+        let k = claim_key(claim);
+        txn.compare.push(compare(
+            &k,
+            CompareTarget::CreateRevision,
+            CompareResult::Equal,
+            0,
+        ));
+        txn.success.push(RequestOp::Put(PutRequest {
+            key: Bin::from(k.as_str()),
+            value: Bin::from(owner),
+            lease: 0,
+            prev_kv: false,
+        }));
+        txn.failure.push(keys_only(&k));
+    }
+}
+
+/// Adds to `txn` the deletion of each claim.
+fn release_claims<'a>(txn: &mut TxnRequest, claims: impl Iterator<Item = &'a String>) {
+    for claim in claims {
+        txn.success
+            .push(RequestOp::Delete(miniku_store::api::DeleteRequest {
+                key: Bin::from(claim_key(claim).as_str()),
+                ..Default::default()
+            }));
+    }
+}
+
+/// The first of `claims` whose read (in a failed transaction's answers, from index `first`)
+/// found it held.
+fn taken_claim(
+    resp: &miniku_store::api::TxnResponse,
+    first: usize,
+    claims: &[String],
+) -> Option<String> {
+    claims.iter().enumerate().find_map(|(i, c)| {
+        matches!(resp.responses.get(first + i), Some(ResponseOp::Range { count, .. }) if *count > 0)
+            .then(|| c.clone())
+    })
 }
 
 impl Registry {
@@ -511,10 +628,19 @@ impl Registry {
     pub async fn create<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
         let key = key_of::<T>(&obj.key());
         let mut txn = create_only(&key, Bin(encode(obj)?), 0);
+        let claims = obj.claims();
+        if !claims.is_empty() {
+            txn.failure.push(keys_only(&key));
+            take_claims(&mut txn, &key, &claims);
+        }
         self.fence_txn(&mut txn);
         let resp = self.client.txn(&txn).await?;
         if !resp.succeeded {
             self.check_fence(&resp)?;
+            let exists = matches!(resp.responses.first(), Some(ResponseOp::Range { count, .. }) if *count > 0);
+            if let Some(claim) = taken_claim(&resp, 1, &claims).filter(|_| !exists) {
+                return Err(RegistryError::Claimed { claim });
+            }
             return Err(RegistryError::AlreadyExists {
                 kind: T::KIND,
                 name: name_of_key(&obj.key()).to_string(),
@@ -654,6 +780,9 @@ impl Registry {
 
     /// Replaces an object if its `resourceVersion` still matches (0: if it exists at all).
     pub async fn update<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
+        if T::HAS_CLAIMS {
+            return self.update_claimed(obj).await;
+        }
         let put = RequestOp::Put(PutRequest {
             key: Bin::from(key_of::<T>(&obj.key()).as_str()),
             value: Bin(encode(obj)?),
@@ -667,9 +796,139 @@ impl Registry {
         Ok(out)
     }
 
+    /// [`Self::update`] of a kind with claims: the claims the new version adds are taken and
+    /// those it drops released, in the transaction that writes it (retried while the object
+    /// changes under a write without precondition).
+    async fn update_claimed<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
+        let object_key = obj.key();
+        let key = key_of::<T>(&object_key);
+        let wanted = obj.resource_version();
+        let new: std::collections::BTreeSet<String> = obj.claims().into_iter().collect();
+        for _ in 0..CLAIM_RETRIES {
+            let current: T = self.get(&object_key).await?;
+            let rv = current.resource_version();
+            if wanted > 0 && wanted != rv {
+                return Err(self.conflict::<T>(&object_key, wanted));
+            }
+            let old: std::collections::BTreeSet<String> = current.claims().into_iter().collect();
+            let added: Vec<String> = new.difference(&old).cloned().collect();
+            let mut txn = TxnRequest {
+                compare: vec![compare(
+                    &key,
+                    CompareTarget::ModRevision,
+                    CompareResult::Equal,
+                    rv,
+                )],
+                success: vec![RequestOp::Put(PutRequest {
+                    key: Bin::from(key.as_str()),
+                    value: Bin(encode(obj)?),
+                    ..Default::default()
+                })],
+                failure: vec![keys_only(&key)],
+            };
+            take_claims(&mut txn, &key, &added);
+            release_claims(&mut txn, old.difference(&new));
+            self.fence_txn(&mut txn);
+            let resp = self.client.txn(&txn).await?;
+            if resp.succeeded {
+                let mut out = obj.clone();
+                out.set_resource_version(resp.header.revision);
+                return Ok(out);
+            }
+            self.check_fence(&resp)?;
+            match resp.responses.first() {
+                Some(ResponseOp::Range { kvs, .. }) if kvs.is_empty() => {
+                    return Err(RegistryError::NotFound {
+                        kind: T::KIND,
+                        name: name_of_key(&object_key).to_string(),
+                    })
+                }
+                Some(ResponseOp::Range { kvs, .. }) if kvs[0].mod_revision == rv => {
+                    if let Some(claim) = taken_claim(&resp, 1, &added) {
+                        return Err(RegistryError::Claimed { claim });
+                    }
+                }
+                _ if wanted > 0 => return Err(self.conflict::<T>(&object_key, wanted)),
+                _ => {}
+            }
+        }
+        Err(self.conflict::<T>(&object_key, wanted))
+    }
+
+    fn conflict<T: Object>(&self, object_key: &str, expected: i64) -> RegistryError {
+        RegistryError::Conflict {
+            kind: T::KIND,
+            name: name_of_key(object_key).to_string(),
+            expected,
+        }
+    }
+
+    /// [`Self::delete`] of a kind with claims: its claims are released in the transaction
+    /// that deletes it.
+    async fn delete_claimed<T: Object>(
+        &self,
+        object_key: &str,
+        wanted: i64,
+    ) -> Result<T, RegistryError> {
+        let key = key_of::<T>(object_key);
+        for _ in 0..CLAIM_RETRIES {
+            let current: T = self.get(object_key).await?;
+            let rv = current.resource_version();
+            if wanted > 0 && wanted != rv {
+                return Err(self.conflict::<T>(object_key, wanted));
+            }
+            let mut ops = vec![RequestOp::Delete(miniku_store::api::DeleteRequest {
+                key: Bin::from(key.as_str()),
+                ..Default::default()
+            })];
+            let claims = current.claims();
+            let mut txn = TxnRequest::default();
+            release_claims(&mut txn, claims.iter());
+            ops.append(&mut txn.success);
+            match self.conditional::<T>(object_key, rv, ops).await {
+                Ok(resp) => {
+                    let mut gone = current;
+                    gone.set_resource_version(resp.header.revision);
+                    return Ok(gone);
+                }
+                Err(RegistryError::Conflict { .. }) if wanted == 0 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.conflict::<T>(object_key, wanted))
+    }
+
+    /// The claims held below `prefix` (`nodeports/`), as [`Object::claims`] names them.
+    pub async fn claims_held(&self, prefix: &str) -> Result<Vec<String>, RegistryError> {
+        let resp = self
+            .client
+            .get(
+                claim_key(prefix).as_bytes(),
+                GetOptions {
+                    prefix: true,
+                    keys_only: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(resp
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                std::str::from_utf8(kv.key.as_bytes())
+                    .ok()
+                    .and_then(|k| k.strip_prefix(CLAIMS))
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
     /// Deletes an object if its `resourceVersion` matches `rv` (0: unconditionally). Returns
     /// the object as it was.
     pub async fn delete<T: Object>(&self, object_key: &str, rv: i64) -> Result<T, RegistryError> {
+        if T::HAS_CLAIMS {
+            return self.delete_claimed(object_key, rv).await;
+        }
         let key = Bin::from(key_of::<T>(object_key).as_str());
         let ops = vec![
             RequestOp::Range(RangeRequest {
@@ -797,5 +1056,106 @@ fn to_watch_event<T: Object>(
             let obj = decode(prev.value.as_bytes(), e.kv.mod_revision)?;
             Ok((WatchEvent::Deleted(obj), None))
         }
+    }
+}
+
+#[cfg(test)]
+mod claims_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+
+    fn service(name: &str, node_ports: &[i32]) -> kube::KubeService {
+        let mut s = kube::KubeService::default();
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some("default".into());
+        s.spec = Some(ServiceSpec {
+            type_: Some("NodePort".into()),
+            ports: Some(
+                node_ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| ServicePort {
+                        name: Some(format!("p{i}")),
+                        port: 80 + i as i32,
+                        node_port: Some(*n),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        s
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_never_share_a_node_port() {
+        let (reg, _store) = Registry::in_process();
+        let mut tries = Vec::new();
+        for i in 0..16 {
+            let reg = reg.clone();
+            tries.push(tokio::spawn(async move {
+                reg.create(&service(&format!("s{i}"), &[30080])).await
+            }));
+        }
+        let mut won = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(RegistryError::Claimed { claim }) => assert_eq!(claim, "nodeports/30080"),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one Service holds the port");
+        assert_eq!(
+            reg.claims_held("nodeports/").await.unwrap(),
+            ["nodeports/30080"]
+        );
+        // The loser's name is free: nothing of it was written.
+        let (list, _) = reg.list::<kube::KubeService>().await.unwrap();
+        assert_eq!(list.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn updates_take_and_release_claims_and_deletes_release_them() {
+        let (reg, _store) = Registry::in_process();
+        let a = reg.create(&service("a", &[30001, 30002])).await.unwrap();
+        // Same name again: AlreadyExists, not Claimed, though its ports are held.
+        assert!(matches!(
+            reg.create(&service("a", &[30001])).await,
+            Err(RegistryError::AlreadyExists { .. })
+        ));
+        reg.create(&service("b", &[30003])).await.unwrap();
+        // a moves 30002 to 30004: 30002 is free afterwards.
+        let mut moved = service("a", &[30001, 30004]);
+        moved.set_resource_version(a.resource_version());
+        let a = reg.update(&moved).await.unwrap();
+        let held = reg.claims_held("nodeports/").await.unwrap();
+        assert_eq!(
+            held,
+            ["nodeports/30001", "nodeports/30003", "nodeports/30004"]
+        );
+        // Taking b's port fails and changes nothing.
+        let mut clash = service("a", &[30003]);
+        clash.set_resource_version(a.resource_version());
+        assert!(matches!(
+            reg.update(&clash).await,
+            Err(RegistryError::Claimed { claim }) if claim == "nodeports/30003"
+        ));
+        // A stale resourceVersion is a conflict.
+        let mut stale = service("a", &[30009]);
+        stale.set_resource_version(a.resource_version() - 1);
+        assert!(matches!(
+            reg.update(&stale).await,
+            Err(RegistryError::Conflict { .. })
+        ));
+        reg.delete::<kube::KubeService>("default/a", 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            reg.claims_held("nodeports/").await.unwrap(),
+            ["nodeports/30003"]
+        );
+        // The freed port can be taken again.
+        reg.create(&service("c", &[30001])).await.unwrap();
     }
 }

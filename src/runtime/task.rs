@@ -24,6 +24,15 @@ where
     OwnedTask(tokio::spawn(fut))
 }
 
+impl<T> OwnedTask<T> {
+    /// Aborts the task and waits until it has stopped, so that what it held (a listening
+    /// socket, say) is released when this returns.
+    pub async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
 impl<T> Drop for OwnedTask<T> {
     fn drop(&mut self) {
         self.0.abort();

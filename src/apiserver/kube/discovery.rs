@@ -264,6 +264,47 @@ pub const RESOURCES: &[ResourceSpec] = &[
         subresources: &[SCALE, STATUS],
         schema: SchemaGenerator::subschema_for::<k8s_openapi::api::apps::v1::ReplicaSet>,
     },
+    ResourceSpec {
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        singular: "deployment",
+        kind: "Deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        categories: &["all"],
+        verbs: ALL_VERBS,
+        subresources: &[SCALE, STATUS],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::apps::v1::Deployment>,
+    },
+    // Services, and the EndpointSlices the endpoints controller keeps for them (read-only
+    // through the API).
+    ResourceSpec {
+        group: "",
+        version: "v1",
+        plural: "services",
+        singular: "service",
+        kind: "Service",
+        namespaced: true,
+        short_names: &["svc"],
+        categories: &["all"],
+        verbs: ALL_VERBS,
+        subresources: &[STATUS],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::core::v1::Service>,
+    },
+    ResourceSpec {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        verbs: &[Verb::Get, Verb::List, Verb::Watch],
+        subresources: &[],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    },
 ];
 
 /// The served resource `plural` in `group`/`version`, if any.
@@ -1082,7 +1123,11 @@ mod tests {
         assert_eq!(v["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let apps = &v["items"][0];
         assert_eq!(apps["metadata"]["name"], "apps");
-        let rs = &apps["versions"][0]["resources"][0];
+        let rs = apps["versions"][0]["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["resource"] == "replicasets"))
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(rs["resource"], "replicasets");
         assert_eq!(rs["shortNames"], serde_json::json!(["rs"]));
         let scale = &rs["subresources"][0];
@@ -1128,7 +1173,9 @@ mod tests {
                 "nodes",
                 "nodes/status",
                 "pods",
-                "pods/status"
+                "pods/status",
+                "services",
+                "services/status"
             ]
         );
         assert_eq!(v["resources"][4]["shortNames"], serde_json::json!(["po"]));
@@ -1203,7 +1250,11 @@ mod tests {
         };
         assert_eq!(body["resources"][0]["name"], "deployments");
         let groups = api_group_list(&table);
-        let batch = &groups.groups[1];
+        let batch = groups
+            .groups
+            .iter()
+            .find(|g| g.name == "batch")
+            .expect("the batch group");
         assert_eq!(batch.name, "batch");
         assert_eq!(
             batch.preferred_version.as_ref().map(|p| p.version.as_str()),

@@ -37,7 +37,7 @@ use futures::{stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use serde_json::{json, Value};
 
-use crate::api::kube::{to_time, KubeNamespace, KubePod, KubeReplicaSet};
+use crate::api::kube::{to_time, KubeDeployment, KubeNamespace, KubePod, KubeReplicaSet};
 use crate::api::DEFAULT_NAMESPACE;
 use crate::registry::{Registry, RegistryError, WatchEvent};
 use discovery::ResourceSpec;
@@ -49,6 +49,9 @@ use table::TablePrinter;
 /// The longest a watch stays open without `timeoutSeconds` (Kubernetes' default
 /// `--min-request-timeout` is 1800 s).
 const MAX_WATCH: Duration = Duration::from_secs(1800);
+
+/// How often a write picks again when a concurrent write took what it picked.
+const ALLOCATION_TRIES: usize = 10;
 
 #[derive(Clone)]
 pub struct KubeState {
@@ -267,6 +270,9 @@ async fn serve_api(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    if let Some(e) = refused_verb(&method, &target) {
+        return e.into_response();
+    }
     s.ensure_default_namespace().await;
     let req = Request {
         state: s,
@@ -279,11 +285,37 @@ async fn serve_api(
     let result = match req.target.spec.plural {
         "pods" => req.handle::<KubePod>().await,
         "replicasets" => req.handle::<KubeReplicaSet>().await,
+        "deployments" => req.handle::<KubeDeployment>().await,
         "nodes" => req.handle::<crate::api::kube::KubeNode>().await,
         "namespaces" => req.handle::<KubeNamespace>().await,
+        "services" => req.handle::<crate::api::kube::KubeService>().await,
+        "endpointslices" => req.handle::<crate::api::kube::KubeEndpointSlice>().await,
         _ => Err(not_found_path()),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A write to a resource whose discovery entry does not list the verb (EndpointSlices are
+/// read-only: the endpoints controller owns them).
+fn refused_verb(method: &Method, target: &Target) -> Option<KubeError> {
+    use discovery::Verb;
+    if target.subresource.is_some() {
+        return None;
+    }
+    let one = target.name.is_some();
+    let verb = match *method {
+        Method::POST if !one => Verb::Create,
+        Method::PUT if one => Verb::Update,
+        Method::PATCH if one => Verb::Patch,
+        Method::DELETE if one => Verb::Delete,
+        Method::DELETE => Verb::DeleteCollection,
+        _ => return None,
+    };
+    (!target.spec.has_verb(verb)).then(|| {
+        KubeError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method})"
+        ))
+    })
 }
 
 impl KubeState {
@@ -734,6 +766,7 @@ impl Request {
             }
         }
         let name = meta.name.clone().unwrap_or_default();
+        obj.apply_defaults();
         let causes = obj.validate();
         if !causes.is_empty() {
             return Err(self.invalid::<K>(&name, causes));
@@ -743,9 +776,7 @@ impl Request {
         let created = if self.dry_run()? {
             obj
         } else {
-            self.registry().create(&obj).await.map_err(|e| {
-                KubeError::from_registry(e, self.target.spec.group, self.target.spec.plural, &name)
-            })?
+            self.create_allocating(obj, &name).await?
         };
         tracing::info!(kind = <K as k8s_openapi::Resource>::KIND, key = %created.key(), "created through the Kubernetes API");
         let mut resp = json_response(StatusCode::CREATED, &to_value(&created)?);
@@ -753,6 +784,79 @@ impl Request {
             resp.headers_mut().insert("warning", w);
         }
         Ok(resp)
+    }
+
+    /// The claims held below the kind's allocation prefix (none if it allocates nothing).
+    async fn held_claims<K: Kind>(&self) -> Result<std::collections::HashSet<String>, KubeError> {
+        match K::ALLOCATES {
+            None => Ok(Default::default()),
+            Some(prefix) => Ok(self
+                .registry()
+                .claims_held(prefix)
+                .await
+                .map_err(|e| self.target.registry_error(e))?
+                .into_iter()
+                .collect()),
+        }
+    }
+
+    /// Stores a new object, first giving it what the server picks (a Service's node ports):
+    /// a pick another create took meanwhile is picked again; a value the user asked for that
+    /// another object holds is a 422.
+    async fn create_allocating<K: Kind>(&self, obj: K, name: &str) -> Result<K, KubeError> {
+        for _ in 0..ALLOCATION_TRIES {
+            let mut attempt = obj.clone();
+            let picked = attempt
+                .allocate(&self.held_claims::<K>().await?)
+                .map_err(|c| self.invalid::<K>(name, c))?;
+            let causes = attempt.validate();
+            if !causes.is_empty() {
+                return Err(self.invalid::<K>(name, causes));
+            }
+            match self.registry().create(&attempt).await {
+                Err(RegistryError::Claimed { claim }) if picked.contains(&claim) => continue,
+                Err(RegistryError::Claimed { claim }) => {
+                    return Err(self.invalid::<K>(name, attempt.claim_taken(&claim)))
+                }
+                other => {
+                    return other.map_err(|e| {
+                        KubeError::from_registry(
+                            e,
+                            self.target.spec.group,
+                            self.target.spec.plural,
+                            name,
+                        )
+                    })
+                }
+            }
+        }
+        Err(KubeError::unavailable(
+            "could not allocate: every pick was taken by a concurrent write",
+        ))
+    }
+
+    /// [`Registry::update`], first giving the object what the server picks, as
+    /// [`Self::create_allocating`] does. Err: the 422 of a taken value the user asked for.
+    async fn update_allocating<K: Kind>(
+        &self,
+        next: &K,
+    ) -> Result<Result<K, RegistryError>, KubeError> {
+        for _ in 0..ALLOCATION_TRIES {
+            let mut attempt = next.clone();
+            let picked = attempt
+                .allocate(&self.held_claims::<K>().await?)
+                .map_err(|c| self.invalid::<K>(self.target.name(), c))?;
+            match self.registry().update(&attempt).await {
+                Err(RegistryError::Claimed { claim }) if picked.contains(&claim) => continue,
+                Err(RegistryError::Claimed { claim }) => {
+                    return Err(self.invalid::<K>(self.target.name(), attempt.claim_taken(&claim)))
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(KubeError::unavailable(
+            "could not allocate: every pick was taken by a concurrent write",
+        ))
     }
 
     /// PUT: the body replaces the object (or only its status, on `/status`).
@@ -790,7 +894,7 @@ impl Request {
             if next == current || dry_run {
                 return Ok(json_response(StatusCode::OK, &to_value(&next)?));
             }
-            match self.registry().update(&next).await {
+            match self.update_allocating(&next).await? {
                 Ok(written) => return Ok(json_response(StatusCode::OK, &to_value(&written)?)),
                 Err(RegistryError::Conflict { .. }) if precondition == 0 => continue,
                 Err(e) => return Err(self.target.registry_error(e)),
@@ -812,6 +916,7 @@ impl Request {
             n
         } else {
             let mut n = request;
+            n.apply_defaults();
             n.prepare_update(current)
                 .map_err(|c| self.invalid::<K>(self.target.name(), c))?;
             let causes = n.validate();
@@ -852,7 +957,7 @@ impl Request {
                     warning,
                 ));
             }
-            match self.registry().update(&next).await {
+            match self.update_allocating(&next).await? {
                 Ok(written) => {
                     return Ok(with_warning(
                         json_response(StatusCode::OK, &to_value(&written)?),
@@ -920,19 +1025,17 @@ impl Request {
                 tracing::info!(namespace = %key, "marked for deletion");
                 return Ok(json_response(StatusCode::OK, &to_value(&ns)?));
             }
-            "ReplicaSet" if policy != "Background" => {
-                // The ReplicaSet controller settles its pods (orphans or deletes them), then
-                // deletes it, as Kubernetes' garbage collector does; kubectl waits for that.
+            // A workload's controller settles its dependents (orphans or deletes them), then
+            // deletes it, as Kubernetes' garbage collector does; kubectl waits for that.
+            "ReplicaSet" | "Deployment" if policy != "Background" => {
                 let finalizer = if policy == "Orphan" {
                     "orphan"
                 } else {
                     "foregroundDeletion"
                 };
-                let rs = self
-                    .mark_deleting::<KubeReplicaSet>(&key, Some(finalizer))
-                    .await?;
+                let marked = self.mark_deleting::<K>(&key, Some(finalizer)).await?;
                 tracing::info!(key = %key, policy = %policy, "marked for deletion");
-                return Ok(json_response(StatusCode::OK, &to_value(&rs)?));
+                return Ok(json_response(StatusCode::OK, &to_value(&marked)?));
             }
             _ => {}
         }
@@ -996,15 +1099,24 @@ impl Request {
         ))
     }
 
-    /// `replicasets/NAME/scale`: an autoscaling/v1 Scale over the ReplicaSet's replicas.
+    /// `replicasets/NAME/scale`, `deployments/NAME/scale`.
     async fn scale(&self) -> Result<Response, KubeError> {
-        let current: KubeReplicaSet = self.get::<KubeReplicaSet>().await?;
+        match self.target.spec.plural {
+            "replicasets" => self.scale_of::<KubeReplicaSet>().await,
+            "deployments" => self.scale_of::<KubeDeployment>().await,
+            _ => Err(not_found_path()),
+        }
+    }
+
+    /// An autoscaling/v1 Scale over a workload's replicas.
+    async fn scale_of<K: Kind + Scalable>(&self) -> Result<Response, KubeError> {
+        let current: K = self.get::<K>().await?;
         if self.method == Method::GET {
-            return Ok(json_response(StatusCode::OK, &scale_of(&current)));
+            return Ok(json_response(StatusCode::OK, &scale_body(&current)));
         }
         let requested: Value = if self.method == Method::PATCH {
             let content_type = self.header(header::CONTENT_TYPE).unwrap_or("");
-            patch::apply_patch("Scale", content_type, &scale_of(&current), &self.body)
+            patch::apply_patch("Scale", content_type, &scale_body(&current), &self.body)
                 .map_err(patch_error)?
         } else if self.method == Method::PUT {
             serde_json::from_slice(&self.body).map_err(|e| {
@@ -1055,11 +1167,11 @@ impl Request {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let mut next = current.clone();
-        next.spec.get_or_insert_with(Default::default).replicas = Some(replicas as i32);
+        next.set_replicas(replicas as i32);
         let resp = self.write(next, precondition, false).await?;
         drop(resp);
-        let now: KubeReplicaSet = self.get::<KubeReplicaSet>().await?;
-        Ok(json_response(StatusCode::OK, &scale_of(&now)))
+        let now: K = self.get::<K>().await?;
+        Ok(json_response(StatusCode::OK, &scale_body(&now)))
     }
 }
 
@@ -1086,13 +1198,50 @@ fn with_warning(mut resp: Response, warning: Option<HeaderValue>) -> Response {
     resp
 }
 
-/// The Scale of a ReplicaSet.
-fn scale_of(rs: &KubeReplicaSet) -> Value {
-    let m = &rs.metadata;
-    let selector = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
+/// A kind with a `scale` subresource.
+trait Scalable {
+    /// `spec.replicas`, 1 when unset (Kubernetes' default).
+    fn replicas(&self) -> i32;
+    fn set_replicas(&mut self, replicas: i32);
+    fn status_replicas(&self) -> i32;
+    fn match_labels(&self) -> Option<&std::collections::BTreeMap<String, String>>;
+}
+
+impl Scalable for KubeReplicaSet {
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn set_replicas(&mut self, replicas: i32) {
+        self.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
+    }
+    fn status_replicas(&self) -> i32 {
+        self.status.as_ref().map_or(0, |s| s.replicas)
+    }
+    fn match_labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec.as_ref()?.selector.match_labels.as_ref()
+    }
+}
+
+impl Scalable for KubeDeployment {
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn set_replicas(&mut self, replicas: i32) {
+        self.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
+    }
+    fn status_replicas(&self) -> i32 {
+        self.status.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+    }
+    fn match_labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec.as_ref()?.selector.match_labels.as_ref()
+    }
+}
+
+/// The Scale of a workload.
+fn scale_body<K: Kind + Scalable>(obj: &K) -> Value {
+    let m = obj.metadata();
+    let selector = obj
+        .match_labels()
         .map(|l| {
             l.iter()
                 .map(|(k, v)| format!("{k}={v}"))
@@ -1107,9 +1256,9 @@ fn scale_of(rs: &KubeReplicaSet) -> Value {
             "name": m.name, "namespace": m.namespace, "uid": m.uid,
             "resourceVersion": m.resource_version, "creationTimestamp": m.creation_timestamp,
         },
-        "spec": {"replicas": rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)},
+        "spec": {"replicas": obj.replicas()},
         "status": {
-            "replicas": rs.status.as_ref().map_or(0, |s| s.replicas),
+            "replicas": obj.status_replicas(),
             "selector": selector,
         },
     })

@@ -416,7 +416,18 @@ pub const SCHEMAS: &[KindSchema] = &[
         kind: "Scale",
         sections: &[("metadata", OBJECT_META)],
     },
+    KindSchema {
+        kind: "Service",
+        sections: &[
+            ("metadata", OBJECT_META),
+            ("spec", SERVICE_SPEC),
+            ("status", CONDITIONS_STATUS),
+        ],
+    },
 ];
+
+/// `ServiceSpec`: ports merge by port number (as Kubernetes' `patchMergeKey: port`).
+pub const SERVICE_SPEC: &[ListRule] = &[key("ports", "port")];
 
 /// The strategic-merge schema of a kind, if it has one.
 pub fn schema_for(kind: &str) -> Option<&'static KindSchema> {

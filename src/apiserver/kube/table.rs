@@ -67,7 +67,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ListMeta, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -722,6 +722,8 @@ const NAME_COLUMN: Column = Column {
 };
 const AGE_COLUMN: Column = col("Age", "string", DESC_AGE);
 
+mod service;
+
 // ---------------------------------------------------------------------------------------
 // Pod
 // ---------------------------------------------------------------------------------------
@@ -1012,6 +1014,52 @@ impl TablePrinter for ReplicaSet {
             json!(i64::from(desired)),
             json!(i64::from(current)),
             json!(i64::from(ready)),
+            json!(age(self.metadata.creation_timestamp.as_ref(), now)),
+            json!(names),
+            json!(images),
+            json!(format_label_selector(spec.map(|s| &s.selector))),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Deployment
+// ---------------------------------------------------------------------------------------
+
+static DEPLOYMENT_COLUMNS: [Column; 8] = [
+    NAME_COLUMN,
+    col("Ready", "string", "Number of the pod with ready state"),
+    col("Up-to-date", "string", "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
+    col("Available", "string", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+    AGE_COLUMN,
+    wide("Containers", "string", "Names of each container in the template."),
+    wide("Images", "string", "Images referenced by each container in the template."),
+    wide("Selector", "string", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
+];
+
+impl TablePrinter for Deployment {
+    fn columns() -> &'static [Column] {
+        &DEPLOYMENT_COLUMNS
+    }
+
+    fn cells(&self, now: Timestamp) -> Vec<Value> {
+        let spec = self.spec.as_ref();
+        let desired = spec.and_then(|s| s.replicas).unwrap_or(1);
+        let status = self.status.as_ref();
+        let count = |f: fn(&k8s_openapi::api::apps::v1::DeploymentStatus) -> Option<i32>| {
+            status.and_then(f).unwrap_or(0)
+        };
+        let ready = count(|s| s.ready_replicas);
+        let containers = spec
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers.as_slice())
+            .unwrap_or(&[]);
+        let (names, images) = container_cells(containers);
+        vec![
+            json!(self.metadata.name.as_deref().unwrap_or("")),
+            json!(format!("{ready}/{desired}")),
+            json!(i64::from(count(|s| s.updated_replicas))),
+            json!(i64::from(count(|s| s.available_replicas))),
             json!(age(self.metadata.creation_timestamp.as_ref(), now)),
             json!(names),
             json!(images),
