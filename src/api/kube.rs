@@ -12,7 +12,7 @@
 //! `miniku.io/`: the kubelet's next retry time. This module does not talk to the store and
 //! does not validate user input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -328,10 +328,23 @@ pub fn pod_from_kube(k: KubePod) -> Pod {
         exit_code: terminated.map(|t| i64::from(t.exit_code)),
         pod_ip: status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
         host_ip: status.and_then(|s| s.host_ip.clone()).unwrap_or_default(),
+        not_ready: BTreeSet::new(),
         stored: None,
+    };
+    let not_ready = if pod.status == PodPhase::Running {
+        status
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| !c.ready)
+            .map(|c| c.name.clone())
+            .collect()
+    } else {
+        BTreeSet::new()
     };
     Pod {
         stored: Some(Arc::new(k)),
+        not_ready,
         ..pod
     }
 }
@@ -420,12 +433,12 @@ pub fn pod_into_kube(p: &Pod) -> KubePod {
             .into_iter()
             .enumerate()
             .map(|(i, (name, image))| core::ContainerStatus {
+                ready: p.status == PodPhase::Running && !p.not_ready.contains(&name),
                 name,
                 image: image.unwrap_or_default(),
                 image_id: String::new(),
                 // Only the main container's engine id is known here.
                 container_id: if i == 0 { container_id.clone() } else { None },
-                ready: p.status == PodPhase::Running,
                 started: Some(p.status == PodPhase::Running),
                 restart_count: p.retry_count.min(i32::MAX as u32) as i32,
                 state: Some(state.clone()),
@@ -435,14 +448,31 @@ pub fn pod_into_kube(p: &Pod) -> KubePod {
             .collect()
     });
     let before = status.conditions.take().unwrap_or_default();
-    let ready = p.status == PodPhase::Running;
+    let ready = p.is_ready();
     let not_ready = (!ready).then_some("ContainersNotReady");
+    // Kubernetes' wording: `containers with unready status: [web]`.
+    let unready_message = (p.status == PodPhase::Running && !p.not_ready.is_empty()).then(|| {
+        let names: Vec<&str> = p.not_ready.iter().map(String::as_str).collect();
+        format!("containers with unready status: [{}]", names.join(" "))
+    });
     status.conditions = if bound {
         Some(vec![
             condition(&before, "PodScheduled", true, None, None),
             condition(&before, "Initialized", true, None, None),
-            condition(&before, "ContainersReady", ready, not_ready, None),
-            condition(&before, "Ready", ready, not_ready, None),
+            condition(
+                &before,
+                "ContainersReady",
+                ready,
+                not_ready,
+                unready_message.as_deref(),
+            ),
+            condition(
+                &before,
+                "Ready",
+                ready,
+                not_ready,
+                unready_message.as_deref(),
+            ),
         ])
     } else if p.reason == "Unschedulable" {
         Some(vec![condition(
@@ -478,6 +508,11 @@ pub fn replicaset_from_kube(k: KubeReplicaSet) -> ReplicaSet {
             .clamp(0, i32::MAX) as u32,
         current_count: status.map_or(0, |s| s.replicas.max(0) as u32),
         ready_count: status.and_then(|s| s.ready_replicas).unwrap_or(0).max(0) as u32,
+        available_count: status
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0)
+            .max(0) as u32,
+        min_ready_seconds: spec.and_then(|s| s.min_ready_seconds).unwrap_or(0).max(0) as u32,
         selector: spec
             .and_then(|s| s.selector.match_labels.clone())
             .unwrap_or_default(),
@@ -509,6 +544,10 @@ pub fn replicaset_into_kube(r: &ReplicaSet) -> KubeReplicaSet {
     }
     let spec = k.spec.get_or_insert_with(Default::default);
     spec.replicas = Some(r.desired_count.min(i32::MAX as u32) as i32);
+    // Written only when it changes, so that an unset field stays unset.
+    if spec.min_ready_seconds.unwrap_or(0).max(0) as u32 != r.min_ready_seconds {
+        spec.min_ready_seconds = Some(r.min_ready_seconds.min(i32::MAX as u32) as i32);
+    }
     spec.selector = LabelSelector {
         match_labels: map_or_none(&r.selector),
         match_expressions: spec.selector.match_expressions.take(),
@@ -535,7 +574,7 @@ pub fn replicaset_into_kube(r: &ReplicaSet) -> KubeReplicaSet {
     status.fully_labeled_replicas = Some(status.replicas);
     let ready = r.ready_count.min(i32::MAX as u32) as i32;
     status.ready_replicas = Some(ready);
-    status.available_replicas = Some(ready);
+    status.available_replicas = Some(r.available_count.min(i32::MAX as u32) as i32);
     status.observed_generation = (r.observed_generation != 0).then_some(r.observed_generation);
     k
 }
@@ -776,6 +815,77 @@ mod tests {
         assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
         assert_eq!(spec.node_name.as_deref(), Some("node-b"));
         assert_eq!(back.metadata.annotations.as_ref().unwrap()["team"], "a");
+    }
+
+    #[test]
+    fn readiness_is_carried_and_its_condition_moves_only_on_transitions() {
+        let mut p = seed_pod();
+        p.spec.node_name = "node-a".into();
+        p.status = PodPhase::Running;
+        p.not_ready.insert(DEFAULT_CONTAINER_NAME.into());
+        let k = pod_into_kube(&p);
+        let status = k.status.as_ref().unwrap();
+        assert!(!status.container_statuses.as_ref().unwrap()[0].ready);
+        let cond = |k: &KubePod, t: &str| {
+            k.status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == t)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(cond(&k, "Ready").status, "False");
+        assert_eq!(
+            cond(&k, "ContainersReady").message.as_deref(),
+            Some("containers with unready status: [main]")
+        );
+        let view = round_trip(&p);
+        same(&p, &view);
+        // An unrelated write keeps the transition time; becoming ready moves it.
+        let mut k2 = k.clone();
+        let old = to_time(Utc::now() - chrono::Duration::seconds(60));
+        for c in k2.status.as_mut().unwrap().conditions.as_mut().unwrap() {
+            c.last_transition_time = Some(old.clone());
+        }
+        let mut v = pod_from_kube(k2);
+        v.message = "something".into();
+        assert_eq!(
+            cond(&pod_into_kube(&v), "Ready").last_transition_time,
+            Some(old.clone())
+        );
+        v.not_ready.clear();
+        let ready = pod_into_kube(&v);
+        assert_eq!(cond(&ready, "Ready").status, "True");
+        assert_ne!(cond(&ready, "Ready").last_transition_time, Some(old));
+        assert!(pod_from_kube(ready).is_ready());
+    }
+
+    #[test]
+    fn available_replicas_and_min_ready_seconds_are_their_own() {
+        let rs = ReplicaSet {
+            name: "web".into(),
+            desired_count: 3,
+            ready_count: 3,
+            available_count: 1,
+            min_ready_seconds: 30,
+            ..Default::default()
+        };
+        let k = replicaset_into_kube(&rs);
+        let status = k.status.as_ref().unwrap();
+        assert_eq!(
+            (status.ready_replicas, status.available_replicas),
+            (Some(3), Some(1))
+        );
+        assert_eq!(k.spec.as_ref().unwrap().min_ready_seconds, Some(30));
+        let back = replicaset_from_kube(k);
+        assert_eq!((back.available_count, back.min_ready_seconds), (1, 30));
+        // Unset stays unset.
+        let plain = replicaset_into_kube(&ReplicaSet::default());
+        assert_eq!(plain.spec.as_ref().unwrap().min_ready_seconds, None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod quantity;
 pub mod service;
 pub mod validation;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -226,6 +226,11 @@ pub struct Pod {
     /// The address of the node the pod runs on (`status.hostIP`).
     #[serde(skip)]
     pub host_ip: String,
+    /// The containers (by name) of a Running pod that are not ready: their readiness (or
+    /// startup) probe has not succeeded. Empty unless the pod is Running. A Running pod is
+    /// ready when it is empty (Kubernetes' `Ready` and `ContainersReady` conditions).
+    #[serde(skip)]
+    pub not_ready: BTreeSet<String>,
     /// The Kubernetes object this view was read from (None for a new pod).
     #[serde(skip)]
     pub stored: Option<Arc<kube::KubePod>>,
@@ -251,6 +256,7 @@ impl Default for Pod {
             exit_code: None,
             pod_ip: String::new(),
             host_ip: String::new(),
+            not_ready: BTreeSet::new(),
             stored: None,
         }
     }
@@ -267,9 +273,16 @@ pub struct ReplicaSet {
     /// Active (not Failed/Succeeded) pods the controller observes.
     #[serde(rename = "currentCount", default)]
     pub current_count: u32,
-    /// Pods Running.
+    /// Pods ready (Kubernetes' `readyReplicas`).
     #[serde(rename = "readyCount", default)]
     pub ready_count: u32,
+    /// Pods ready for at least `min_ready_seconds` (Kubernetes' `availableReplicas`).
+    #[serde(skip)]
+    pub available_count: u32,
+    /// Kubernetes' `spec.minReadySeconds`: how long a pod must have been ready to count as
+    /// available.
+    #[serde(skip)]
+    pub min_ready_seconds: u32,
     pub selector: BTreeMap<String, String>,
     pub template: PodTemplate,
     #[serde(rename = "resourceVersion", default)]
@@ -349,6 +362,29 @@ impl Pod {
             PodPhase::Failed => self.next_retry_at == zero_time(),
             _ => false,
         }
+    }
+
+    /// Running with every container ready (Kubernetes' `Ready` condition is True).
+    pub fn is_ready(&self) -> bool {
+        self.status == PodPhase::Running && self.not_ready.is_empty()
+    }
+
+    /// Since when the pod has been ready (its `Ready` condition's last transition), if it is.
+    pub fn ready_since(&self) -> Option<DateTime<Utc>> {
+        if !self.is_ready() {
+            return None;
+        }
+        self.stored
+            .as_ref()?
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready" && c.status == "True")?
+            .last_transition_time
+            .as_ref()
+            .map(kube::from_time)
     }
 
     /// Whether every `selector` label is on the pod with the same value.

@@ -283,6 +283,9 @@ async fn update_replicaset(
         next.name = name.clone();
         next.current_count = current.current_count;
         next.ready_count = current.ready_count;
+        next.available_count = current.available_count;
+        // Not in the seed's JSON: what a Kubernetes client set stays.
+        next.min_ready_seconds = current.min_ready_seconds;
         next.resource_version = current.resource_version;
         next.namespace = current.namespace.clone();
         next.generation = current.generation;

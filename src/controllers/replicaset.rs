@@ -10,9 +10,12 @@
 //!   and so replaced;
 //! - too few active pods: create `<rs>-<8 hex>` pods with create-only transactions, in
 //!   slow-start batches (1, 2, 4, …);
-//! - too many: delete the least valuable first (unscheduled, pending, not running, newest);
-//! - `currentCount` / `readyCount` are written from the observed pods, with a revision
-//!   precondition.
+//! - too many: delete the least valuable first (unscheduled, pending, not running, not
+//!   ready, newest);
+//! - `currentCount` / `readyCount` (`readyReplicas`: pods whose `Ready` condition is True)
+//!   and `availableReplicas` (pods ready for at least `spec.minReadySeconds`) are written
+//!   from the observed pods, with a revision precondition; when a ready pod will become
+//!   available, the ReplicaSet is looked at again then.
 //!
 //! The guard against double creation from a stale cache ("expectations"): after writing pods
 //! for a ReplicaSet the controller remembers the highest revision it wrote, and does not
@@ -121,7 +124,35 @@ pub fn new_pod(rs: &ReplicaSet) -> Pod {
         exit_code: None,
         pod_ip: String::new(),
         host_ip: String::new(),
+        not_ready: Default::default(),
     }
+}
+
+/// Of `pods`: how many are ready, how many have been ready for `min_ready_seconds`
+/// (available), and how long until the next ready one becomes available.
+pub fn readiness_of(
+    pods: &[Pod],
+    min_ready_seconds: u32,
+    now: chrono::DateTime<Utc>,
+) -> (u32, u32, Option<Duration>) {
+    let min_ready = chrono::Duration::seconds(i64::from(min_ready_seconds));
+    let (mut ready, mut available, mut next) = (0u32, 0u32, None::<Duration>);
+    for p in pods.iter().filter(|p| p.is_ready()) {
+        ready += 1;
+        if min_ready_seconds == 0 {
+            available += 1;
+            continue;
+        }
+        // Ready without a known transition time: counted from now.
+        let since = p.ready_since().unwrap_or(now);
+        match (since + min_ready - now).to_std() {
+            Ok(wait) if !wait.is_zero() => {
+                next = Some(next.map_or(wait, |n: Duration| n.min(wait)));
+            }
+            _ => available += 1,
+        }
+    }
+    (ready, available, next)
 }
 
 /// Scale-down order: the first pods are the least valuable.
@@ -129,7 +160,8 @@ fn deletion_rank(p: &Pod) -> (bool, u8, Reverse<i64>) {
     let phase = match p.status {
         PodPhase::Pending => 0,
         PodPhase::Failed | PodPhase::Succeeded => 1,
-        PodPhase::Running => 2,
+        PodPhase::Running if !p.is_ready() => 2,
+        PodPhase::Running => 3,
     };
     let created = p.created_at.map_or(0, |t| t.timestamp_micros());
     (!p.spec.node_name.is_empty(), phase, Reverse(created))
@@ -307,10 +339,8 @@ impl ReplicaSetController {
             }
         }
         let observed = active.len() as u32;
-        let ready = active
-            .iter()
-            .filter(|p| p.status == PodPhase::Running)
-            .count() as u32;
+        let (ready, available, becomes_available) =
+            readiness_of(&active, rs.min_ready_seconds, Utc::now());
         let desired = rs.desired_count;
         if observed < desired {
             let mut missing = (desired - observed) as usize;
@@ -347,11 +377,13 @@ impl ReplicaSetController {
         }
         if rs.current_count != observed
             || rs.ready_count != ready
+            || rs.available_count != available
             || rs.observed_generation != rs.generation
         {
             let mut updated = rs.clone();
             updated.current_count = observed;
             updated.ready_count = ready;
+            updated.available_count = available;
             updated.observed_generation = rs.generation;
             match self.registry.update(&updated).await {
                 Ok(_) | Err(RegistryError::NotFound { .. }) => {}
@@ -361,7 +393,11 @@ impl ReplicaSetController {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(Next::Done)
+        // A ready pod becomes available without an event: look again then.
+        Ok(match becomes_available {
+            Some(after) => Next::After(after),
+            None => Next::Done,
+        })
     }
 
     /// A ReplicaSet being deleted (`deletionTimestamp` set by a Foreground or Orphan delete),
@@ -456,6 +492,39 @@ mod tests {
         assert_eq!(p.owner.as_ref().map(|o| o.uid.as_str()), Some("u1"));
         assert_eq!(p.status, PodPhase::Pending);
         assert_eq!(p.next_retry_at, zero_time());
+    }
+
+    #[test]
+    fn available_pods_have_been_ready_for_min_ready_seconds() {
+        use k8s_openapi::api::core::v1 as core;
+        let now = Utc::now();
+        let ready_pod = |ready_for: i64| {
+            let mut p = new_pod(&ReplicaSet::default());
+            p.status = PodPhase::Running;
+            p.stored = Some(Arc::new(KubePod {
+                status: Some(core::PodStatus {
+                    conditions: Some(vec![core::PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        last_transition_time: Some(crate::api::kube::to_time(
+                            now - chrono::Duration::seconds(ready_for),
+                        )),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }));
+            p
+        };
+        let mut unready = ready_pod(100);
+        unready.not_ready.insert("web".into());
+        let pods = [ready_pod(100), ready_pod(3), unready];
+        assert_eq!(readiness_of(&pods, 0, now), (2, 2, None));
+        let (ready, available, next) = readiness_of(&pods, 10, now);
+        assert_eq!((ready, available), (2, 1));
+        assert_eq!(next, Some(Duration::from_secs(7)));
+        assert_eq!(readiness_of(&pods, 200, now).1, 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
@@ -28,8 +29,8 @@ use k8s_openapi::api::core::v1::Container as KubeContainer;
 
 use super::runtime::{
     container_name, labels_for, pod_key_from_labels, Container, ContainerRuntime, ContainerState,
-    RuntimeError, RuntimeEvent, LABEL_CONTAINER, LABEL_MAIN, LABEL_MARKER, LABEL_NODE, LABEL_POD,
-    LABEL_POD_UID,
+    ExecOutput, RuntimeError, RuntimeEvent, LABEL_CONTAINER, LABEL_MAIN, LABEL_MARKER, LABEL_NODE,
+    LABEL_POD, LABEL_POD_UID,
 };
 use crate::api::Pod;
 
@@ -289,7 +290,13 @@ impl ContainerRuntime for DockerRuntime {
         let main = self.create_and_start(pod, node, first, &name, None).await?;
         for c in later {
             let started = self
-                .create_and_start(pod, node, c, &format!("{name}__{}", c.name), Some(&main))
+                .create_and_start(
+                    pod,
+                    node,
+                    c,
+                    &super::runtime::later_container_name(pod, &c.name),
+                    Some(&main),
+                )
                 .await;
             if let Err(e) = started {
                 let _ = self.remove(&main, Duration::ZERO).await;
@@ -324,7 +331,50 @@ impl ContainerRuntime for DockerRuntime {
     fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
         self.event_stream(node)
     }
+
+    async fn exec(&self, container: &str, command: &[String]) -> Result<ExecOutput, RuntimeError> {
+        let config = CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(container, config)
+            .await
+            .map_err(engine)?
+            .id;
+        let mut output = String::new();
+        if let StartExecResults::Attached {
+            output: mut out, ..
+        } = self.docker.start_exec(&exec, None).await.map_err(engine)?
+        {
+            // Read to the end (the command's end), keeping only the start for messages.
+            while let Some(chunk) = out.next().await {
+                let chunk = chunk.map_err(engine)?;
+                if output.len() < EXEC_OUTPUT_KEPT {
+                    output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                }
+            }
+        }
+        output.truncate(
+            (0..=EXEC_OUTPUT_KEPT.min(output.len()))
+                .rev()
+                .find(|i| output.is_char_boundary(*i))
+                .unwrap_or(0),
+        );
+        let inspect = self.docker.inspect_exec(&exec).await.map_err(engine)?;
+        Ok(ExecOutput {
+            // No exit code: it did not run to its end, which no probe may count as success.
+            exit_code: inspect.exit_code.unwrap_or(-1),
+            output: output.trim_end().to_string(),
+        })
+    }
 }
+
+/// How much of an exec probe's output a message keeps.
+const EXEC_OUTPUT_KEPT: usize = 1024;
 
 impl DockerRuntime {
     async fn list_filtered(

@@ -12,7 +12,9 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::runtime::{Container, ContainerRuntime, ContainerState, RuntimeError, RuntimeEvent};
+use super::runtime::{
+    Container, ContainerRuntime, ContainerState, ExecOutput, RuntimeError, RuntimeEvent,
+};
 use crate::api::Pod;
 
 #[derive(Clone)]
@@ -144,6 +146,22 @@ impl ContainerRuntime for FakeRuntime {
             ));
         }
         Ok(())
+    }
+
+    /// Every command "succeeds": hollow containers run nothing.
+    async fn exec(
+        &self,
+        _container: &str,
+        _command: &[String],
+    ) -> Result<ExecOutput, RuntimeError> {
+        Ok(ExecOutput {
+            exit_code: 0,
+            output: String::new(),
+        })
+    }
+
+    fn has_network(&self) -> bool {
+        false
     }
 
     fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {

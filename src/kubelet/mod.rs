@@ -11,12 +11,17 @@
 //! - On start it adopts the containers it finds, and removes those whose pod is gone.
 //! - If the engine is unreachable it says so and keeps retrying; if the store is unreachable
 //!   it leaves running containers alone and catches up when the store returns.
+//! - Runs the containers' startup, readiness and liveness probes ([`prober`], on timers it
+//!   owns); a changed result queues the pod, whose sync writes its readiness or restarts
+//!   its container ([`sync`]).
 //!
 //! Runtimes: [`docker`] (the real engine) and [`fake`] (hollow nodes for scale tests).
 
 pub mod docker;
 pub mod fake;
 pub mod host;
+pub mod probe;
+pub mod prober;
 pub mod runtime;
 pub mod sync;
 
@@ -30,6 +35,7 @@ use crate::api::{Node, NodeLease, NodeStatus, Pod, Resources};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::informer::Changes;
 use crate::runtime::{spawn_owned, Change, Controller, Informer, Next, Shutdown, WorkQueue};
+use prober::Prober;
 use runtime::{Container, ContainerRuntime, RuntimeError};
 use sync::{decide, failed, running, BackoffConfig, Step};
 
@@ -83,6 +89,8 @@ struct Kubelet<R> {
     removing: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Those stops, owned by the kubelet: they end when it does.
     stopping: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    /// The running containers' probes, owned by the kubelet: they end when it does.
+    prober: Prober<R>,
 }
 
 /// Runs a kubelet until `shutdown` (then it finishes the pods it is syncing), or until the
@@ -166,14 +174,12 @@ fn node_kubelet<R: ContainerRuntime>(
     shutdown: Shutdown,
 ) -> (WorkQueue, impl std::future::Future<Output = ()>) {
     let node = config.node_name.clone();
-    let k = Kubelet {
-        registry: registry.clone(),
-        runtime: runtime.clone(),
-        pods: pods.clone(),
-        config: config.clone(),
-        removing: Default::default(),
-        stopping: Default::default(),
-    };
+    let kubelet_parts = (
+        registry.clone(),
+        runtime.clone(),
+        pods.clone(),
+        config.clone(),
+    );
     let (cache, me) = (pods.clone(), node.clone());
     let (rt, every) = (runtime.clone(), config.resync);
     let (events_rt, events_node, events_cache) = (runtime.clone(), node.clone(), pods.clone());
@@ -205,6 +211,16 @@ fn node_kubelet<R: ContainerRuntime>(
             }
         });
     let queue = controller.queue();
+    let (registry, runtime, pods, config) = kubelet_parts;
+    let k = Kubelet {
+        registry,
+        prober: Prober::new(runtime.clone(), queue.clone()),
+        runtime,
+        pods,
+        config,
+        removing: Default::default(),
+        stopping: Default::default(),
+    };
     let run = async move {
         controller
             .run(workers, shutdown.wait(), move |name| {
@@ -414,7 +430,26 @@ impl<R: ContainerRuntime> Kubelet<R> {
             .filter(|p| p.spec.node_name == self.node());
         let container = self.container_of(name, pod.as_ref()).await?;
         let now = Utc::now();
-        let d = decide(pod.as_ref(), container.as_ref(), now, &self.config.backoff);
+        let probes = self.prober.report(name);
+        let d = decide(
+            pod.as_ref(),
+            container.as_ref(),
+            now,
+            &self.config.backoff,
+            &probes,
+        );
+        // Probe the pod's container while it runs (and is not being stopped).
+        match (&pod, &container) {
+            (Some(p), Some(c))
+                if c.pod_uid == p.uid
+                    && !p.is_terminal()
+                    && matches!(c.state, runtime::ContainerState::Running { .. })
+                    && !matches!(d.step, Step::Remove(_)) =>
+            {
+                self.prober.watch(p, c)
+            }
+            _ => self.prober.forget(name),
+        }
         match d.step {
             Step::Nothing => {}
             Step::Remove(id) => {

@@ -33,6 +33,11 @@ pub fn container_name(pod: &Pod) -> String {
     }
 }
 
+/// The engine's name for the pod's container `container` when it is not the first one.
+pub fn later_container_name(pod: &Pod, container: &str) -> String {
+    format!("{}__{container}", container_name(pod))
+}
+
 pub const LABEL_MARKER: &str = "miniku";
 pub const LABEL_POD: &str = "miniku.pod";
 pub const LABEL_POD_UID: &str = "miniku.pod-uid";
@@ -91,6 +96,14 @@ pub struct RuntimeEvent {
     pub action: String,
 }
 
+/// How a command run in a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    /// The start of what it wrote (stdout and stderr), for messages.
+    pub output: String,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     #[error("the container engine is not reachable: {0}")]
@@ -135,6 +148,19 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Changes to this node's containers, as they happen.
     fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+    /// Runs `command` in the running engine container `container` (an id or an engine
+    /// name) through the engine's exec API, and waits for it to end (the caller bounds the
+    /// wait).
+    fn exec(
+        &self,
+        container: &str,
+        command: &[String],
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
+    /// Whether containers have real addresses that HTTP and TCP probes can reach. The fake
+    /// runtime's do not: its probes all succeed.
+    fn has_network(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

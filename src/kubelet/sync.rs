@@ -15,6 +15,13 @@
 //! | deleted               | any              | stop (grace period) and remove the container       |
 //! | any                   | of another pod uid | remove it, then handle the pod as if its container did not exist |
 //!
+//! Probes (what `prober` established for the running container, a [`ProbeReport`]): a
+//! failed liveness or startup probe restarts the container as if it had exited (stop and
+//! remove it, mark Failed with `Liveness probe failed: ...`, `retry_count + 1`, the same
+//! backoff); readiness results change the pod's unready containers (`not_ready`), which the
+//! pod's `Ready` condition follows. A container that starts has its probed containers not
+//! ready.
+//!
 //! Backoff: `initial` doubling per consecutive failure up to `max` (Kubernetes: 10 s to
 //! 300 s), reset after `reset_after` (10 min) of healthy running. From the second consecutive
 //! failure on, the reason is `CrashLoopBackOff`.
@@ -23,6 +30,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use std::collections::BTreeSet;
+
+use super::probe::{unready_at_start, ProbeReport};
 use super::runtime::{Container, ContainerState};
 use crate::api::{zero_time, Pod, PodPhase};
 
@@ -139,8 +149,9 @@ pub fn failed(
         p.retry_count
     );
     p.next_retry_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-    // The container is gone, and its address with it.
+    // The container is gone, and its address and readiness with it.
     p.pod_ip.clear();
+    p.not_ready.clear();
     if let Some((code, finished)) = exit {
         p.exit_code = Some(code);
         p.finished_at = finished.or(Some(now));
@@ -148,10 +159,16 @@ pub fn failed(
     (p, delay)
 }
 
-/// Marks `pod` Running on container `id`.
+/// Marks `pod` Running on container `id`: its containers with a readiness or startup probe
+/// are not ready until the probe succeeds.
 pub fn running(pod: &Pod, id: &str, started_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Pod {
     let mut p = pod.clone();
     p.status = PodPhase::Running;
+    p.not_ready = pod
+        .stored
+        .as_deref()
+        .map(unready_at_start)
+        .unwrap_or_default();
     p.container_id = id.to_string();
     p.started_at = started_at.or(Some(now));
     p.next_retry_at = zero_time();
@@ -164,12 +181,29 @@ pub fn running(pod: &Pod, id: &str, started_at: Option<DateTime<Utc>>, now: Date
     p
 }
 
-/// Decides what to do with `pod` (None: deleted) and its `container` (None: none exists).
+/// The pod's unready containers once the readiness `report` established is applied
+/// (containers it knows nothing about keep their readiness).
+fn with_readiness(not_ready: &BTreeSet<String>, report: &ProbeReport) -> BTreeSet<String> {
+    let mut out = not_ready.clone();
+    for (container, ready) in &report.ready {
+        if *ready {
+            out.remove(container);
+        } else {
+            out.insert(container.clone());
+        }
+    }
+    out
+}
+
+/// Decides what to do with `pod` (None: deleted) and its `container` (None: none exists),
+/// given what the container's probes established (`probes`; ignored unless it is about this
+/// container).
 pub fn decide(
     pod: Option<&Pod>,
     container: Option<&Container>,
     now: DateTime<Utc>,
     cfg: &BackoffConfig,
+    probes: &ProbeReport,
 ) -> Decision {
     let Some(pod) = pod else {
         return match container {
@@ -202,6 +236,9 @@ pub fn decide(
         | (PodPhase::Failed, Some((id, ContainerState::Running { started_at }))) => {
             let mut p = running(pod, id, *started_at, now);
             p.pod_ip = container.map(|c| c.ip.clone()).unwrap_or_default();
+            if let Some(report) = probes.about(id) {
+                p.not_ready = with_readiness(&p.not_ready, report);
+            }
             Decision::write(p)
         }
         (
@@ -232,6 +269,24 @@ pub fn decide(
                 p.container_id = id.clone();
                 p.pod_ip = ip.to_string();
                 return Decision::write(p);
+            }
+            if let Some(report) = probes.about(id) {
+                if let Some(message) = &report.failed {
+                    // A liveness or startup probe failed: restart the container, through
+                    // the same backoff as a container that exited.
+                    let (p, delay) = failed(pod, "Error", message.clone(), None, now, cfg);
+                    return Decision {
+                        step: Step::Remove(id.clone()),
+                        write: Some(p),
+                        requeue: Some(delay),
+                    };
+                }
+                let not_ready = with_readiness(&pod.not_ready, report);
+                if not_ready != pod.not_ready {
+                    let mut p = pod.clone();
+                    p.not_ready = not_ready;
+                    return Decision::write(p);
+                }
             }
             if pod.retry_count > 0 {
                 let since = started_at.or(pod.started_at).unwrap_or(now);
@@ -314,6 +369,12 @@ mod tests {
         }
     }
 
+    const NO_PROBES: ProbeReport = ProbeReport {
+        container_id: String::new(),
+        ready: std::collections::BTreeMap::new(),
+        failed: None,
+    };
+
     const CFG: BackoffConfig = BackoffConfig {
         initial: Duration::from_secs(10),
         max: Duration::from_secs(300),
@@ -324,7 +385,7 @@ mod tests {
     fn pending_without_container_starts_one() {
         let p = pod(PodPhase::Pending);
         assert_eq!(
-            decide(Some(&p), None, Utc::now(), &CFG).step,
+            decide(Some(&p), None, Utc::now(), &CFG, &NO_PROBES).step,
             Step::Start { replace: None }
         );
     }
@@ -337,6 +398,7 @@ mod tests {
             Some(&container(&p, running_state())),
             Utc::now(),
             &CFG,
+            &NO_PROBES,
         );
         let w = d.write.expect("a status write");
         assert_eq!(
@@ -355,6 +417,7 @@ mod tests {
             Some(&container(&p, running_state())),
             Utc::now(),
             &CFG,
+            &NO_PROBES,
         );
         assert_eq!(d, Decision::nothing());
     }
@@ -365,7 +428,7 @@ mod tests {
         p.container_id = "c1".into();
         let mut c = container(&p, running_state());
         c.ip = "172.17.0.7".into();
-        let d = decide(Some(&p), Some(&c), Utc::now(), &CFG);
+        let d = decide(Some(&p), Some(&c), Utc::now(), &CFG, &NO_PROBES);
         assert_eq!(d.write.map(|w| w.pod_ip), Some("172.17.0.7".to_string()));
         // A failure clears it: the address went with the container.
         p.pod_ip = "172.17.0.7".into();
@@ -384,7 +447,13 @@ mod tests {
     fn running_and_exited_fails_with_backoff_then_crash_loops() {
         let now = Utc::now();
         let p = pod(PodPhase::Running);
-        let d = decide(Some(&p), Some(&container(&p, exited(3))), now, &CFG);
+        let d = decide(
+            Some(&p),
+            Some(&container(&p, exited(3))),
+            now,
+            &CFG,
+            &NO_PROBES,
+        );
         let w = d.write.expect("a status write");
         assert_eq!(w.status, PodPhase::Failed);
         assert_eq!(
@@ -396,7 +465,13 @@ mod tests {
         // Restarted, failed again: CrashLoopBackOff, twice the wait.
         let mut again = w.clone();
         again.status = PodPhase::Running;
-        let d2 = decide(Some(&again), Some(&container(&again, exited(3))), now, &CFG);
+        let d2 = decide(
+            Some(&again),
+            Some(&container(&again, exited(3))),
+            now,
+            &CFG,
+            &NO_PROBES,
+        );
         let w2 = d2.write.expect("a status write");
         assert_eq!(
             (w2.retry_count, w2.reason.as_str()),
@@ -411,11 +486,11 @@ mod tests {
         let p = pod(PodPhase::Running);
         let (failed_pod, _) = failed(&p, "Error", "x".into(), Some((1, None)), now, &CFG);
         let c = container(&failed_pod, exited(1));
-        let d = decide(Some(&failed_pod), Some(&c), now, &CFG);
+        let d = decide(Some(&failed_pod), Some(&c), now, &CFG, &NO_PROBES);
         assert_eq!(d.requeue, Some(Duration::from_secs(10)));
         assert_eq!(d.step, Step::Nothing);
         let later = now + chrono::Duration::seconds(11);
-        let d = decide(Some(&failed_pod), Some(&c), later, &CFG);
+        let d = decide(Some(&failed_pod), Some(&c), later, &CFG, &NO_PROBES);
         assert_eq!(
             d.step,
             Step::Start {
@@ -427,7 +502,7 @@ mod tests {
     #[test]
     fn running_without_container_is_failed_and_recreated() {
         let p = pod(PodPhase::Running);
-        let d = decide(Some(&p), None, Utc::now(), &CFG);
+        let d = decide(Some(&p), None, Utc::now(), &CFG, &NO_PROBES);
         let w = d.write.expect("a status write");
         assert_eq!(
             (w.status, w.reason.as_str()),
@@ -441,17 +516,20 @@ mod tests {
         let p = pod(PodPhase::Running);
         let c = container(&p, running_state());
         assert_eq!(
-            decide(None, Some(&c), Utc::now(), &CFG).step,
+            decide(None, Some(&c), Utc::now(), &CFG, &NO_PROBES).step,
             Step::Remove("c1".into())
         );
         let mut lost = p.clone();
         lost.status = PodPhase::Failed;
         lost.reason = "NodeLost".into();
         assert_eq!(
-            decide(Some(&lost), Some(&c), Utc::now(), &CFG).step,
+            decide(Some(&lost), Some(&c), Utc::now(), &CFG, &NO_PROBES).step,
             Step::Remove("c1".into())
         );
-        assert_eq!(decide(None, None, Utc::now(), &CFG), Decision::nothing());
+        assert_eq!(
+            decide(None, None, Utc::now(), &CFG, &NO_PROBES),
+            Decision::nothing()
+        );
     }
 
     #[test]
@@ -460,7 +538,7 @@ mod tests {
         let mut c = container(&p, running_state());
         c.pod_uid = "someone-else".into();
         assert_eq!(
-            decide(Some(&p), Some(&c), Utc::now(), &CFG).step,
+            decide(Some(&p), Some(&c), Utc::now(), &CFG, &NO_PROBES).step,
             Step::Remove("c1".into())
         );
     }
@@ -479,7 +557,7 @@ mod tests {
             },
         );
         assert_eq!(
-            decide(Some(&p), Some(&c), now, &CFG).requeue,
+            decide(Some(&p), Some(&c), now, &CFG, &NO_PROBES).requeue,
             Some(Duration::from_secs(500))
         );
         let d = decide(
@@ -487,8 +565,127 @@ mod tests {
             Some(&c),
             now + chrono::Duration::seconds(500),
             &CFG,
+            &NO_PROBES,
         );
         assert_eq!(d.write.map(|w| w.retry_count), Some(0));
+    }
+
+    /// A running pod whose container `web` has a readiness probe.
+    fn probed_pod() -> Pod {
+        use k8s_openapi::api::core::v1 as core;
+        let mut p = pod(PodPhase::Pending);
+        let k = crate::api::kube::KubePod {
+            spec: Some(core::PodSpec {
+                containers: vec![core::Container {
+                    name: "web".into(),
+                    readiness_probe: Some(core::Probe {
+                        exec: Some(core::ExecAction {
+                            command: Some(vec!["true".into()]),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        p.stored = Some(std::sync::Arc::new(k));
+        p
+    }
+
+    fn report(id: &str, ready: &[(&str, bool)], failed: Option<&str>) -> ProbeReport {
+        ProbeReport {
+            container_id: id.into(),
+            ready: ready.iter().map(|(c, r)| (c.to_string(), *r)).collect(),
+            failed: failed.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_started_container_with_a_readiness_probe_is_not_ready_yet() {
+        let p = probed_pod();
+        let w = running(&p, "c1", None, Utc::now());
+        assert!(w.not_ready.contains("web") && !w.is_ready());
+        // Without probes it is ready at once.
+        assert!(running(&pod(PodPhase::Pending), "c1", None, Utc::now()).is_ready());
+        // A failure forgets readiness with the container.
+        let (f, _) = failed(&w, "Error", "x".into(), None, Utc::now(), &CFG);
+        assert!(f.not_ready.is_empty());
+    }
+
+    #[test]
+    fn readiness_results_of_the_running_container_are_written() {
+        let mut p = running(&probed_pod(), "c1", None, Utc::now());
+        let c = container(&p, running_state());
+        let d = decide(
+            Some(&p),
+            Some(&c),
+            Utc::now(),
+            &CFG,
+            &report("c1", &[("web", true)], None),
+        );
+        let w = d.write.expect("a status write");
+        assert!(w.is_ready());
+        // Nothing new: nothing to write.
+        let d = decide(
+            Some(&w),
+            Some(&c),
+            Utc::now(),
+            &CFG,
+            &report("c1", &[("web", true)], None),
+        );
+        assert_eq!(d, Decision::nothing());
+        // Not ready again.
+        let d = decide(
+            Some(&w),
+            Some(&c),
+            Utc::now(),
+            &CFG,
+            &report("c1", &[("web", false)], None),
+        );
+        assert!(!d.write.expect("a status write").is_ready());
+        // Results of an earlier container never apply.
+        p.not_ready.clear();
+        let d = decide(
+            Some(&p),
+            Some(&c),
+            Utc::now(),
+            &CFG,
+            &report("c0", &[("web", false)], None),
+        );
+        assert_eq!(d, Decision::nothing());
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_restarts_the_container_with_backoff() {
+        let now = Utc::now();
+        let p = running(&probed_pod(), "c1", None, now);
+        let c = container(&p, running_state());
+        let failure = report("c1", &[], Some("Liveness probe failed: no such file"));
+        let d = decide(Some(&p), Some(&c), now, &CFG, &failure);
+        assert_eq!(d.step, Step::Remove("c1".into()));
+        assert_eq!(d.requeue, Some(Duration::from_secs(10)));
+        let w = d.write.expect("a status write");
+        assert_eq!((w.status, w.retry_count), (PodPhase::Failed, 1));
+        assert!(w.message.starts_with("Liveness probe failed: no such file"));
+        // The second time, it crash-loops.
+        let mut again = running(&w, "c2", None, now);
+        again.status = PodPhase::Running;
+        let c2 = Container {
+            id: "c2".into(),
+            ..c.clone()
+        };
+        let d = decide(
+            Some(&again),
+            Some(&c2),
+            now,
+            &CFG,
+            &report("c2", &[], Some("Liveness probe failed: x")),
+        );
+        let w = d.write.expect("a status write");
+        assert_eq!((w.retry_count, w.reason.as_str()), (2, "CrashLoopBackOff"));
+        assert_eq!(d.requeue, Some(Duration::from_secs(20)));
     }
 
     #[test]
