@@ -12,19 +12,7 @@ CACHE=$(mktemp -d)
 WORK=$(mktemp -d)
 trap 'rm -rf "$CACHE" "$WORK"; [ -n "${WATCH_PID:-}" ] && kill "$WATCH_PID" 2>/dev/null' EXIT
 K=(kubectl --server "$API" --cache-dir "$CACHE")
-passed=0 failed=0
-
-# expect DESCRIPTION EXIT_CODE REGEX -- COMMAND...: the command exits so and prints a match.
-expect() {
-  local what=$1 code=$2 pattern=$3; shift 4
-  local out rc
-  out=$("$@" 2>&1); rc=$?
-  if [ "$rc" = "$code" ] && grep -Eq -- "$pattern" <<<"$out"; then
-    passed=$((passed + 1)); echo "ok   $what"
-  else
-    failed=$((failed + 1)); echo "FAIL $what (exit $rc, wanted $code and /$pattern/):"; sed 's/^/     /' <<<"$out"
-  fi
-}
+. "$(dirname "$0")/check-lib.sh"
 
 manifest() { # NAME REPLICAS [EXTRA SPEC LINE]
   cat <<YAML
@@ -175,5 +163,4 @@ expect "its pods become ready" 0 'condition met' -- "${K[@]}" wait --for=jsonpat
 expect "delete --cascade=foreground waits for the pods" 0 'replicaset.apps "web" deleted' -- "${K[@]}" delete rs web --cascade=foreground
 expect "the pods went with it" 0 'No resources found' -- "${K[@]}" get pods -l app=web
 
-echo "summary: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary

@@ -12,19 +12,7 @@ CACHE=$(mktemp -d)
 WORK=$(mktemp -d)
 trap 'rm -rf "$CACHE" "$WORK"; [ -n "${WATCH_PID:-}" ] && kill "$WATCH_PID" 2>/dev/null' EXIT
 K=(kubectl --server "$API" --cache-dir "$CACHE")
-passed=0 failed=0
-
-# expect DESCRIPTION EXIT_CODE REGEX -- COMMAND...: the command exits so and prints a match.
-expect() {
-  local what=$1 code=$2 pattern=$3; shift 4
-  local out rc
-  out=$("$@" 2>&1); rc=$?
-  if [ "$rc" = "$code" ] && grep -Eq -- "$pattern" <<<"$out"; then
-    passed=$((passed + 1)); echo "ok   $what"
-  else
-    failed=$((failed + 1)); echo "FAIL $what (exit $rc, wanted $code and /$pattern/):"; sed 's/^/     /' <<<"$out"
-  fi
-}
+. "$(dirname "$0")/check-lib.sh"
 
 # replicaset NAME MIN_READY_SECONDS COMMAND PROBES: a ReplicaSet of one busybox pod.
 replicaset() {
@@ -116,5 +104,4 @@ expect "the pod said why, as Kubernetes does" 0 'Liveness probe failed: cat: can
 for rs in unready ready flip live; do
   "${K[@]}" delete rs "$rs" --wait=false >/dev/null 2>&1
 done
-echo "summary: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::kubectl::{http_get, Kubectl, NodeContainers};
+use common::kubectl::{http_get, Kubectl};
 use common::{docker_ready, wait_until, ControlPlane};
 use futures::StreamExt;
 use serde_json::Value;
@@ -190,19 +190,7 @@ async fn deployments_roll_out_behind_a_service_with_kubectl() -> Result<()> {
     }
     let mut cp = ControlPlane::start(&[]).await?;
     let node = format!("deploy-{}", std::process::id());
-    let _cleanup = NodeContainers(node.clone());
-    cp.spawn(
-        "kubelet",
-        &[
-            "kubelet",
-            "--node-name",
-            &node,
-            "--runtime",
-            "docker",
-            "--stop-grace-secs",
-            "1",
-        ],
-    )?;
+    let _cleanup = cp.spawn_docker_kubelet(&node, &[]).await?;
     cp.spawn("proxy", &["proxy", "--listen-address", "127.0.0.1"])?;
     let result = scenario(&cp).await;
     if result.is_err() {
@@ -251,18 +239,7 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
                 .is_some_and(|l| l.split_whitespace().take(4).eq(["web", "3/3", "3", "3"])),
         "kubectl get deploy:\n{table}"
     );
-    let out = k.ok(&[
-        "expose",
-        "deployment",
-        "web",
-        "--port",
-        "80",
-        "--target-port",
-        "8080",
-        "--type",
-        "NodePort",
-    ])?;
-    ensure!(out.contains("service/web exposed"), "{out}");
+    k.expose_node_port("deployment", "web")?;
     let svc = k.json(&["get", "svc", "web"])?;
     let node_port = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap_or(0);
     let addr = format!("127.0.0.1:{node_port}");

@@ -5,11 +5,9 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{bail, Result};
-use common::kubectl::NodeContainers as Containers;
-use common::{docker_ready, run_check_script, wait_until, ControlPlane};
+use common::{docker_ready, run_check_script, ControlPlane};
 
 #[tokio::test]
 async fn kubectl_drives_miniku_as_a_kubernetes_cluster() -> Result<()> {
@@ -18,33 +16,13 @@ async fn kubectl_drives_miniku_as_a_kubernetes_cluster() -> Result<()> {
     }
     let mut cp = ControlPlane::start(&[]).await?;
     let node = format!("kubectl-{}", std::process::id());
-    let _cleanup = Containers(node.clone());
-    cp.spawn(
-        "kubelet",
-        &[
-            "kubelet",
-            "--node-name",
+    // Failed containers come back within seconds (the CrashLoopBackOff check).
+    let _cleanup = cp
+        .spawn_docker_kubelet(
             &node,
-            "--runtime",
-            "docker",
-            "--stop-grace-secs",
-            "1",
-            // Failed containers come back within seconds (the CrashLoopBackOff check).
-            "--backoff-initial-ms",
-            "1000",
-            "--backoff-max-ms",
-            "4000",
-        ],
-    )?;
-    wait_until(Duration::from_secs(30), "the node to register", || {
-        let cp = &cp;
-        let node = node.clone();
-        async move {
-            let n = cp.get(&format!("/nodes/{node}")).await.ok()?;
-            (n["status"] == "Ready").then_some(())
-        }
-    })
-    .await?;
+            &["--backoff-initial-ms", "1000", "--backoff-max-ms", "4000"],
+        )
+        .await?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-kubectl.sh");
     run_check_script(
         Command::new("bash").arg(script).arg(cp.url("")).arg(&node),

@@ -11,15 +11,6 @@ use std::time::Duration;
 use anyhow::Result;
 use common::{docker_ready, run_check_script, wait_until, ControlPlane};
 
-/// Removes the node's containers when the test ends, however it ends.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        miniku_harness::docker::remove_node_containers(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn probes_decide_readiness_and_restarts_as_kubectl_shows() -> Result<()> {
     if !docker_ready()? {
@@ -27,33 +18,13 @@ async fn probes_decide_readiness_and_restarts_as_kubectl_shows() -> Result<()> {
     }
     let mut cp = ControlPlane::start(&[]).await?;
     let node = format!("probes-{}", std::process::id());
-    let _cleanup = Containers(node.clone());
-    cp.spawn(
-        "kubelet",
-        &[
-            "kubelet",
-            "--node-name",
+    // A restarted container comes back within a second.
+    let _cleanup = cp
+        .spawn_docker_kubelet(
             &node,
-            "--runtime",
-            "docker",
-            "--stop-grace-secs",
-            "1",
-            // A restarted container comes back within a second.
-            "--backoff-initial-ms",
-            "1000",
-            "--backoff-max-ms",
-            "4000",
-        ],
-    )?;
-    wait_until(Duration::from_secs(30), "the node to register", || {
-        let cp = &cp;
-        let node = node.clone();
-        async move {
-            let n = cp.get(&format!("/nodes/{node}")).await.ok()?;
-            (n["status"] == "Ready").then_some(())
-        }
-    })
-    .await?;
+            &["--backoff-initial-ms", "1000", "--backoff-max-ms", "4000"],
+        )
+        .await?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-probes.sh");
     run_check_script(
         Command::new("bash").arg(script).arg(cp.url("")),
@@ -108,7 +79,7 @@ async fn measure_probe_cpu() -> Result<()> {
     let http_period = env("MINIKU_PROBE_HTTP_PERIOD", 1);
     let mut cp = ControlPlane::start(&[]).await?;
     let node = format!("probe-cpu-{}", std::process::id());
-    let _cleanup = Containers(node.clone());
+    let _cleanup = common::kubectl::NodeContainers(node.clone());
     let kubelet = cp.spawn(
         "kubelet",
         &["kubelet", "--node-name", &node, "--runtime", "docker"],

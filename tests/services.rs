@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::kubectl::{http_get as get, Kubectl, NodeContainers as Containers};
+use common::kubectl::{http_get as get, Kubectl};
 use common::{docker_ready, wait_until, ControlPlane};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -138,19 +138,7 @@ async fn node_port_services_reach_their_ready_pods_through_the_proxy() -> Result
     }
     let mut cp = ControlPlane::start(&[]).await?;
     let node = format!("svc-{}", std::process::id());
-    let _cleanup = Containers(node.clone());
-    cp.spawn(
-        "kubelet",
-        &[
-            "kubelet",
-            "--node-name",
-            &node,
-            "--runtime",
-            "docker",
-            "--stop-grace-secs",
-            "1",
-        ],
-    )?;
+    let _cleanup = cp.spawn_docker_kubelet(&node, &[]).await?;
     let proxy = cp.spawn("proxy", &["proxy", "--listen-address", "127.0.0.1"])?;
     let proxy_pid = cp.components[proxy]
         .process
@@ -202,18 +190,7 @@ async fn scenario(cp: &ControlPlane, proxy_pid: u32) -> Result<()> {
     .await?;
 
     // kubectl expose reads the ReplicaSet's selector.
-    let out = k.ok(&[
-        "expose",
-        "rs",
-        "web",
-        "--port",
-        "80",
-        "--target-port",
-        "8080",
-        "--type",
-        "NodePort",
-    ])?;
-    ensure!(out.contains("service/web exposed"), "{out}");
+    k.expose_node_port("rs", "web")?;
     let table = k.ok(&["get", "svc", "web"])?;
     ensure!(
         table.starts_with("NAME")

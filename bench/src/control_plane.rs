@@ -32,14 +32,53 @@ pub struct Outcome {
     pub cleanup: Duration,
 }
 
-pub async fn run(
-    api: &str,
-    name: &str,
-    replicas: usize,
-    image: &str,
-    node_selector: Option<&str>,
-    timeout: Duration,
-) -> Result<Outcome> {
+/// The pods a control-plane workload creates through the API server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PodSet {
+    /// The API server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// The ReplicaSet's or Deployment's name (also the pods' `app` label).
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value_t = 1000)]
+    pub replicas: usize,
+    #[arg(long, default_value = "miniku/busybox:latest")]
+    pub image: String,
+    /// The pods' node selector, k=v,k2=v2.
+    #[arg(long)]
+    pub node_selector: Option<String>,
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+impl PodSet {
+    /// `--node-selector` as a JSON object.
+    pub fn node_selector(&self) -> Result<serde_json::Map<String, Value>> {
+        let mut selector = serde_json::Map::new();
+        for part in self
+            .node_selector
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = part
+                .split_once('=')
+                .context("--node-selector is k=v,k2=v2")?;
+            selector.insert(k.to_string(), json!(v));
+        }
+        Ok(selector)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+pub async fn run(pods: &PodSet) -> Result<Outcome> {
+    let (api, name, replicas, image) = (&pods.api, &pods.name, pods.replicas, &pods.image);
+    let timeout = pods.timeout();
     let http = reqwest::Client::new();
     let watch = http
         .get(format!("{api}/pods?watch=true&selector=app={name}"))
@@ -49,15 +88,7 @@ pub async fn run(
     if !watch.status().is_success() {
         bail!("watch answered {}", watch.status());
     }
-    let mut selector = serde_json::Map::new();
-    if let Some(s) = node_selector {
-        for part in s.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .context("--node-selector is k=v,k2=v2")?;
-            selector.insert(k.to_string(), json!(v));
-        }
-    }
+    let selector = pods.node_selector()?;
     let body = json!({
         "name": name,
         "desiredCount": replicas,

@@ -114,42 +114,10 @@ enum Workload {
     },
     /// Through the API server: create a ReplicaSet, follow its pods through a watch until
     /// all run, then delete it (pods per second, pod startup latency).
-    ControlPlane {
-        /// The API server's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
-        /// ReplicaSet name (also the pods' `app` label).
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value_t = 1000)]
-        replicas: usize,
-        #[arg(long, default_value = "miniku/busybox:latest")]
-        image: String,
-        /// The pods' node_selector, k=v,k2=v2.
-        #[arg(long)]
-        node_selector: Option<String>,
-        #[arg(long, default_value_t = 600)]
-        timeout_secs: u64,
-    },
+    ControlPlane(control_plane::PodSet),
     /// Creates a Deployment through the Kubernetes API, then times a rolling update of all
     /// its pods until the Deployment reports it complete.
-    Rollout {
-        /// The API server's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
-        /// Deployment name (also the pods' `app` label).
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value_t = 1000)]
-        replicas: usize,
-        #[arg(long, default_value = "miniku/busybox:latest")]
-        image: String,
-        /// The pods' nodeSelector, k=v,k2=v2.
-        #[arg(long)]
-        node_selector: Option<String>,
-        #[arg(long, default_value_t = 600)]
-        timeout_secs: u64,
-    },
+    Rollout(control_plane::PodSet),
     /// Writes continuously for `--seconds`; reports the longest time without a successful
     /// write (kill the leader meanwhile).
     Failover {
@@ -478,23 +446,9 @@ async fn main() -> Result<()> {
         }
         Workload::Watch { watchers, events } => watch(&args, watchers, events, &value).await,
         Workload::Failover { seconds, clients } => failover(&args, seconds, clients, &value).await,
-        Workload::ControlPlane {
-            api,
-            name,
-            replicas,
-            image,
-            node_selector,
-            timeout_secs,
-        } => {
-            let o = control_plane::run(
-                &api,
-                &name,
-                replicas,
-                &image,
-                node_selector.as_deref(),
-                Duration::from_secs(timeout_secs),
-            )
-            .await?;
+        Workload::ControlPlane(pods) => {
+            let o = control_plane::run(&pods).await?;
+            let (replicas, image) = (pods.replicas, pods.image);
             let secs = |d: Duration| d.as_secs_f64();
             report(
                 &args,
@@ -512,23 +466,9 @@ async fn main() -> Result<()> {
                 }),
             )
         }
-        Workload::Rollout {
-            api,
-            name,
-            replicas,
-            image,
-            node_selector,
-            timeout_secs,
-        } => {
-            let o = rollout::run(
-                &api,
-                &name,
-                replicas,
-                &image,
-                node_selector.as_deref(),
-                Duration::from_secs(timeout_secs),
-            )
-            .await?;
+        Workload::Rollout(pods) => {
+            let o = rollout::run(&pods).await?;
+            let (replicas, image) = (pods.replicas, pods.image);
             let secs = |d: Duration| d.as_secs_f64();
             report(
                 &args,

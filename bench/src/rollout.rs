@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use crate::control_plane::PodSet;
+
 pub struct Outcome {
     /// POST to every replica available.
     pub created: Duration,
@@ -28,27 +30,12 @@ fn complete(d: &Value, replicas: usize) -> bool {
         && n("availableReplicas") == replicas
 }
 
-pub async fn run(
-    api: &str,
-    name: &str,
-    replicas: usize,
-    image: &str,
-    node_selector: Option<&str>,
-    timeout: Duration,
-) -> Result<Outcome> {
+pub async fn run(pods: &PodSet) -> Result<Outcome> {
+    let (api, name, replicas, image) = (&pods.api, &pods.name, pods.replicas, &pods.image);
+    let timeout = pods.timeout();
     let http = reqwest::Client::new();
     let base = format!("{api}/apis/apps/v1/namespaces/default/deployments");
-    let mut selector = serde_json::Map::new();
-    for part in node_selector
-        .unwrap_or("")
-        .split(',')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = part
-            .split_once('=')
-            .context("--node-selector is k=v,k2=v2")?;
-        selector.insert(k.to_string(), json!(v));
-    }
+    let selector = pods.node_selector()?;
     let watch = http
         .get(format!(
             "{base}?watch=true&fieldSelector=metadata.name%3D{name}"

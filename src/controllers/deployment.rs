@@ -189,9 +189,10 @@ fn counts_of(
     new: Option<&KubeReplicaSet>,
     all: &[KubeReplicaSet],
 ) -> apps::DeploymentStatus {
-    let status = |rs: &KubeReplicaSet| rs.status.clone().unwrap_or_default();
-    let sum =
-        |f: fn(&apps::ReplicaSetStatus) -> i32| all.iter().map(|r| f(&status(r))).sum::<i32>();
+    let of = |rs: &KubeReplicaSet, f: fn(&apps::ReplicaSetStatus) -> i32| {
+        rs.status.as_ref().map_or(0, f)
+    };
+    let sum = |f: fn(&apps::ReplicaSetStatus) -> i32| all.iter().map(|r| of(r, f)).sum::<i32>();
     let replicas = sum(|s| s.replicas);
     let ready = sum(|s| s.ready_replicas.unwrap_or(0));
     let available = sum(|s| s.available_replicas.unwrap_or(0));
@@ -199,7 +200,7 @@ fn counts_of(
     let previous = d.status.clone().unwrap_or_default();
     apps::DeploymentStatus {
         replicas: Some(replicas),
-        updated_replicas: Some(new.map_or(0, |n| status(n).replicas)),
+        updated_replicas: Some(new.map_or(0, |n| of(n, |s| s.replicas))),
         ready_replicas: Some(ready),
         available_replicas: Some(available),
         unavailable_replicas: Some((desired - available).max(0)),

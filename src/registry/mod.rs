@@ -156,31 +156,44 @@ impl Object for NodeLease {
 }
 
 /// Implements [`Object`] for a Kubernetes type stored as itself (the Kubernetes API's
-/// objects): key from `metadata`, resourceVersion as the string Kubernetes uses.
+/// objects): key from `metadata`, resourceVersion as the string Kubernetes uses; with
+/// `claims`, the keys the object holds beside its own ([`Object::claims`]).
 macro_rules! kube_object {
     ($ty:ty, $kind:literal, $namespaced:literal) => {
         impl Object for $ty {
-            const KIND: &'static str = $kind;
-            const NAMESPACED: bool = $namespaced;
-            fn key(&self) -> String {
-                let name = self.metadata.name.as_deref().unwrap_or_default();
-                if $namespaced {
-                    let ns = self.metadata.namespace.as_deref().unwrap_or_default();
-                    format!("{}/{name}", crate::api::namespace_or_default(ns))
-                } else {
-                    name.to_string()
-                }
+            kube_object!(@common $kind, $namespaced);
+        }
+    };
+    ($ty:ty, $kind:literal, $namespaced:literal, claims = $claims:expr) => {
+        impl Object for $ty {
+            kube_object!(@common $kind, $namespaced);
+            const HAS_CLAIMS: bool = true;
+            fn claims(&self) -> Vec<String> {
+                $claims(self)
             }
-            fn resource_version(&self) -> i64 {
-                self.metadata
-                    .resource_version
-                    .as_deref()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
+        }
+    };
+    (@common $kind:literal, $namespaced:literal) => {
+        const KIND: &'static str = $kind;
+        const NAMESPACED: bool = $namespaced;
+        fn key(&self) -> String {
+            let name = self.metadata.name.as_deref().unwrap_or_default();
+            if $namespaced {
+                let ns = self.metadata.namespace.as_deref().unwrap_or_default();
+                format!("{}/{name}", crate::api::namespace_or_default(ns))
+            } else {
+                name.to_string()
             }
-            fn set_resource_version(&mut self, rv: i64) {
-                self.metadata.resource_version = (rv > 0).then(|| rv.to_string());
-            }
+        }
+        fn resource_version(&self) -> i64 {
+            self.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        }
+        fn set_resource_version(&mut self, rv: i64) {
+            self.metadata.resource_version = (rv > 0).then(|| rv.to_string());
         }
     };
 }
@@ -195,31 +208,16 @@ kube_object!(kube::KubeNamespace, "namespaces", false);
 // (`nodeports/<port>`), so no two Services ever get one port.
 kube_object!(kube::KubeEndpointSlice, "endpointslices", true);
 
-impl Object for kube::KubeService {
-    const KIND: &'static str = "services";
-    const NAMESPACED: bool = true;
-    const HAS_CLAIMS: bool = true;
-    fn key(&self) -> String {
-        let name = self.metadata.name.as_deref().unwrap_or_default();
-        let ns = self.metadata.namespace.as_deref().unwrap_or_default();
-        format!("{}/{name}", crate::api::namespace_or_default(ns))
-    }
-    fn resource_version(&self) -> i64 {
-        self.metadata
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-    fn set_resource_version(&mut self, rv: i64) {
-        self.metadata.resource_version = (rv > 0).then(|| rv.to_string());
-    }
-    fn claims(&self) -> Vec<String> {
-        crate::api::service::node_ports(self)
+kube_object!(
+    kube::KubeService,
+    "services",
+    true,
+    claims = |s: &kube::KubeService| {
+        crate::api::service::node_ports(s)
             .map(node_port_claim)
             .collect()
     }
-}
+);
 
 /// The claim a Service holds on node port `port`.
 pub fn node_port_claim(port: i32) -> String {

@@ -65,6 +65,23 @@ impl Kubectl {
         self.ok(&["apply", "-f", path.to_str().unwrap_or_default()])
     }
 
+    /// `kubectl expose KIND NAME --port 80 --target-port 8080 --type NodePort`, checked.
+    pub fn expose_node_port(&self, kind: &str, name: &str) -> Result<()> {
+        let out = self.ok(&[
+            "expose",
+            kind,
+            name,
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+            "--type",
+            "NodePort",
+        ])?;
+        ensure!(out.contains(&format!("service/{name} exposed")), "{out}");
+        Ok(())
+    }
+
     pub fn json(&self, args: &[&str]) -> Result<Value> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);

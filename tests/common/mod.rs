@@ -476,6 +476,33 @@ impl ControlPlane {
         Ok(self.components.len() - 1)
     }
 
+    /// Starts a Docker kubelet for `node` (1 s stop grace, then `extra` flags) and waits for
+    /// the node to be Ready. The returned guard removes the node's containers when dropped.
+    pub async fn spawn_docker_kubelet(
+        &mut self,
+        node: &str,
+        extra: &[&str],
+    ) -> Result<kubectl::NodeContainers> {
+        let cleanup = kubectl::NodeContainers(node.to_string());
+        let mut args = vec![
+            "kubelet",
+            "--node-name",
+            node,
+            "--runtime",
+            "docker",
+            "--stop-grace-secs",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn("kubelet", &args)?;
+        wait_until(Duration::from_secs(30), "the node to register", || async {
+            let n = self.get(&format!("/nodes/{node}")).await.ok()?;
+            (n["status"] == "Ready").then_some(())
+        })
+        .await?;
+        Ok(cleanup)
+    }
+
     /// Every component's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -233,6 +233,34 @@ impl Served for KubePod {
     }
 }
 
+/// What ReplicaSets and Deployments do alike on create and update: no status to start
+/// with, the status kept on updates of the main resource, the generation raised by a spec
+/// change, an immutable selector, and the status alone from `/status`.
+macro_rules! workload_lifecycle {
+    () => {
+        fn initial_status(&mut self) {
+            self.status = None;
+        }
+
+        fn prepare_update(&mut self, current: &Self) -> Result<(), Vec<Cause>> {
+            self.status = current.status.clone();
+            update_workload(
+                &mut self.metadata,
+                &current.metadata,
+                (&self.spec, &current.spec),
+                (
+                    self.spec.as_ref().map(|s| &s.selector),
+                    current.spec.as_ref().map(|s| &s.selector),
+                ),
+            )
+        }
+
+        fn take_status_from(&mut self, request: Self) {
+            self.status = request.status;
+        }
+    };
+}
+
 impl Served for KubeReplicaSet {
     const SELECTABLE_FIELDS: &'static [&'static str] =
         &["metadata.name", "metadata.namespace", "status.replicas"];
@@ -259,26 +287,7 @@ impl Served for KubeReplicaSet {
         out
     }
 
-    fn initial_status(&mut self) {
-        self.status = None;
-    }
-
-    fn prepare_update(&mut self, current: &Self) -> Result<(), Vec<Cause>> {
-        self.status = current.status.clone();
-        update_workload(
-            &mut self.metadata,
-            &current.metadata,
-            (&self.spec, &current.spec),
-            (
-                self.spec.as_ref().map(|s| &s.selector),
-                current.spec.as_ref().map(|s| &s.selector),
-            ),
-        )
-    }
-
-    fn take_status_from(&mut self, request: Self) {
-        self.status = request.status;
-    }
+    workload_lifecycle!();
 }
 
 /// On an update of a workload: identity kept, the generation raised by a change of the
@@ -531,26 +540,7 @@ impl Served for KubeDeployment {
         out
     }
 
-    fn initial_status(&mut self) {
-        self.status = None;
-    }
-
-    fn prepare_update(&mut self, current: &Self) -> Result<(), Vec<Cause>> {
-        self.status = current.status.clone();
-        update_workload(
-            &mut self.metadata,
-            &current.metadata,
-            (&self.spec, &current.spec),
-            (
-                self.spec.as_ref().map(|s| &s.selector),
-                current.spec.as_ref().map(|s| &s.selector),
-            ),
-        )
-    }
-
-    fn take_status_from(&mut self, request: Self) {
-        self.status = request.status;
-    }
+    workload_lifecycle!();
 }
 
 impl Served for KubeNode {
