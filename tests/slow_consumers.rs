@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use common::StoreCluster;
 use futures::StreamExt;
-use miniku_store::client::{PutOptions, StoreClient, WatchOptions};
+use miniku_store::client::{ClientError, PutOptions, StoreClient, WatchOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -40,7 +40,18 @@ async fn write_burst(c: &StoreClient, prefix: &str, n: usize) -> Result<Duration
             let c = c.clone();
             let v = value.clone();
             let key = format!("{prefix}{i:06}");
-            async move { c.put(key.as_bytes(), &v, PutOptions::default()).await }
+            async move {
+                // Putting the same value under the same key again is harmless, so a put
+                // whose outcome is unknown (a peer call timed out on a loaded machine) is
+                // simply sent again.
+                let mut attempts = 0;
+                loop {
+                    match c.put(key.as_bytes(), &v, PutOptions::default()).await {
+                        Err(ClientError::OutcomeUnknown(_)) if attempts < 3 => attempts += 1,
+                        r => return r,
+                    }
+                }
+            }
         })
         .buffer_unordered(32);
     while let Some(r) = tasks.next().await {

@@ -12,6 +12,13 @@
 //!
 //! After the faults: the time until exactly desiredCount pods run, and every container
 //! belongs to a pod of the store on that node and every Running Docker pod has one.
+//!
+//! With [`Workload::Deployment`], a Deployment is rolled to a new template again and again
+//! (and scaled now and then) instead, while store members, controller managers and
+//! schedulers are killed (kubelets are spared: a killed kubelet takes its pods' readiness
+//! with it, which no rollout can prevent). The rollout invariants of
+//! [`crate::rollout_check`] are checked at every event besides the ones above, and after
+//! the faults the Deployment must complete its last rollout.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -33,6 +40,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::rollout_check::{Figures, RolloutInvariants, Strategy};
 
 /// One control-plane process that the nemesis can kill and start again.
 struct Component {
@@ -98,7 +106,23 @@ impl Processes {
     }
 }
 
+/// What the control plane is asked to keep running while it is faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// A ReplicaSet (the seed's API), scaled up and down.
+    ReplicaSet,
+    /// A Deployment (apps/v1), rolled to new templates and scaled.
+    Deployment,
+}
+
+/// The Deployment's rolling-update parameters in a [`Workload::Deployment`] run.
+pub const ROLLOUT_STRATEGY: Strategy = Strategy {
+    max_surge: 2,
+    max_unavailable: 1,
+};
+
 pub struct Options {
+    pub workload: Workload,
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub seconds: u64,
@@ -209,6 +233,8 @@ async fn docker_containers(node: &str) -> Result<Vec<String>> {
 
 pub struct Report {
     pub violations: Vec<String>,
+    /// What the rollout invariants saw (a [`Workload::Deployment`] run).
+    pub rollout: Option<Figures>,
     pub faults: BTreeMap<String, usize>,
     pub events_checked: usize,
     pub converged_in: Option<Duration>,
@@ -316,6 +342,148 @@ pub async fn run(opts: Options, rng: &mut StdRng, tag: &str) -> Result<Report> {
     result
 }
 
+/// Both sets of invariants, fed from one watch.
+struct Checks {
+    replicasets: Invariants,
+    rollout: Option<RolloutInvariants>,
+}
+
+/// The workload's requests, through the API server (which retries through store faults).
+struct Driver<'a> {
+    http: reqwest::Client,
+    api: &'a str,
+    image: &'a str,
+    workload: Workload,
+    /// The Deployment's template round (each is a new template, so a new rollout).
+    round: u32,
+}
+
+const DEPLOYMENTS: &str = "apis/apps/v1/namespaces/default/deployments";
+
+impl Driver<'_> {
+    fn replicaset(&self, desired: u32) -> serde_json::Value {
+        json!({
+            "name": "chaos",
+            "desiredCount": desired,
+            "selector": {"app": "chaos"},
+            "template": {
+                "image": self.image,
+                "labels": {"app": "chaos"},
+                "node_selector": {"chaos": "1"},
+                "command": ["/bin/sleep", "100000"],
+            },
+        })
+    }
+
+    async fn create(&self) -> Result<()> {
+        let resp = match self.workload {
+            Workload::ReplicaSet => {
+                self.http
+                    .post(format!("{}/replicasets", self.api))
+                    .json(&self.replicaset(6))
+                    .send()
+                    .await?
+            }
+            Workload::Deployment => {
+                let d = json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "chaos", "namespace": "default"},
+                    "spec": {
+                        "replicas": 6,
+                        "selector": {"matchLabels": {"app": "chaos"}},
+                        "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                            "maxSurge": ROLLOUT_STRATEGY.max_surge,
+                            "maxUnavailable": ROLLOUT_STRATEGY.max_unavailable,
+                        }},
+                        "template": {
+                            "metadata": {"labels": {"app": "chaos"},
+                                         "annotations": {"chaos/round": "0"}},
+                            "spec": {
+                                "nodeSelector": {"chaos": "1"},
+                                "containers": [{"name": "main", "image": self.image,
+                                                "command": ["/bin/sleep", "100000"]}],
+                            },
+                        },
+                    },
+                });
+                self.http
+                    .post(format!("{}/{DEPLOYMENTS}", self.api))
+                    .json(&d)
+                    .send()
+                    .await?
+            }
+        };
+        if !resp.status().is_success() {
+            bail!(
+                "creating the {:?}: {} {}",
+                self.workload,
+                resp.status(),
+                resp.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    /// Sets the desired count (and, for a Deployment with `roll`, a new template).
+    /// Whether it succeeded.
+    async fn change(&mut self, replicas: Option<u32>, roll: bool) -> bool {
+        let request = match self.workload {
+            Workload::ReplicaSet => {
+                let Some(d) = replicas else { return true };
+                self.http
+                    .put(format!("{}/replicasets/chaos", self.api))
+                    .json(&self.replicaset(d))
+            }
+            Workload::Deployment => {
+                let mut spec = serde_json::Map::new();
+                if let Some(r) = replicas {
+                    spec.insert("replicas".into(), json!(r));
+                }
+                if roll {
+                    self.round += 1;
+                    spec.insert(
+                        "template".into(),
+                        json!({"metadata": {"annotations": {"chaos/round": self.round.to_string()}}}),
+                    );
+                }
+                if spec.is_empty() {
+                    return true;
+                }
+                self.http
+                    .patch(format!("{}/{DEPLOYMENTS}/chaos", self.api))
+                    .header("content-type", "application/merge-patch+json")
+                    .body(json!({ "spec": spec }).to_string())
+            }
+        };
+        request.send().await.is_ok_and(|r| r.status().is_success())
+    }
+
+    /// For a Deployment: whether its last rollout is complete with `replicas` pods.
+    async fn rollout_complete(&self, replicas: u32) -> Option<bool> {
+        if self.workload != Workload::Deployment {
+            return Some(true);
+        }
+        let d: serde_json::Value = self
+            .http
+            .get(format!("{}/{DEPLOYMENTS}/chaos", self.api))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let status = &d["status"];
+        let want = u64::from(replicas);
+        Some(
+            status["observedGeneration"] == d["metadata"]["generation"]
+                && status["replicas"].as_u64() == Some(want)
+                && status["updatedReplicas"].as_u64() == Some(want)
+                && status["availableReplicas"].as_u64() == Some(want),
+        )
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     opts: &Options,
@@ -345,8 +513,12 @@ async fn drive(
         .await?
         .header
         .revision;
-    let inv = Arc::new(Mutex::new(Invariants::default()));
-    let i2 = inv.clone();
+    let checks = Arc::new(Mutex::new(Checks {
+        replicasets: Invariants::default(),
+        rollout: (opts.workload == Workload::Deployment)
+            .then(|| RolloutInvariants::new("chaos", ROLLOUT_STRATEGY)),
+    }));
+    let c2 = checks.clone();
     let mut watch = store.watch(
         b"/registry/",
         WatchOptions {
@@ -357,10 +529,15 @@ async fn drive(
     );
     let observer = tokio::spawn(async move {
         while let Some(Ok(msg)) = watch.next().await {
-            let mut inv = i2.lock().unwrap_or_else(|p| p.into_inner());
+            let mut checks = c2.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now().into_std();
             for e in &msg.events {
                 let value = (e.kind == EventType::Put).then_some(e.kv.value.as_bytes());
-                inv.apply(e.kv.mod_revision, &e.kv.key.to_string_lossy(), value);
+                let key = e.kv.key.to_string_lossy();
+                checks.replicasets.apply(e.kv.mod_revision, &key, value);
+                if let Some(r) = checks.rollout.as_mut() {
+                    r.apply(now, e.kv.mod_revision, &key, value);
+                }
             }
         }
     });
@@ -388,64 +565,57 @@ async fn drive(
         None
     };
 
-    let rs = |desired: u32| {
-        json!({
-            "name": "chaos",
-            "desiredCount": desired,
-            "selector": {"app": "chaos"},
-            "template": {
-                "image": opts.image,
-                "labels": {"app": "chaos"},
-                "node_selector": {"chaos": "1"},
-                "command": ["/bin/sleep", "100000"],
-            },
-        })
+    let mut driver = Driver {
+        http: http.clone(),
+        api,
+        image: &opts.image,
+        workload: opts.workload,
+        round: 0,
     };
-    let resp = http
-        .post(format!("{api}/replicasets"))
-        .json(&rs(6))
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!(
-            "creating the ReplicaSet: {} {}",
-            resp.status(),
-            resp.text().await?
-        );
-    }
+    driver.create().await?;
 
     let started = Instant::now();
     let until = started + Duration::from_secs(opts.seconds);
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
     let mut kinds = 0usize;
-    while Instant::now() < until {
-        // Scale now and then (the API server retries through store faults itself).
-        if rng.random_bool(0.5) {
-            let d = rng.random_range(2..=10u32);
-            let t = started.elapsed().as_secs_f64();
-            println!("[{t:7.2}s] scale to {d}");
-            let _ = http
-                .put(format!("{api}/replicasets/chaos"))
-                .json(&rs(d))
-                .send()
-                .await;
-        }
-        let choices = [
+    // Kubelets are spared in a rollout run: their pods' readiness goes with them.
+    let choices: &[&str] = match opts.workload {
+        Workload::ReplicaSet => &[
             "store member",
             "store leader",
             "controller manager",
             "scheduler",
             "kubelet",
-        ];
+        ],
+        Workload::Deployment => &[
+            "store member",
+            "store leader",
+            "controller manager",
+            "scheduler",
+        ],
+    };
+    while Instant::now() < until {
+        let t = started.elapsed().as_secs_f64();
+        let scale = rng.random_bool(0.5).then(|| rng.random_range(2..=10u32));
+        let roll = opts.workload == Workload::Deployment && rng.random_bool(0.7);
+        if scale.is_some() || roll {
+            let what = match (scale, roll) {
+                (Some(d), true) => format!("roll out round {} and scale to {d}", driver.round + 1),
+                (None, true) => format!("roll out round {}", driver.round + 1),
+                (Some(d), false) => format!("scale to {d}"),
+                (None, false) => String::new(),
+            };
+            println!("[{t:7.2}s] {what}");
+            driver.change(scale, roll).await;
+        }
         // Every kind once first, then at random.
         let what = if kinds < choices.len() {
             kinds += 1;
             choices[kinds - 1]
         } else {
-            choices.choose(rng).copied().unwrap_or("kubelet")
+            choices.choose(rng).copied().unwrap_or("scheduler")
         };
         let hold = Duration::from_millis(rng.random_range(1_500..4_000));
-        let t = started.elapsed().as_secs_f64();
         let victim = match what {
             "store member" | "store leader" => {
                 let id = if what == "store leader" {
@@ -483,25 +653,33 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
     }
 
-    // Faults over: converge to the final desired count.
+    // Faults over: converge to the final desired count (and, for a Deployment, one more
+    // rollout, which must complete).
     cluster.restore()?;
     procs.restore()?;
     let final_desired = 5;
+    let roll = opts.workload == Workload::Deployment;
     let t = started.elapsed().as_secs_f64();
-    println!("[{t:7.2}s] faults over; scale to {final_desired} and wait for convergence");
+    println!(
+        "[{t:7.2}s] faults over; {}scale to {final_desired} and wait for convergence",
+        if roll { "roll out once more, " } else { "" }
+    );
     let healed = Instant::now();
-    wait_for(Duration::from_secs(60), "the scale request", || async {
-        let r = http
-            .put(format!("{api}/replicasets/chaos"))
-            .json(&rs(final_desired))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await?;
+    // A change whose answer was lost may have been made: sending it again is harmless
+    // (another rollout at worst).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !driver.change(Some(final_desired), roll).await {
+        if Instant::now() > deadline {
+            bail!("the last change was refused for 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let bound = Duration::from_secs(120);
+    let driver = &driver;
     let converged = wait_for(bound, "convergence", || async {
+        if !driver.rollout_complete(final_desired).await? {
+            return None;
+        }
         let pods: Vec<Pod> = http
             .get(format!("{api}/pods?selector=app=chaos"))
             .send()
@@ -553,11 +731,18 @@ async fn drive(
     if let Some(s) = sampler {
         s.abort();
     }
-    let mut violations = {
-        let inv = inv.lock().unwrap_or_else(|p| p.into_inner());
-        inv.violations.clone()
+    let (mut violations, events_checked, rollout) = {
+        let checks = checks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = checks.replicasets.violations.clone();
+        if let Some(r) = &checks.rollout {
+            v.extend(r.violations.iter().cloned());
+        }
+        (
+            v,
+            checks.replicasets.events,
+            checks.rollout.as_ref().map(|r| r.figures.clone()),
+        )
     };
-    let events_checked = inv.lock().unwrap_or_else(|p| p.into_inner()).events;
     violations.extend(
         docker_violations
             .lock()
@@ -572,6 +757,7 @@ async fn drive(
     }
     Ok(Report {
         violations,
+        rollout,
         faults,
         events_checked,
         converged_in,

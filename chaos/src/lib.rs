@@ -8,5 +8,6 @@ pub mod history;
 pub mod linearizability;
 pub mod nemesis;
 pub mod proxy;
+pub mod rollout_check;
 pub mod watch_check;
 pub mod workload;

@@ -66,6 +66,12 @@ struct Args {
     /// reachable) are killed and restarted; checks its invariants.
     #[arg(long)]
     control_plane: bool,
+    /// With --control-plane: roll a Deployment (apps/v1) to new templates, and scale it,
+    /// instead of scaling a ReplicaSet; store members, controller managers and schedulers
+    /// are killed (not kubelets), and the rollout invariants (maxSurge, maxUnavailable)
+    /// are checked at every event besides the others.
+    #[arg(long)]
+    deployment: bool,
     /// TESTING ONLY, with --control-plane: both controller managers act without an
     /// election; the run must then fail.
     #[arg(long)]
@@ -460,11 +466,21 @@ async fn control_plane(
             .await
             .is_ok_and(|o| o.status.success());
     println!(
-        "control plane under faults: 3 store members, 2 controller managers, 2 schedulers, 3 hollow nodes{}",
-        if docker { ", 1 Docker kubelet" } else { " (no Docker engine)" }
+        "control plane under faults: 3 store members, 2 controller managers, 2 schedulers, 3 hollow nodes{}; {}",
+        if docker { ", 1 Docker kubelet" } else { " (no Docker engine)" },
+        if args.deployment {
+            "a Deployment rolled out again and again"
+        } else {
+            "a ReplicaSet scaled up and down"
+        }
     );
     let report = miniku_chaos::control_plane::run(
         miniku_chaos::control_plane::Options {
+            workload: if args.deployment {
+                miniku_chaos::control_plane::Workload::Deployment
+            } else {
+                miniku_chaos::control_plane::Workload::ReplicaSet
+            },
             bin,
             dir: dir.clone(),
             seconds,
@@ -485,6 +501,20 @@ async fn control_plane(
         "store events checked against the invariants: {}",
         report.events_checked
     );
+    if let Some(r) = &report.rollout {
+        let s = miniku_chaos::control_plane::ROLLOUT_STRATEGY;
+        println!(
+            "rollout invariants (maxSurge {}, maxUnavailable {}): {} pod creations checked (most pods at once {}), {} deletions of ready pods checked (fewest ready left {}), {} excused after {} involuntary losses of readiness",
+            s.max_surge,
+            s.max_unavailable,
+            r.creations,
+            r.most_pods,
+            r.ready_deletions,
+            r.fewest_ready.map_or("-".to_string(), |f| f.to_string()),
+            r.excused,
+            r.involuntary,
+        );
+    }
     if let Some(d) = report.converged_in {
         println!("converged {:.1}s after the faults stopped", d.as_secs_f64());
     }
@@ -501,6 +531,14 @@ async fn control_plane(
             "events_checked": report.events_checked,
             "converged_seconds": report.converged_in.map(|d| d.as_secs_f64()),
             "violations": report.violations.len(),
+            "rollout": report.rollout.as_ref().map(|r| serde_json::json!({
+                "pod_creations_checked": r.creations,
+                "most_pods": r.most_pods,
+                "ready_deletions_checked": r.ready_deletions,
+                "fewest_ready": r.fewest_ready,
+                "excused": r.excused,
+                "involuntary_losses": r.involuntary,
+            })),
         });
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
     }

@@ -125,6 +125,55 @@ fn control_plane_keeps_its_invariants_and_converges_under_kills() -> Result<()> 
 }
 
 #[test]
+fn rollouts_keep_surge_and_availability_under_kills() -> Result<()> {
+    let seed = rand::random::<u32>().to_string();
+    let mut args = vec![
+        "--control-plane",
+        "--deployment",
+        "--seconds",
+        "45",
+        "--seed",
+        &seed,
+    ];
+    if !docker_reachable() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but the Docker engine is not reachable"
+        );
+        args.push("--no-docker");
+    }
+    let (ok, out) = chaos(&args)?;
+    assert!(
+        ok,
+        "rollout invariants violated (seed {seed}); output above"
+    );
+    for kind in [
+        "store member",
+        "store leader",
+        "controller manager",
+        "scheduler",
+    ] {
+        assert!(
+            out.contains(&format!("kill -9 {kind} ")),
+            "no `kill -9 {kind}` injected (seed {seed})"
+        );
+    }
+    assert!(!out.contains("kill -9 kubelet"), "a kubelet was killed");
+    assert!(out.contains("roll out round 2"), "fewer than two rollouts");
+    // Ready pods were deleted (old ones replaced) and every deletion was judged.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("rollout invariants"))
+        .context("no rollout figures")?;
+    assert!(
+        !line.contains(" 0 deletions of ready pods"),
+        "no ready pod was replaced: {line}"
+    );
+    assert!(out.contains("converged"));
+    Ok(())
+}
+
+#[test]
 fn two_controllers_acting_at_once_are_caught() -> Result<()> {
     let (ok, out) = chaos(&[
         "--control-plane",

@@ -53,6 +53,8 @@ pub struct RsCounts {
     pub key: String,
     /// `spec.replicas`.
     pub replicas: i32,
+    /// `status.replicas`: the pods it has, which lag `replicas` while it grows or shrinks.
+    pub pods: i32,
     /// `status.availableReplicas`.
     pub available: i32,
     /// Creation time, for "oldest first" (microseconds).
@@ -63,11 +65,14 @@ pub struct RsCounts {
 
 /// RollingUpdate: what the new ReplicaSet may grow to (Kubernetes' `NewRSNewReplicas`):
 /// never beyond `replicas + surge` pods over all ReplicaSets, nor beyond `replicas`.
+/// A ReplicaSet counts as the larger of its size and the pods it still has: Kubernetes
+/// counts sizes only, so the pods of a shrunk old ReplicaSet that are not gone yet can
+/// take it past `replicas + surge` pods for a moment; here the new one waits for them.
 pub fn new_rs_target(replicas: i32, surge: i32, all: &[RsCounts], new: &RsCounts) -> i32 {
     if new.replicas >= replicas {
         return replicas;
     }
-    let current: i32 = all.iter().map(|r| r.replicas).sum();
+    let current: i32 = all.iter().map(|r| r.replicas.max(r.pods)).sum();
     let max_total = replicas + surge;
     if current >= max_total {
         return new.replicas;
@@ -419,6 +424,7 @@ fn counts(rs: &KubeReplicaSet) -> RsCounts {
     RsCounts {
         key: rs.key(),
         replicas: replicas_of(rs),
+        pods: rs.status.as_ref().map_or(0, |s| s.replicas),
         available: rs
             .status
             .as_ref()
@@ -840,6 +846,7 @@ impl DeploymentController {
                     let blank = RsCounts {
                         key: String::new(),
                         replicas: 0,
+                        pods: 0,
                         available: 0,
                         created: 0,
                         annotated_max: None,
@@ -1166,6 +1173,7 @@ mod tests {
         RsCounts {
             key: key.into(),
             replicas,
+            pods: replicas,
             available,
             created,
             annotated_max: None,
@@ -1187,6 +1195,14 @@ mod tests {
             new_rs_target(10, 3, &[old0, rs("new", 9, 9, 2)], &rs("new", 9, 9, 2)),
             10
         );
+        // An old ReplicaSet shrunk to 8 whose 10 pods are not gone yet: with the new one's
+        // 2 that is 12 pods, so the new one grows by 1 (by sizes alone it would grow by 3).
+        let shrinking = RsCounts {
+            pods: 10,
+            ..rs("old", 8, 8, 1)
+        };
+        let new2 = rs("new", 2, 0, 2);
+        assert_eq!(new_rs_target(10, 3, &[shrinking, new2.clone()], &new2), 3);
         // Above replicas (scaled down meanwhile): back to replicas.
         assert_eq!(
             new_rs_target(5, 3, &[old, rs("new", 7, 7, 2)], &rs("new", 7, 7, 2)),
