@@ -2,7 +2,8 @@
 # Drives the real kubectl through pods with probes and checks what it prints: a readiness
 # probe that fails keeps a pod 0/1 and its ReplicaSet's readyReplicas at 0; one that succeeds
 # makes it 1/1; readiness that goes away is seen; availableReplicas waits for
-# minReadySeconds; a liveness probe that fails gets the container restarted.
+# minReadySeconds; a liveness probe that fails gets the container restarted, and so does a
+# hung server whose HTTP liveness probe times out.
 #   scripts/test-probes.sh http://127.0.0.1:8080
 # The cluster must run the Docker kubelet with miniku/busybox:latest (scripts/test-image.sh).
 # Prints one line per check and a summary; exits 1 if any check failed.
@@ -42,10 +43,14 @@ replicaset flip 0 '[sh, -c, "touch /tmp/ready; sleep 20; rm /tmp/ready; exec sle
   '        readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}' > "$WORK/flip.yaml"
 replicaset live 0 '[sh, -c, "touch /tmp/healthy; sleep 4; rm /tmp/healthy; exec sleep 3600"]' \
   '        livenessProbe: {exec: {command: [cat, /tmp/healthy]}, initialDelaySeconds: 1, periodSeconds: 1, failureThreshold: 2}' > "$WORK/live.yaml"
+# A hung server: httpd is frozen (SIGSTOP) after 4 s, so it still accepts connections but
+# never answers; the HTTP liveness probe times out and the container is restarted.
+replicaset hung 0 '[sh, -c, "echo ok > /tmp/index.html; httpd -f -p 8080 -h /tmp & sleep 4; kill -STOP $!; exec sleep 3600"]' \
+  '        livenessProbe: {httpGet: {port: http, path: /}, initialDelaySeconds: 1, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 2}' > "$WORK/hung.yaml"
 
-"${K[@]}" get pods -l app=live -w -o json > "$WORK/live.watch" 2>&1 &
+"${K[@]}" get pods -l 'app in (live,hung)' -w -o json > "$WORK/live.watch" 2>&1 &
 WATCH_PID=$!
-for rs in unready ready flip live; do
+for rs in unready ready flip live hung; do
   expect "apply $rs" 0 "replicaset.apps/$rs created" -- "${K[@]}" apply -f "$WORK/$rs.yaml"
 done
 
@@ -85,23 +90,27 @@ ready_moved() {
 expect "the Ready condition's lastTransitionTime moved with it" 0 '^moved$' -- ready_moved
 
 # Liveness: the file goes away after 4 s; two failed probes restart the container.
-# Prints `restarted N` once the live pod's container restarted, waiting at most 90 s.
+# await_restart APP prints `restarted N` once the app's pod's container restarted, waiting
+# at most 90 s.
 await_restart() {
   local deadline=$((SECONDS + 90)) n
   while [ "$SECONDS" -lt "$deadline" ]; do
-    n=$("${K[@]}" get pods -l app=live -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}' 2>/dev/null)
+    n=$("${K[@]}" get pods -l "app=$1" -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}' 2>/dev/null)
     if [ "${n:-0}" -ge 1 ] 2>/dev/null; then echo "restarted $n"; return 0; fi
     sleep 0.5
   done
   echo "no restart within 90 s"; return 1
 }
-expect "a failing liveness probe restarts the container" 0 '^restarted [1-9]' -- await_restart
+expect "a failing liveness probe restarts the container" 0 '^restarted [1-9]' -- await_restart live
 expect "RESTARTS counts it" 0 'live-[0-9a-f]{8} +[01]/1 +[A-Za-z]+ +[1-9][0-9]*( \([^)]*\))? +[0-9]' -- "${K[@]}" get pods -l app=live
 expect "it runs again" 0 'condition met' -- "${K[@]}" wait pod -l app=live --for=jsonpath='{.status.phase}'=Running --timeout=60s
+expect "a hung server's HTTP liveness probe times out and restarts it" 0 '^restarted [1-9]' -- await_restart hung
+expect "the hung pod runs again" 0 'condition met' -- "${K[@]}" wait pod -l app=hung --for=jsonpath='{.status.phase}'=Running --timeout=60s
 kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; WATCH_PID=
 expect "the pod said why, as Kubernetes does" 0 'Liveness probe failed: cat: can.t open .?/tmp/healthy.?: No such file or directory' -- cat "$WORK/live.watch"
+expect "the hung pod's probe timed out, in Kubernetes' words" 0 'Liveness probe failed: Get .*context deadline exceeded \(Client.Timeout exceeded while awaiting headers\)' -- cat "$WORK/live.watch"
 
-for rs in unready ready flip live; do
+for rs in unready ready flip live hung; do
   "${K[@]}" delete rs "$rs" --wait=false >/dev/null 2>&1
 done
 summary

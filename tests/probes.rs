@@ -1,7 +1,8 @@
 //! Probes with the real kubectl against a real Miniku (store, API server, controller manager,
 //! scheduler and a Docker kubelet), through `scripts/test-probes.sh`: readiness that fails,
 //! succeeds (httpGet to a named port) and goes away; `availableReplicas` after
-//! `minReadySeconds`; a liveness probe whose failure restarts the container.
+//! `minReadySeconds`; a liveness probe whose failure restarts the container, and a hung
+//! server (httpd frozen by SIGSTOP) whose HTTP liveness probe times out and restarts it.
 
 mod common;
 
