@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives Kubernetes' official Python client (the `kubernetes` package from PyPI) against
 Miniku's Kubernetes API: create, list, watch with resource versions, patch of the scale
-subresource, errors, and deletes with propagation.
+subresource, events (watched, and listed with a field selector), errors, and deletes with
+propagation.
 
     scripts/test-python-client.py http://127.0.0.1:8080
 
@@ -130,6 +131,23 @@ def main():
     owners = {p.metadata.owner_references[0].name for p in listed.items if p.metadata.owner_references}
     check("list with a label selector, owner references", len(listed.items) == 2 and owners == {"web"},
           [p.metadata.name for p in listed.items])
+
+    # Events: the scheduler's for each pod (watched), the ReplicaSet controller's (listed
+    # with a field selector, as `kubectl describe` asks for them).
+    watch_until(
+        core.list_namespaced_event,
+        "watch events: Scheduled for each pod",
+        lambda evs: len({e["object"].involved_object.name for e in evs
+                         if e["object"].reason == "Scheduled"}) >= 2,
+        namespace=NAMESPACE,
+    )
+    created_events = core.list_namespaced_event(
+        NAMESPACE, field_selector="involvedObject.kind=ReplicaSet,involvedObject.name=web")
+    check("list_namespaced_event with a field selector: SuccessfulCreate for each pod",
+          sorted(e.message for e in created_events.items if e.reason == "SuccessfulCreate")
+          == sorted(f"Created pod: {p.metadata.name}" for p in listed.items)
+          and all(e.source.component == "replicaset-controller" for e in created_events.items),
+          [(e.reason, e.message) for e in created_events.items])
 
     scale = apps.patch_namespaced_replica_set_scale("web", NAMESPACE, {"spec": {"replicas": 3}})
     check("patch the scale subresource", scale.spec.replicas == 3, scale)

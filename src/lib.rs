@@ -16,6 +16,7 @@
 pub mod api;
 pub mod apiserver;
 pub mod controllers;
+pub mod events;
 pub mod kubelet;
 pub mod proxy;
 pub mod registry;

@@ -484,7 +484,7 @@ async fn scheduler_spreads_evenly_and_waits_for_room() -> Result<()> {
         pods[0]["spec"]["node_name"] == ""
             && pods[0]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("insufficient cpu")),
+                .is_some_and(|m| m.contains("Insufficient cpu")),
         "{:?}",
         pods[0]
     );

@@ -38,6 +38,8 @@ pub type KubeNamespace = core::Namespace;
 pub type KubeService = core::Service;
 /// A discovery.k8s.io/v1 EndpointSlice (written only by the endpoints controller).
 pub type KubeEndpointSlice = k8s_openapi::api::discovery::v1::EndpointSlice;
+/// A v1 Event: what happened to an object (written by the components, see `crate::events`).
+pub type KubeEvent = core::Event;
 
 /// When the kubelet next tries a failed pod's container (RFC 3339); absent = no retry pending.
 pub const NEXT_RETRY_ANNOTATION: &str = "miniku.io/next-retry-at";

@@ -4,6 +4,7 @@
 //! - `POST /replicasets`, `GET /replicasets`, `GET|PUT|DELETE /replicasets/{name}`
 //! - `GET /pods` (filters `node=`, `selector=k=v,k2=v2`), `GET|DELETE /pods/{name}`
 //! - `GET /nodes`, `GET /nodes/{name}`
+//! - `GET /events`: the `default` namespace's v1 Events (what happened to each object)
 //! - `?watch=true&resourceVersion=RV` on each list: Server-Sent Events, see [`watch`].
 //! - `GET /health`
 //!
@@ -80,6 +81,8 @@ fn seed_router(registry: Registry) -> Router {
         )
         .route("/nodes", get(list_all::<Node>))
         .route("/nodes/{name}", get(get_one::<Node>))
+        // What happened to the `default` namespace's objects, as v1 Events (read-only).
+        .route("/events", get(list_all::<crate::api::kube::KubeEvent>))
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

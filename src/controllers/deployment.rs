@@ -39,6 +39,7 @@ use crate::api::deployment::{
 };
 use crate::api::kube::{from_time, to_time, KubeDeployment, KubeReplicaSet};
 use crate::api::{namespace_or_default, Pod, ReplicaSet};
+use crate::events::{reference_to, Recorder};
 use crate::registry::{Object, Registry, RegistryError};
 use crate::runtime::{Change, Controller, Informer, Next, Shutdown};
 
@@ -520,6 +521,8 @@ pub struct DeploymentController {
     pods: Informer<Pod>,
     /// Deployment key → the ReplicaSet-cache revision its last writes need.
     written: Arc<Mutex<HashMap<String, i64>>>,
+    /// ScalingReplicaSet events.
+    events: Recorder,
 }
 
 /// What a step did to the ReplicaSets (the caller writes the status afterwards).
@@ -588,6 +591,7 @@ impl DeploymentController {
         pods: Informer<Pod>,
     ) -> Self {
         DeploymentController {
+            events: Recorder::start(registry.clone(), "deployment-controller", None),
             registry,
             deployments,
             replicasets,
@@ -898,6 +902,15 @@ impl DeploymentController {
             let from = replicas_of(rs);
             all[i] = self.update_rs(key, &next).await?;
             tracing::info!(deployment = key, replicaset = %rs_key, from, to = size, "scaled");
+            let direction = if size > from { "up" } else { "down" };
+            self.events.normal(
+                reference_to(d),
+                "ScalingReplicaSet",
+                format!(
+                    "Scaled {direction} replica set {} from {from} to {size}",
+                    crate::registry::name_of_key(&rs_key)
+                ),
+            );
         }
         Ok(Step { all, new_key })
     }
@@ -973,6 +986,16 @@ impl DeploymentController {
             Ok(created) => {
                 self.remember_write(key, created.resource_version());
                 tracing::info!(deployment = key, replicaset = %created.key(), replicas, revision, "created a new ReplicaSet");
+                if replicas > 0 {
+                    self.events.normal(
+                        reference_to(d),
+                        "ScalingReplicaSet",
+                        format!(
+                            "Scaled up replica set {} from 0 to {replicas}",
+                            crate::registry::name_of_key(&created.key())
+                        ),
+                    );
+                }
                 Ok(created)
             }
             Err(RegistryError::AlreadyExists { .. }) => {

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use crate::api::kube::{
-    KubeDeployment, KubeEndpointSlice, KubeNamespace, KubePod, KubeReplicaSet, KubeService,
+    KubeDeployment, KubeEndpointSlice, KubeEvent, KubeNamespace, KubePod, KubeReplicaSet,
+    KubeService,
 };
 use crate::registry::{Object, Registry, RegistryError};
 use crate::runtime::{Controller, Informer, Next, Shutdown};
@@ -65,6 +66,8 @@ impl NamespaceController {
         // Services (their node ports are released with them) and their slices.
         self.delete_all::<KubeService>(name).await?;
         self.delete_all::<KubeEndpointSlice>(name).await?;
+        // What happened in it (events still on their way are left to expire).
+        self.delete_all::<KubeEvent>(name).await?;
         let (left_deployments, _) = self.registry.list_in::<KubeDeployment>(Some(name)).await?;
         let (left_sets, _) = self.registry.list_in::<KubeReplicaSet>(Some(name)).await?;
         let (left_pods, _) = self.registry.list_in::<KubePod>(Some(name)).await?;

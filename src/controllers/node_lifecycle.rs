@@ -5,7 +5,9 @@
 //! Failed with reason `NodeLost`, and the ReplicaSet controller replaces them elsewhere.
 //!
 //! Driven by informers on nodes, heartbeats and pods; the only timer is the eviction
-//! deadline of a NotReady node.
+//! deadline of a NotReady node. Events, as Kubernetes' node controller records them:
+//! `NodeNotReady` / `NodeReady` on the node, a Warning `NodeNotReady` on each of its pods,
+//! and `TaintManagerEviction` on each pod it gives up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::api::{zero_time, Node, NodeLease, NodeStatus, Pod, PodPhase};
+use crate::events::{node_reference, pod_reference, Recorder};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{Change, Controller, Informer, Next, Shutdown};
 
@@ -27,6 +30,8 @@ pub struct NodeLifecycleController {
     eviction_timeout: Duration,
     /// When each node was first seen without a heartbeat (by this process).
     missing_since: Arc<Mutex<HashMap<String, Instant>>>,
+    /// NodeNotReady / NodeReady and eviction events.
+    events: Recorder,
 }
 
 impl NodeLifecycleController {
@@ -64,6 +69,7 @@ impl NodeLifecycleController {
         eviction_timeout: Duration,
     ) -> Self {
         NodeLifecycleController {
+            events: Recorder::start(registry.clone(), "node-controller", None),
             registry,
             nodes,
             heartbeats,
@@ -94,6 +100,11 @@ impl NodeLifecycleController {
             if node.status != NodeStatus::Ready {
                 self.set_status(&node, NodeStatus::Ready, "").await?;
                 tracing::info!(node = name, "node is Ready again");
+                self.events.normal(
+                    node_reference(&node),
+                    "NodeReady",
+                    format!("Node {name} status is now: NodeReady"),
+                );
             }
             return Ok(Next::Done);
         }
@@ -102,6 +113,20 @@ impl NodeLifecycleController {
             self.set_status(&node, NodeStatus::NotReady, "NodeLeaseExpired")
                 .await?;
             tracing::warn!(node = name, "node heartbeat expired; node is NotReady");
+            self.events.normal(
+                node_reference(&node),
+                "NodeNotReady",
+                format!("Node {name} status is now: NodeNotReady"),
+            );
+            self.pods.for_each(|p| {
+                if p.spec.node_name == name && !p.is_terminal() {
+                    self.events.warning(
+                        pod_reference(p),
+                        "NodeNotReady",
+                        "Node is not ready".into(),
+                    );
+                }
+            });
         }
         let deadline = since + self.eviction_timeout;
         let now = Instant::now();
@@ -133,9 +158,15 @@ impl NodeLifecycleController {
                 })
                 .await;
             match result {
-                Ok(_) | Err(RegistryError::NotFound { .. }) => {
-                    tracing::warn!(node = name, pod = %pod, "pod lost with its node")
+                Ok(lost) => {
+                    tracing::warn!(node = name, pod = %pod, "pod lost with its node");
+                    self.events.warning(
+                        pod_reference(&lost),
+                        "TaintManagerEviction",
+                        format!("Marking for deletion Pod {pod}"),
+                    );
                 }
+                Err(RegistryError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }

@@ -15,7 +15,9 @@
 //! - `currentCount` / `readyCount` (`readyReplicas`: pods whose `Ready` condition is True)
 //!   and `availableReplicas` (pods ready for at least `spec.minReadySeconds`) are written
 //!   from the observed pods, with a revision precondition; when a ready pod will become
-//!   available, the ReplicaSet is looked at again then.
+//!   available, the ReplicaSet is looked at again then;
+//! - events on the ReplicaSet: `SuccessfulCreate` and `SuccessfulDelete` for each pod,
+//!   `FailedCreate` when the store refuses one.
 //!
 //! The guard against double creation from a stale cache ("expectations"): after writing pods
 //! for a ReplicaSet the controller remembers the highest revision it wrote, and does not
@@ -39,6 +41,7 @@ use crate::api::kube::KubePod;
 use crate::api::{
     namespace_or_default, random_hex, zero_time, OwnerReference, Pod, PodPhase, ReplicaSet,
 };
+use crate::events::{replicaset_reference, Recorder};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{Change, Controller, Informer, Next, Shutdown};
 
@@ -54,6 +57,8 @@ pub struct ReplicaSetController {
     expectations: Arc<Mutex<HashMap<String, i64>>>,
     /// Per ReplicaSet, pods whose create had an unknown outcome.
     uncertain: Arc<Mutex<HashMap<String, Vec<Pod>>>>,
+    /// SuccessfulCreate, SuccessfulDelete and FailedCreate events.
+    events: Recorder,
 }
 
 /// The key (`namespace/name`) of the ReplicaSet that controls `pod`, if one does.
@@ -191,6 +196,7 @@ impl ReplicaSetController {
 
     pub fn new(registry: Registry, replicasets: Informer<ReplicaSet>, pods: Informer<Pod>) -> Self {
         ReplicaSetController {
+            events: Recorder::start(registry.clone(), "replicaset-controller", None),
             registry,
             replicasets,
             pods,
@@ -244,6 +250,13 @@ impl ReplicaSetController {
         {
             Ok(gone) => {
                 self.expect_revision(rs, gone.resource_version);
+                if let Some(set) = self.replicasets.get(rs) {
+                    self.events.normal(
+                        replicaset_reference(&set),
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {}", pod.spec.name),
+                    );
+                }
                 Ok(())
             }
             Err(RegistryError::NotFound { .. }) => Ok(()),
@@ -453,13 +466,27 @@ impl ReplicaSetController {
         for _ in 0..5 {
             let pod = new_pod(rs);
             match self.registry.create(&pod).await {
-                Ok(p) => return Ok(p.resource_version),
+                Ok(p) => {
+                    self.events.normal(
+                        replicaset_reference(rs),
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.spec.name),
+                    );
+                    return Ok(p.resource_version);
+                }
                 Err(RegistryError::AlreadyExists { .. }) => continue,
                 Err(e @ RegistryError::OutcomeUnknown(_)) => {
                     self.remember_uncertain(name, [pod]);
                     return Err(e.into());
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.events.warning(
+                        replicaset_reference(rs),
+                        "FailedCreate",
+                        format!("Error creating: {e}"),
+                    );
+                    return Err(e.into());
+                }
             }
         }
         anyhow::bail!("could not find a free pod name for {}", rs.name)

@@ -237,6 +237,14 @@ impl ContainerRuntime for DockerRuntime {
         self.docker.ping().await.map(|_| ()).map_err(engine)
     }
 
+    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),

@@ -78,6 +78,10 @@ impl ContainerRuntime for FakeRuntime {
         Ok(concat!("fake://", env!("CARGO_PKG_VERSION")).to_string())
     }
 
+    async fn has_image(&self, _image: &str) -> Result<bool, RuntimeError> {
+        Ok(true)
+    }
+
     async fn ensure_image(&self, _image: &str) -> Result<(), RuntimeError> {
         Ok(())
     }

@@ -32,6 +32,7 @@ use chrono::Utc;
 use futures::StreamExt;
 
 use crate::api::{Node, NodeLease, NodeStatus, Pod, Resources};
+use crate::events::{pod_reference, Recorder};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::informer::Changes;
 use crate::runtime::{spawn_owned, Change, Controller, Informer, Next, Shutdown, WorkQueue};
@@ -91,6 +92,20 @@ struct Kubelet<R> {
     stopping: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
     /// The running containers' probes, owned by the kubelet: they end when it does.
     prober: Prober<R>,
+    /// What happens to the node's pods (Pulled, Created, Started, BackOff, Killing, ...).
+    events: Recorder,
+    /// The main container's name of each pod seen, so that the Killing event of a deleted
+    /// pod can name it.
+    container_names: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
+}
+
+/// The name of the pod's main (first) container, as events name it.
+fn main_container_name(pod: &Pod) -> String {
+    pod.stored
+        .as_deref()
+        .and_then(|k| k.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .map_or_else(|| "main".to_string(), |c| c.name.clone())
 }
 
 /// Runs a kubelet until `shutdown` (then it finishes the pods it is syncing), or until the
@@ -212,9 +227,12 @@ fn node_kubelet<R: ContainerRuntime>(
         });
     let queue = controller.queue();
     let (registry, runtime, pods, config) = kubelet_parts;
+    let events = Recorder::start(registry.clone(), "kubelet", Some(&config.node_name));
     let k = Kubelet {
         registry,
-        prober: Prober::new(runtime.clone(), queue.clone()),
+        prober: Prober::new(runtime.clone(), queue.clone(), events.clone()),
+        events,
+        container_names: Default::default(),
         runtime,
         pods,
         config,
@@ -464,6 +482,7 @@ impl<R: ContainerRuntime> Kubelet<R> {
                     return Ok(Next::Done);
                 }
                 tracing::info!(pod = name, container = %id, "stopping and removing the container");
+                self.record_stop(name, pod.as_ref(), container.as_ref(), &probes);
                 if done_with_pod {
                     // The grace period can take seconds: don't hold a worker for it. A later
                     // sync of the same name finds the container (still stopping) and asks
@@ -503,7 +522,9 @@ impl<R: ContainerRuntime> Kubelet<R> {
             }
         }
         if let Some(p) = d.write {
-            self.write(&p).await?;
+            if self.write(&p).await? {
+                self.record_failure(pod.as_ref(), &p);
+            }
         }
         Ok(match d.requeue {
             Some(after) => Next::After(after),
@@ -522,7 +543,7 @@ impl<R: ContainerRuntime> Kubelet<R> {
         images.dedup();
         let mut pulled = Ok(());
         for image in &images {
-            pulled = self.runtime.ensure_image(image).await;
+            pulled = self.pull(pod, image).await;
             if pulled.is_err() {
                 break;
             }
@@ -531,9 +552,24 @@ impl<R: ContainerRuntime> Kubelet<R> {
             Ok(()) => self.runtime.start(pod, self.node()).await,
             Err(e) => Err(e),
         };
+        let main = main_container_name(pod);
         match started {
             Ok(id) => {
                 tracing::info!(pod = name, container = %id, "container started");
+                self.container_names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(pod.key(), main.clone());
+                self.events.normal(
+                    pod_reference(pod),
+                    "Created",
+                    format!("Created container: {main}"),
+                );
+                self.events.normal(
+                    pod_reference(pod),
+                    "Started",
+                    format!("Started container {main}"),
+                );
                 self.write(&running(pod, &id, None, Utc::now())).await?;
                 Ok(Next::Done)
             }
@@ -559,21 +595,156 @@ impl<R: ContainerRuntime> Kubelet<R> {
                     p.status = crate::api::PodPhase::Pending;
                 }
                 tracing::warn!(pod = name, error = %e, retry_in = ?delay, "cannot start the container");
+                match &e {
+                    RuntimeError::ImagePull { image, .. } => self.events.normal(
+                        pod_reference(pod),
+                        "BackOff",
+                        format!("Back-off pulling image {image:?}"),
+                    ),
+                    other => {
+                        self.events
+                            .warning(pod_reference(pod), "Failed", format!("Error: {other}"))
+                    }
+                }
                 self.write(&p).await?;
                 Ok(Next::After(delay))
             }
         }
     }
 
+    /// Makes `image` available for `pod`, saying so as Kubernetes' kubelet does: Pulled
+    /// (`already present on machine`), or Pulling then Pulled or Failed.
+    async fn pull(&self, pod: &Pod, image: &str) -> Result<(), RuntimeError> {
+        if self.runtime.has_image(image).await? {
+            self.events.normal(
+                pod_reference(pod),
+                "Pulled",
+                format!("Container image {image:?} already present on machine"),
+            );
+            return Ok(());
+        }
+        self.events.normal(
+            pod_reference(pod),
+            "Pulling",
+            format!("Pulling image {image:?}"),
+        );
+        let started = std::time::Instant::now();
+        match self.runtime.ensure_image(image).await {
+            Ok(()) => {
+                self.events.normal(
+                    pod_reference(pod),
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image {image:?} in {:.3}s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let why = match &e {
+                    RuntimeError::ImagePull { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                self.events.warning(
+                    pod_reference(pod),
+                    "Failed",
+                    format!("Failed to pull image {image:?}: {why}"),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Killing, when a container is stopped: for a liveness failure, or because its pod is
+    /// done or gone.
+    fn record_stop(
+        &self,
+        name: &str,
+        pod: Option<&Pod>,
+        container: Option<&Container>,
+        probes: &probe::ProbeReport,
+    ) {
+        let reference = match (pod, container) {
+            (Some(p), _) => pod_reference(p),
+            // Deleted: the container still names its pod.
+            (None, Some(c)) => {
+                let (namespace, pod_name) = name.split_once('/').unwrap_or(("default", name));
+                k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: Some(namespace.to_string()),
+                    name: Some(pod_name.to_string()),
+                    uid: (!c.pod_uid.is_empty()).then(|| c.pod_uid.clone()),
+                    ..Default::default()
+                }
+            }
+            (None, None) => return,
+        };
+        let main = {
+            let mut names = self
+                .container_names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match pod {
+                Some(p) => main_container_name(p),
+                // Gone: its name as last seen (or, after a restart of the kubelet, the
+                // pod's name, which `kubectl run` gives its container).
+                None => names
+                    .remove(name)
+                    .unwrap_or_else(|| reference.name.clone().unwrap_or_default()),
+            }
+        };
+        let live = pod.is_some_and(|p| !p.is_terminal());
+        match (&probes.failed, live) {
+            (Some(failure), true) => {
+                let kind = failure
+                    .split(' ')
+                    .next()
+                    .unwrap_or("Liveness")
+                    .to_lowercase();
+                self.events.normal(
+                    reference,
+                    "Killing",
+                    format!("Container {main} failed {kind} probe, will be restarted"),
+                );
+            }
+            _ => self
+                .events
+                .normal(reference, "Killing", format!("Stopping container {main}")),
+        }
+    }
+
+    /// BackOff, when a container that ran has failed and waits for its restart.
+    fn record_failure(&self, before: Option<&Pod>, after: &Pod) {
+        let retry_pending = after.status == crate::api::PodPhase::Failed
+            && after.next_retry_at != crate::api::zero_time();
+        let newly = before.is_none_or(|b| {
+            b.status != crate::api::PodPhase::Failed || b.retry_count != after.retry_count
+        });
+        if retry_pending && newly {
+            self.events.warning(
+                pod_reference(after),
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    main_container_name(after),
+                    after.spec.name,
+                    crate::api::namespace_or_default(&after.namespace),
+                    after.uid
+                ),
+            );
+        }
+    }
+
     /// Writes a pod status with its revision as precondition. A conflict means the pod
-    /// changed; its event brings it back to us.
-    async fn write(&self, pod: &Pod) -> anyhow::Result<()> {
+    /// changed; its event brings it back to us. Whether it was written.
+    async fn write(&self, pod: &Pod) -> anyhow::Result<bool> {
         let mut pod = pod.clone();
         pod.host_ip = self.config.node_ip.clone();
         match self.registry.update(&pod).await {
-            Ok(_) | Err(RegistryError::Conflict { .. }) | Err(RegistryError::NotFound { .. }) => {
-                Ok(())
-            }
+            Ok(_) => Ok(true),
+            Err(RegistryError::Conflict { .. }) | Err(RegistryError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

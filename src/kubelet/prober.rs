@@ -21,11 +21,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::task::JoinSet;
 
 use super::probe::{probes_of, ProbeAction, ProbeKind, ProbeReport, ProbeSpec, Threshold};
 use super::runtime::{later_container_name, Container, ContainerRuntime};
 use crate::api::Pod;
+use crate::events::{pod_reference, Recorder};
 use crate::runtime::WorkQueue;
 
 /// Kubernetes' probe user agent.
@@ -57,6 +59,7 @@ struct Inner<R> {
     queue: WorkQueue,
     /// None if no HTTP client could be built (then HTTP probes fail, saying so).
     http: Option<reqwest::Client>,
+    events: Recorder,
     pods: Mutex<HashMap<String, Probing>>,
 }
 
@@ -87,7 +90,7 @@ fn http_client() -> Option<reqwest::Client> {
 
 impl<R: ContainerRuntime> Prober<R> {
     /// Probe results change → the pod's name is added to `queue`.
-    pub fn new(runtime: R, queue: WorkQueue) -> Self {
+    pub fn new(runtime: R, queue: WorkQueue, events: Recorder) -> Self {
         // Hollow nodes have no network to probe: no client for them.
         let http = if runtime.has_network() {
             http_client()
@@ -99,6 +102,7 @@ impl<R: ContainerRuntime> Prober<R> {
                 runtime,
                 queue,
                 http,
+                events,
                 pods: Mutex::new(HashMap::new()),
             }),
         }
@@ -165,6 +169,8 @@ impl<R: ContainerRuntime> Prober<R> {
                 runtime: self.inner.runtime.clone(),
                 http: self.inner.http.clone(),
                 queue: self.inner.queue.clone(),
+                events: self.inner.events.clone(),
+                pod: pod_reference(pod),
                 pod_key: key.clone(),
                 engine_container: target,
                 pod_ip: main.ip.clone(),
@@ -210,6 +216,9 @@ struct Worker<R> {
     runtime: R,
     http: Option<reqwest::Client>,
     queue: WorkQueue,
+    /// Unhealthy events, about `pod`.
+    events: Recorder,
+    pod: ObjectReference,
     pod_key: String,
     /// The engine's id or name of the container the probe is about.
     engine_container: String,
@@ -244,6 +253,12 @@ impl<R: ContainerRuntime> Worker<R> {
             let (success, detail) = self.attempt().await;
             if !success {
                 tracing::debug!(pod = %self.pod_key, container = %self.spec.container, probe = self.spec.kind.title(), %detail, "probe failed");
+                // Every failed attempt, as Kubernetes' prober records it (repeats aggregate).
+                self.events.warning(
+                    self.pod.clone(),
+                    "Unhealthy",
+                    format!("{} probe failed: {detail}", self.spec.kind.title()),
+                );
             }
             let Some(result) = threshold.record(success) else {
                 continue;
@@ -444,7 +459,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_succeeding_readiness_probe_makes_the_container_ready_and_queues_the_pod() {
         let queue = WorkQueue::default();
-        let prober = Prober::new(FakeRuntime::new(), queue.clone());
+        let prober = Prober::new(FakeRuntime::new(), queue.clone(), Recorder::disabled());
         let exec = core::Probe {
             exec: Some(core::ExecAction {
                 command: Some(vec!["true".into()]),
@@ -462,7 +477,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_startup_probe_gates_the_others_and_its_success_makes_the_container_ready() {
-        let prober = Prober::new(FakeRuntime::new(), WorkQueue::default());
+        let prober = Prober::new(
+            FakeRuntime::new(),
+            WorkQueue::default(),
+            Recorder::disabled(),
+        );
         let broken = core::Probe {
             tcp_socket: Some(core::TCPSocketAction {
                 port: IntOrString::String("missing".into()),
@@ -507,7 +526,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_liveness_probe_failing_its_threshold_asks_for_a_restart() {
-        let prober = Prober::new(FakeRuntime::new(), WorkQueue::default());
+        let prober = Prober::new(
+            FakeRuntime::new(),
+            WorkQueue::default(),
+            Recorder::disabled(),
+        );
         let broken = core::Probe {
             tcp_socket: Some(core::TCPSocketAction {
                 port: IntOrString::String("missing".into()),

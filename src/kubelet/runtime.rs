@@ -120,6 +120,8 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// The engine and its version as Kubernetes reports it (`docker://28.2.2`).
     fn version(&self) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Whether `image` is there locally (no pull needed).
+    fn has_image(&self, image: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
     /// Makes `image` available locally, pulling it if it is missing.
     fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Creates and starts the pod's containers, its main (first) container first, named

@@ -69,7 +69,16 @@ pub trait Object:
     fn claims(&self) -> Vec<String> {
         Vec::new()
     }
+    /// How long objects of the kind live after they are written (Kubernetes' `--event-ttl`
+    /// for Events); None: until deleted. Every create and update attaches the object to a
+    /// store lease shared by the writes of one [`TTL_BATCH`], so the store holds one lease
+    /// per batch instead of one per object, and an object lives between its TTL and its TTL
+    /// plus a batch.
+    const TTL: Option<Duration> = None;
 }
+
+/// How long writes of a kind with [`Object::TTL`] share one store lease.
+pub const TTL_BATCH: Duration = Duration::from_secs(60);
 
 /// Where [`Object::claims`] live: `/registry/claims/<claim>`, each holding its owner's key.
 pub const CLAIMS: &str = "/registry/claims/";
@@ -164,6 +173,12 @@ macro_rules! kube_object {
             kube_object!(@common $kind, $namespaced);
         }
     };
+    ($ty:ty, $kind:literal, $namespaced:literal, ttl = $ttl:expr) => {
+        impl Object for $ty {
+            kube_object!(@common $kind, $namespaced);
+            const TTL: Option<Duration> = Some($ttl);
+        }
+    };
     ($ty:ty, $kind:literal, $namespaced:literal, claims = $claims:expr) => {
         impl Object for $ty {
             kube_object!(@common $kind, $namespaced);
@@ -203,6 +218,13 @@ kube_object!(kube::KubeReplicaSet, "replicasets", true);
 kube_object!(kube::KubeDeployment, "deployments", true);
 kube_object!(kube::KubeNode, "nodes", false);
 kube_object!(kube::KubeNamespace, "namespaces", false);
+// Events expire an hour after their last write, as with Kubernetes' default `--event-ttl`.
+kube_object!(
+    kube::KubeEvent,
+    "events",
+    true,
+    ttl = Duration::from_secs(3600)
+);
 
 // Services and their EndpointSlices. A Service holds a claim per node port
 // (`nodeports/<port>`), so no two Services ever get one port.
@@ -321,6 +343,9 @@ pub struct Fence {
 pub struct Registry {
     client: Arc<dyn StoreBackend>,
     fence: Option<Arc<Fence>>,
+    /// The store lease the writes of kinds with [`Object::TTL`] share now, and when it was
+    /// granted (one per [`TTL_BATCH`]).
+    ttl_lease: Arc<tokio::sync::Mutex<Option<(i64, std::time::Instant)>>>,
 }
 
 /// The key a component's leader holds.
@@ -453,6 +478,7 @@ impl Registry {
         Registry {
             client,
             fence: None,
+            ttl_lease: Arc::default(),
         }
     }
 
@@ -470,6 +496,7 @@ impl Registry {
         Registry {
             client: self.client.clone(),
             fence: Some(Arc::new(fence)),
+            ttl_lease: self.ttl_lease.clone(),
         }
     }
 
@@ -617,6 +644,24 @@ impl Registry {
         }
     }
 
+    /// The lease a write of a `T` attaches to: 0 for a kind without [`Object::TTL`], else
+    /// the batch's lease, granted anew once the batch is [`TTL_BATCH`] old.
+    async fn lease_for<T: Object>(&self) -> Result<i64, RegistryError> {
+        let Some(ttl) = T::TTL else {
+            return Ok(0);
+        };
+        let mut current = self.ttl_lease.lock().await;
+        if let Some((id, granted)) = *current {
+            if granted.elapsed() < TTL_BATCH {
+                return Ok(id);
+            }
+        }
+        let secs = (ttl + TTL_BATCH).as_secs() as i64;
+        let id = self.grant_lease(secs).await?;
+        *current = Some((id, std::time::Instant::now()));
+        Ok(id)
+    }
+
     /// The store's leader, if it has one.
     pub async fn store_leader(&self) -> Result<Option<u64>, RegistryError> {
         Ok(self.client.leader_id().await?)
@@ -625,7 +670,8 @@ impl Registry {
     /// Stores a new object; fails with `AlreadyExists` if the name is taken.
     pub async fn create<T: Object>(&self, obj: &T) -> Result<T, RegistryError> {
         let key = key_of::<T>(&obj.key());
-        let mut txn = create_only(&key, Bin(encode(obj)?), 0);
+        let lease = self.lease_for::<T>().await?;
+        let mut txn = create_only(&key, Bin(encode(obj)?), lease);
         let claims = obj.claims();
         if !claims.is_empty() {
             txn.failure.push(keys_only(&key));
@@ -784,6 +830,7 @@ impl Registry {
         let put = RequestOp::Put(PutRequest {
             key: Bin::from(key_of::<T>(&obj.key()).as_str()),
             value: Bin(encode(obj)?),
+            lease: self.lease_for::<T>().await?,
             ..Default::default()
         });
         let resp = self

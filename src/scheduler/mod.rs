@@ -9,13 +9,16 @@
 //!   conflict means the pod changed, and its event brings it back.
 //! - Assume: the chosen binding is recorded locally at once, so a burst of pods is spread
 //!   before the store echoes the bindings back.
-//! - A pod that fits nowhere gets the reason `Unschedulable` and a message, and is tried
-//!   again when a node or a pod changes (never on a timer).
+//! - A pod that fits nowhere gets the reason `Unschedulable` and a message in Kubernetes'
+//!   words, and is tried again when a node or a pod changes (never on a timer).
+//! - Events: `Scheduled` for a binding, `FailedScheduling` (a Warning, with the message) for
+//!   a pod that fits nowhere.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::api::{Node, NodeStatus, Pod, PodPhase};
+use crate::api::{namespace_or_default, Node, NodeStatus, Pod, PodPhase};
+use crate::events::{pod_reference, Recorder};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{Change, Controller, Informer, Next, Shutdown};
 
@@ -27,13 +30,14 @@ pub struct Usage {
     pub memory: u64,
 }
 
-/// Why a node was filtered out, for the Unschedulable message.
+/// Why a node was filtered out, for the Unschedulable message, in the words of the
+/// Kubernetes filter that refuses it (a NotReady node carries the not-ready taint there).
 fn filter(node: &Node, used: &Usage, pod: &Pod) -> Result<(), &'static str> {
     if node.status != NodeStatus::Ready {
-        return Err("not ready");
+        return Err("node(s) had untolerated taint {node.kubernetes.io/not-ready: }");
     }
     if node.unschedulable {
-        return Err("unschedulable");
+        return Err("node(s) were unschedulable");
     }
     if !pod
         .spec
@@ -41,17 +45,17 @@ fn filter(node: &Node, used: &Usage, pod: &Pod) -> Result<(), &'static str> {
         .iter()
         .all(|(k, v)| node.labels.get(k) == Some(v))
     {
-        return Err("node selector does not match");
+        return Err("node(s) didn't match Pod's node affinity/selector");
     }
     if used.pods >= node.max_pods {
-        return Err("too many pods");
+        return Err("Too many pods");
     }
     let req = &pod.spec.resources;
     if used.cpu + req.cpu > node.capacity.cpu {
-        return Err("insufficient cpu");
+        return Err("Insufficient cpu");
     }
     if used.memory + req.memory > node.capacity.memory {
-        return Err("insufficient memory");
+        return Err("Insufficient memory");
     }
     Ok(())
 }
@@ -69,7 +73,8 @@ fn score(node: &Node, used: &Usage, pod: &Pod) -> f64 {
     (pods + cpu + mem) / 3.0
 }
 
-/// Picks a node for `pod`, or explains why none fits.
+/// Picks a node for `pod`, or explains why none fits as Kubernetes' scheduler does
+/// (`0/3 nodes are available: 1 Insufficient cpu, 2 node(s) were unschedulable.`).
 pub fn pick_node(
     nodes: &[Node],
     usage: &HashMap<String, Usage>,
@@ -86,11 +91,16 @@ pub fn pick_node(
         }
     }
     let Some(top) = best.iter().map(|(_, s)| *s).reduce(f64::max) else {
-        let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        let mut detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        detail.sort();
         return Err(if nodes.is_empty() {
-            "no nodes are registered".to_string()
+            "no nodes available to schedule pods".to_string()
         } else {
-            format!("0/{} nodes fit: {}", nodes.len(), detail.join(", "))
+            format!(
+                "0/{} nodes are available: {}.",
+                nodes.len(),
+                detail.join(", ")
+            )
         });
     };
     let ties: Vec<&Node> = best
@@ -109,6 +119,8 @@ fn needs_binding(p: &Pod) -> bool {
 #[derive(Clone)]
 pub struct Scheduler {
     registry: Registry,
+    /// Scheduled and FailedScheduling events.
+    events: Recorder,
     pods: Informer<Pod>,
     nodes: Informer<Node>,
     /// Pods bound by us that the cache may not show yet: pod → node.
@@ -128,6 +140,7 @@ impl Scheduler {
         shutdown: Shutdown,
     ) {
         let sched = Scheduler {
+            events: Recorder::start(registry.clone(), "default-scheduler", None),
             registry,
             pods: pods.clone(),
             nodes: nodes.clone(),
@@ -250,6 +263,15 @@ impl Scheduler {
                 match self.registry.update(&bound).await {
                     Ok(_) => {
                         tracing::debug!(pod = name, node = %node, "bound");
+                        self.events.normal(
+                            pod_reference(&pod),
+                            "Scheduled",
+                            format!(
+                                "Successfully assigned {}/{} to {node}",
+                                namespace_or_default(&pod.namespace),
+                                pod.spec.name
+                            ),
+                        );
                         Ok(Next::Done)
                     }
                     Err(e) => {
@@ -277,6 +299,8 @@ impl Scheduler {
                         Err(e) => return Err(e.into()),
                     }
                     tracing::info!(pod = name, reason = %why, "unschedulable");
+                    self.events
+                        .warning(pod_reference(&pod), "FailedScheduling", why.clone());
                 }
                 Ok(Next::Done)
             }
@@ -343,10 +367,9 @@ mod tests {
         let err = pick_node(&nodes, &HashMap::new(), &pod(2000))
             .err()
             .unwrap_or_default();
-        assert!(err.contains("0/2 nodes fit"), "{err}");
-        assert!(
-            err.contains("insufficient cpu") && err.contains("not ready"),
-            "{err}"
+        assert_eq!(
+            err,
+            "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."
         );
         assert_eq!(
             pick_node(&nodes, &HashMap::new(), &pod(500)),

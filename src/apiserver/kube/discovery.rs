@@ -277,6 +277,20 @@ pub const RESOURCES: &[ResourceSpec] = &[
         subresources: &[SCALE, STATUS],
         schema: SchemaGenerator::subschema_for::<k8s_openapi::api::apps::v1::Deployment>,
     },
+    // Events: what the components say happened to each object (they expire after an hour).
+    ResourceSpec {
+        group: "",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind: "Event",
+        namespaced: true,
+        short_names: &["ev"],
+        categories: &[],
+        verbs: ALL_VERBS,
+        subresources: &[],
+        schema: SchemaGenerator::subschema_for::<k8s_openapi::api::core::v1::Event>,
+    },
     // Services, and the EndpointSlices the endpoints controller keeps for them (read-only
     // through the API).
     ResourceSpec {
@@ -1168,6 +1182,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "events",
                 "namespaces",
                 "namespaces/status",
                 "nodes",
@@ -1178,8 +1193,8 @@ mod tests {
                 "services/status"
             ]
         );
-        assert_eq!(v["resources"][4]["shortNames"], serde_json::json!(["po"]));
-        assert_eq!(v["resources"][2]["namespaced"], false);
+        assert_eq!(v["resources"][5]["shortNames"], serde_json::json!(["po"]));
+        assert_eq!(v["resources"][3]["namespaced"], false);
 
         let v = json(doc("/apis/apps/v1", None).body);
         let scale = v["resources"]

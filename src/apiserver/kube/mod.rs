@@ -289,6 +289,7 @@ async fn serve_api(
         "nodes" => req.handle::<crate::api::kube::KubeNode>().await,
         "namespaces" => req.handle::<KubeNamespace>().await,
         "services" => req.handle::<crate::api::kube::KubeService>().await,
+        "events" => req.handle::<crate::api::kube::KubeEvent>().await,
         "endpointslices" => req.handle::<crate::api::kube::KubeEndpointSlice>().await,
         _ => Err(not_found_path()),
     };

@@ -74,6 +74,7 @@ pub trait Served:
     }
 }
 
+mod event;
 mod service;
 
 fn cause(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Cause {

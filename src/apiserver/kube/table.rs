@@ -722,6 +722,7 @@ const NAME_COLUMN: Column = Column {
 };
 const AGE_COLUMN: Column = col("Age", "string", DESC_AGE);
 
+mod event;
 mod service;
 
 // ---------------------------------------------------------------------------------------
