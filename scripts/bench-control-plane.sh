@@ -10,23 +10,26 @@
 # --quick) through the Kubernetes API: time until all are available, and the time a rolling
 # update (25% surge) takes to replace every pod.
 #
-# Usage: scripts/bench-control-plane.sh [--quick] [--json FILE] [--no-docker]
+# Usage: scripts/bench-control-plane.sh [--quick] [--json FILE] [--no-docker] [--no-events]
 #   --quick      100 and 500 hollow pods, 5 Docker pods (CI runs it)
 #   --json FILE  where the raw results go (default bench-control-plane.json)
 #   --no-docker  skip the Docker part
+#   --no-events  the components record no events (to compare what events cost)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 
 QUICK=0
+NO_EVENTS=()
 DOCKER=1
 OUT=bench-control-plane.json
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --no-docker) DOCKER=0 ;;
+    --no-events) NO_EVENTS=(--no-events) ;;
     --json) OUT=$2; shift ;;
-    *) sed -n '2,16p' "$0"; exit 2 ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -58,15 +61,15 @@ for i in 1 2 3; do
     --initial-cluster "1=127.0.0.1:12680,2=127.0.0.1:22680,3=127.0.0.1:32680"
 done
 start apiserver "$BIN" apiserver --listen 127.0.0.1:18080 --store "$EP"
-start controller-manager "$BIN" controller-manager --store "$EP"
-start scheduler "$BIN" scheduler --store "$EP"
+start controller-manager "$BIN" controller-manager --store "$EP" "${NO_EVENTS[@]}"
+start scheduler "$BIN" scheduler --store "$EP" "${NO_EVENTS[@]}"
 HOLLOW=100
 start hollow "$BIN" kubelet --runtime fake --hollow-nodes "$HOLLOW" --node-name "bench$RUN-hollow" \
-  --labels runtime=fake --store "$EP"
+  --labels runtime=fake --store "$EP" "${NO_EVENTS[@]}"
 if [ "$DOCKER" = 1 ]; then
   for n in a b; do
     start "docker-$n" "$BIN" kubelet --runtime docker --node-name "bench$RUN-docker-$n" \
-      --labels runtime=docker --stop-grace-secs 1 --store "$EP"
+      --labels runtime=docker --stop-grace-secs 1 --store "$EP" "${NO_EVENTS[@]}"
   done
 fi
 
@@ -111,6 +114,11 @@ echo
 jq -r '[.params.replicas, (.created_s|.*100|round/100), (.rolled_s|.*100|round/100), (.pods_replaced_per_s|round)] | @tsv' "$ROLLOUT_RAW" \
   | { printf 'Deployment pods\tall available s\trolling update s\tpods replaced/s\n'; cat; } \
   | { command -v column >/dev/null && column -t -s $'\t' || cat; }
+echo
+# Events the run left (the benchmark deletes its pods, not what was said about them).
+read -r objects occurrences < <(curl -sf "$API/api/v1/events" \
+  | jq -r '[(.items|length), ([.items[].count // 1]|add // 0)] | @tsv') || true
+echo "events recorded over the run: ${objects:-?} objects, ${occurrences:-?} occurrences, in ${SECONDS}s$([ ${#NO_EVENTS[@]} -gt 0 ] && echo ' (--no-events)')"
 echo
 echo "CPU seconds per process over the whole run (user+system):"
 tick=$(getconf CLK_TCK)

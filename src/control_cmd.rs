@@ -47,6 +47,22 @@ impl StoreEndpoints {
     }
 }
 
+/// Whether the component records events (`kubectl get events`).
+#[derive(clap::Args, Debug)]
+pub struct EventArgs {
+    /// Record no events (to measure what they cost; Kubernetes' components always record).
+    #[arg(long)]
+    pub no_events: bool,
+}
+
+impl EventArgs {
+    fn apply(&self) {
+        if self.no_events {
+            miniku::events::disable_in_this_process();
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct ApiServerArgs {
     /// Address the API (/replicasets, /pods, /nodes) listens on.
@@ -130,6 +146,8 @@ pub struct ControllerManagerArgs {
     #[command(flatten)]
     pub store: StoreEndpoints,
     #[command(flatten)]
+    pub events: EventArgs,
+    #[command(flatten)]
     pub election: ElectionArgs,
     /// Seconds a node may go without a heartbeat, after turning NotReady, before its pods
     /// are marked Failed (NodeLost) and replaced elsewhere (Kubernetes: 300).
@@ -141,6 +159,7 @@ pub struct ControllerManagerArgs {
 }
 
 pub async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    args.events.apply();
     let registry = args.store.registry()?;
     let election = registry.clone();
     let eviction = Duration::from_secs(args.pod_eviction_timeout_secs);
@@ -263,6 +282,8 @@ pub struct SchedulerArgs {
     #[command(flatten)]
     pub store: StoreEndpoints,
     #[command(flatten)]
+    pub events: EventArgs,
+    #[command(flatten)]
     pub election: ElectionArgs,
     /// Concurrent bindings.
     #[arg(long, default_value_t = 16)]
@@ -270,6 +291,7 @@ pub struct SchedulerArgs {
 }
 
 pub async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    args.events.apply();
     let registry = args.store.registry()?;
     let election = registry.clone();
     let workers = args.workers;
@@ -313,6 +335,8 @@ pub struct KubeletArgs {
     pub node_name: String,
     #[command(flatten)]
     pub store: StoreEndpoints,
+    #[command(flatten)]
+    pub events: EventArgs,
     #[arg(long, value_enum, default_value = "docker")]
     pub runtime: RuntimeKind,
     /// CPU the node offers, in millicores (default: the host's CPUs; 4000 for hollow nodes).
@@ -357,6 +381,7 @@ pub struct KubeletArgs {
 }
 
 pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
+    args.events.apply();
     if args.hollow_nodes != 1 && args.runtime != RuntimeKind::Fake {
         anyhow::bail!("--hollow-nodes needs --runtime fake");
     }

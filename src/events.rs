@@ -27,6 +27,15 @@ use crate::api::{namespace_or_default, random_hex, Node, Pod, ReplicaSet};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{spawn_owned, OwnedTask};
 
+/// Off: every recorder this process starts records nothing ([`disable_in_this_process`]).
+static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every recorder started from now on in this process record nothing (a component's
+/// `--no-events`, to measure what events cost).
+pub fn disable_in_this_process() {
+    DISABLED.store(true, Ordering::Relaxed);
+}
+
 /// Events waiting for the writer; more are dropped.
 pub const QUEUE: usize = 1000;
 /// Distinct events remembered for aggregation (the oldest are forgotten first).
@@ -69,6 +78,9 @@ impl Recorder {
     /// A recorder whose events name `component` (and `host`, for a node's kubelet) as their
     /// source. Needs a tokio runtime.
     pub fn start(registry: Registry, component: &str, host: Option<&str>) -> Recorder {
+        if DISABLED.load(Ordering::Relaxed) {
+            return Recorder::disabled();
+        }
         let (queue, receiver) = mpsc::channel(QUEUE);
         let source = EventSource {
             component: Some(component.to_string()),
