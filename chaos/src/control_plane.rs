@@ -459,20 +459,23 @@ impl Driver<'_> {
         request.send().await.is_ok_and(|r| r.status().is_success())
     }
 
+    /// GET `path` (below the API's root) as JSON; None on any failure (the caller polls).
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
+        let r = self
+            .http
+            .get(format!("{}/{path}", self.api))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
     /// For a Deployment: whether its last rollout is complete with `replicas` pods.
     async fn rollout_complete(&self, replicas: u32) -> Option<bool> {
         if self.workload != Workload::Deployment {
             return Some(true);
         }
-        let d: serde_json::Value = self
-            .http
-            .get(format!("{}/{DEPLOYMENTS}/chaos", self.api))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let d: serde_json::Value = self.get_json(&format!("{DEPLOYMENTS}/chaos")).await?;
         let status = &d["status"];
         let want = u64::from(replicas);
         Some(
@@ -680,14 +683,7 @@ async fn drive(
         if !driver.rollout_complete(final_desired).await? {
             return None;
         }
-        let pods: Vec<Pod> = http
-            .get(format!("{api}/pods?selector=app=chaos"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let pods: Vec<Pod> = driver.get_json("pods?selector=app=chaos").await?;
         let active: Vec<&Pod> = pods.iter().filter(|p| !p.is_terminal()).collect();
         let running = active
             .iter()
