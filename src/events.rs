@@ -149,12 +149,19 @@ impl Recorder {
 
 /// The reference an event about a pod holds.
 pub fn pod_reference(pod: &Pod) -> ObjectReference {
+    pod_reference_by_key(&pod.key(), &pod.uid)
+}
+
+/// The reference to the pod at `namespace/name` with `uid` (for a pod known only by what
+/// its container says of it, once the pod itself is gone).
+pub fn pod_reference_by_key(key: &str, uid: &str) -> ObjectReference {
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
-        namespace: Some(namespace_or_default(&pod.namespace).to_string()),
-        name: Some(pod.spec.name.clone()),
-        uid: (!pod.uid.is_empty()).then(|| pod.uid.clone()),
+        namespace: Some(namespace_or_default(namespace).to_string()),
+        name: Some(name.to_string()),
+        uid: (!uid.is_empty()).then(|| uid.to_string()),
         ..Default::default()
     }
 }

@@ -32,7 +32,7 @@ use chrono::Utc;
 use futures::StreamExt;
 
 use crate::api::{Node, NodeLease, NodeStatus, Pod, Resources};
-use crate::events::{pod_reference, Recorder};
+use crate::events::{pod_reference, pod_reference_by_key, Recorder};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::informer::Changes;
 use crate::runtime::{spawn_owned, Change, Controller, Informer, Next, Shutdown, WorkQueue};
@@ -668,17 +668,7 @@ impl<R: ContainerRuntime> Kubelet<R> {
         let reference = match (pod, container) {
             (Some(p), _) => pod_reference(p),
             // Deleted: the container still names its pod.
-            (None, Some(c)) => {
-                let (namespace, pod_name) = name.split_once('/').unwrap_or(("default", name));
-                k8s_openapi::api::core::v1::ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    namespace: Some(namespace.to_string()),
-                    name: Some(pod_name.to_string()),
-                    uid: (!c.pod_uid.is_empty()).then(|| c.pod_uid.clone()),
-                    ..Default::default()
-                }
-            }
+            (None, Some(c)) => pod_reference_by_key(name, &c.pod_uid),
             (None, None) => return,
         };
         let main = {
