@@ -182,6 +182,118 @@ fn limited(stream: LogStream, limit: Option<u64>) -> LogStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubelet::fake::FakeRuntime;
+    use crate::registry::Registry;
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "kubelet-test-credential-0123";
+
+    async fn call(
+        router: &Router,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let Ok(req) = req.body(Body::empty()) else {
+            return (StatusCode::BAD_REQUEST, String::new());
+        };
+        let Ok(resp) = router.clone().oneshot(req).await;
+        let code = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        (code, String::from_utf8_lossy(&body).to_string())
+    }
+
+    fn pod(name: &str, node: &str) -> Pod {
+        let mut p = Pod::default();
+        p.spec.name = name.into();
+        p.spec.image = "busybox".into();
+        p.spec.node_name = node.into();
+        p
+    }
+
+    #[tokio::test]
+    async fn serves_its_own_pods_to_the_credential_only() {
+        let (registry, _store) = Registry::in_process();
+        for p in [pod("mine", "n1"), pod("theirs", "n2"), pod("waiting", "n1")] {
+            registry.create(&p).await.expect("created");
+        }
+        let pods = Informer::<Pod>::start(registry.clone());
+        pods.wait_synced().await;
+        let fake = FakeRuntime::new();
+        let mine = pods.get("default/mine").expect("listed");
+        fake.start(&mine, "n1").await.expect("started");
+        let token = Token::new(TOKEN).ok();
+        let router = router(pods, HashMap::from([("n1".to_string(), fake)]), token);
+        let bearer = format!("Bearer {TOKEN}");
+        let ok = Some(bearer.as_str());
+
+        for (method, path) in [
+            ("GET", "/containerLogs/default/mine/main"),
+            ("GET", "/"),
+            ("GET", "/exec/default/mine/main"),
+            ("POST", "/containerLogs/default/mine/main"),
+        ] {
+            for auth in [None, Some("Bearer wrong-credential-xxxxxxxx")] {
+                let (code, body) = call(&router, method, path, auth).await;
+                assert_eq!(code, StatusCode::UNAUTHORIZED, "{method} {path} {auth:?}");
+                assert!(body.contains("\"kind\":\"Status\""), "{body}");
+            }
+        }
+        let (code, body) = call(&router, "GET", "/containerLogs/default/mine/main", ok).await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(
+            body.contains("hollow container main of pod default/mine started"),
+            "{body}"
+        );
+        let (_, cut) = call(
+            &router,
+            "GET",
+            "/containerLogs/default/mine/main?limitBytes=7",
+            ok,
+        )
+        .await;
+        assert_eq!(cut, "hollow ");
+        let (code, body) = call(&router, "GET", "/containerLogs/default/theirs/main", ok).await;
+        assert_eq!(
+            (code, body.contains("pods \\\"theirs\\\" not found")),
+            (StatusCode::NOT_FOUND, true),
+            "{body}"
+        );
+        let (code, _) = call(&router, "GET", "/containerLogs/default/mine/nope", ok).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        let (code, body) = call(&router, "GET", "/containerLogs/default/waiting/main", ok).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(
+            body.contains("is waiting to start: ContainerCreating"),
+            "{body}"
+        );
+        let (code, body) = call(
+            &router,
+            "GET",
+            "/containerLogs/default/mine/main?previous=true",
+            ok,
+        )
+        .await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.contains("previous terminated container"), "{body}");
+        let (code, _) = call(
+            &router,
+            "GET",
+            "/containerLogs/default/mine/main?tailLines=-1",
+            ok,
+        )
+        .await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        let (code, _) = call(&router, "GET", "/nothing-here", ok).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+    }
 
     #[tokio::test]
     async fn limit_bytes_cuts_the_stream() {
