@@ -5,6 +5,9 @@
 #   (node-a, node-b) running pods as Docker containers, and beside each kubelet a proxy
 #   (proxy-a, proxy-b) serving NodePort Services: node-a's on 127.0.0.1, node-b's on
 #   127.0.0.2 (both loopback; two proxies on one host cannot share an address and port).
+#   Each kubelet serves its pods' logs on port 10250 of its node's address (node-a
+#   127.0.0.1, node-b 127.0.0.2) and answers only the API server, which sends the credential
+#   in $MINIKU_DATA/kubelet.token (made at the first `up`).
 #
 # Usage: scripts/cluster.sh up|down|status|kill NAME|start NAME|logs NAME|names
 #   up            build (release) and start everything not already running; waits for a
@@ -65,15 +68,23 @@ command_for() {
     store[123])
       local i=${1#store}
       echo "$BIN store --id $i --data-dir $DATA/$1 --client-addr 127.0.0.1:${CLIENT_PORTS[$i]} --peer-addr 127.0.0.1:${PEER_PORTS[$i]} --initial-cluster $INITIAL" ;;
-    apiserver) echo "$BIN apiserver --listen 127.0.0.1:8080 --store $STORE_ENDPOINTS" ;;
+    apiserver) echo "$BIN apiserver --listen 127.0.0.1:8080 --kubelet-token-file $DATA/kubelet.token --store $STORE_ENDPOINTS" ;;
     controller-manager) echo "$BIN controller-manager --store $STORE_ENDPOINTS" ;;
     scheduler) echo "$BIN scheduler --store $STORE_ENDPOINTS" ;;
-    kubelet-a) echo "$BIN kubelet --node-name node-a --runtime $RUNTIME --store $STORE_ENDPOINTS" ;;
-    kubelet-b) echo "$BIN kubelet --node-name node-b --runtime $RUNTIME --store $STORE_ENDPOINTS" ;;
+    kubelet-a) echo "$BIN kubelet --node-name node-a --runtime $RUNTIME --listen 127.0.0.1:10250 --token-file $DATA/kubelet.token --store $STORE_ENDPOINTS" ;;
+    kubelet-b) echo "$BIN kubelet --node-name node-b --runtime $RUNTIME --listen 127.0.0.2:10250 --token-file $DATA/kubelet.token --store $STORE_ENDPOINTS" ;;
     proxy-a) echo "$BIN proxy --listen-address 127.0.0.1 --store $STORE_ENDPOINTS" ;;
     proxy-b) echo "$BIN proxy --listen-address 127.0.0.2 --store $STORE_ENDPOINTS" ;;
     *) echo "unknown component '$1' (one of: $(all_names))" >&2; return 1 ;;
   esac
+}
+
+# The credential the API server sends the kubelets' servers (pods' logs); they refuse
+# anyone without it.
+ensure_kubelet_token() {
+  local f="$DATA/kubelet.token"
+  [ -s "$f" ] && return 0
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$f")
 }
 
 pid_of() {
@@ -184,6 +195,7 @@ case "${1:-}" in
     wait_for_leader
     echo "store client API: http://127.0.0.1:2379  http://127.0.0.1:22379  http://127.0.0.1:32379"
     if [ -z "${MINIKU_STORE_ONLY:-}" ]; then
+      ensure_kubelet_token
       for n in $CONTROL; do start_one "$n"; done
       wait_for_http http://127.0.0.1:8080/replicasets "the API server"
       sleep 0.5
@@ -216,6 +228,7 @@ case "${1:-}" in
     ;;
   start)
     [ -n "${2:-}" ] || { echo "usage: $0 start NAME" >&2; exit 2; }
+    ensure_kubelet_token
     start_one "$2"
     ;;
   logs)

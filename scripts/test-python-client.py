@@ -132,6 +132,21 @@ def main():
     check("list with a label selector, owner references", len(listed.items) == 2 and owners == {"web"},
           [p.metadata.name for p in listed.items])
 
+    # Logs, read through the (hollow) kubelet's server: its made-up line.
+    first = listed.items[0].metadata.name
+    log = core.read_namespaced_pod_log(first, NAMESPACE)
+    check("read_namespaced_pod_log: the container's output, through its kubelet",
+          f"of pod {NAMESPACE}/{first} started" in log, log)
+    log = core.read_namespaced_pod_log(first, NAMESPACE, timestamps=True, tail_lines=1)
+    check("read_namespaced_pod_log(timestamps=True, tail_lines=1): one line with its time",
+          len(log.splitlines()) == 1 and log[:4].isdigit() and "Z " in log, log)
+    try:
+        core.read_namespaced_pod_log(first, NAMESPACE, container="nope")
+        check("read_namespaced_pod_log of a container the pod lacks is refused", False)
+    except ApiException as e:
+        check("read_namespaced_pod_log of a container the pod lacks: 400 in Kubernetes' words",
+              e.status == 400 and f"container nope is not valid for pod {first}" in e.body, e.body)
+
     # Events: the scheduler's for each pod (watched), the ReplicaSet controller's (listed
     # with a field selector, as `kubectl describe` asks for them).
     watch_until(

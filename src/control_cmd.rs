@@ -72,6 +72,10 @@ pub struct ApiServerArgs {
     /// one the API server only listens on loopback.
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
+    /// File holding the credential (a bearer token) the API server sends to the kubelets'
+    /// servers, for pods' logs: the file each kubelet has as its --token-file.
+    #[arg(long)]
+    pub kubelet_token_file: Option<std::path::PathBuf>,
     /// TLS and the connection limit.
     #[command(flatten)]
     pub serving: crate::listen_args::ApiListenArgs,
@@ -110,7 +114,13 @@ pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
         store = ?args.store.endpoints,
         "api server started"
     );
-    let router = miniku::apiserver::router(registry, token);
+    let kubelet_token = args
+        .kubelet_token_file
+        .as_deref()
+        .map(miniku_store::auth::Token::from_file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--kubelet-token-file: {e}"))?;
+    let router = miniku::apiserver::router(registry, token, kubelet_token);
     miniku_store::serve::serve(listener, router, serving, shutdown_signal()).await;
     Ok(())
 }
@@ -345,10 +355,21 @@ pub struct KubeletArgs {
     /// Memory the node offers, in bytes (default: the host's memory; 8 GiB for hollow nodes).
     #[arg(long)]
     pub memory_bytes: Option<u64>,
-    /// The address the node is reached at: its InternalIP and its pods' hostIP (default: the
-    /// address of the interface the default route leaves by).
+    /// The address the node is reached at: its InternalIP (where the API server reaches the
+    /// kubelet's server) and its pods' hostIP (default: the address --listen names, or when
+    /// that is all addresses, the address of the interface the default route leaves by).
     #[arg(long)]
     pub node_ip: Option<std::net::IpAddr>,
+    /// Address the kubelet's server (pods' logs, for the API server) listens on; its port is
+    /// recorded in the Node's status.daemonEndpoints (port 0: any free one). Without
+    /// --token-file it may only listen on loopback.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// File holding the credential (a bearer token) the API server must send to the
+    /// kubelet's server; everyone else is refused on every route. The API server is given
+    /// the same file as --kubelet-token-file.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
     /// Most pods the node runs.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
@@ -419,9 +440,29 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
             host.unwrap_or(8 << 30)
         }),
     };
-    config.node_ip = args
-        .node_ip
-        .map_or_else(miniku::kubelet::host::primary_ip, |ip| ip.to_string());
+    let token = args
+        .token_file
+        .as_deref()
+        .map(miniku_store::auth::Token::from_file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--token-file: {e}"))?;
+    miniku_store::auth::check_listen("kubelet", &args.listen, token.as_ref(), "--token-file")
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listening = listener.local_addr().context("the kubelet's address")?;
+    config.server_port = Some(listening.port());
+    config.node_ip = match args.node_ip {
+        Some(ip) => ip.to_string(),
+        None if !listening.ip().is_unspecified() => listening.ip().to_string(),
+        None => miniku::kubelet::host::primary_ip(),
+    };
+    if !listening.ip().is_unspecified() && listening.ip().to_string() != config.node_ip {
+        tracing::warn!(listen = %listening, node_ip = %config.node_ip, "the kubelet listens on another address than the node's: the API server will not reach it");
+    }
+    tracing::info!(listen = %listening, authenticated = token.is_some(), "kubelet server listening");
+    let serving = Some(miniku::kubelet::Serving { listener, token });
     config.max_pods = args.max_pods;
     config.labels = miniku::api::validation::parse_selector("--labels", &args.labels)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
@@ -445,11 +486,11 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
                         (miniku::kubelet::fake::FakeRuntime::new(), c)
                     })
                     .collect();
-                miniku::kubelet::run_nodes(registry, nodes, stopping).await
+                miniku::kubelet::run_nodes(registry, nodes, serving, stopping).await
             }
             RuntimeKind::Fake => {
                 let fake = miniku::kubelet::fake::FakeRuntime::new();
-                miniku::kubelet::run(registry, fake, config, stopping).await
+                miniku::kubelet::run(registry, fake, config, serving, stopping).await
             }
             RuntimeKind::Docker => {
                 let mut wait = Duration::from_secs(1);
@@ -466,7 +507,7 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
                         }
                     }
                 };
-                miniku::kubelet::run(registry, docker, config, stopping).await
+                miniku::kubelet::run(registry, docker, config, serving, stopping).await
             }
         }
         tracing::info!("kubelet stopped; containers keep running and are adopted on restart");

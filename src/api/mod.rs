@@ -14,6 +14,7 @@
 
 pub mod deployment;
 pub mod kube;
+pub mod logs;
 pub mod quantity;
 pub mod service;
 pub mod validation;

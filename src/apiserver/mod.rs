@@ -42,15 +42,21 @@ pub struct AppState {
 }
 
 /// The API: the seed's routes and the Kubernetes API ([`kube`]); with a `token`, every route
-/// but `/health` needs `Authorization: Bearer <token>`.
-pub fn router(registry: Registry, token: Option<miniku_store::auth::Token>) -> Router {
-    let kube_api = kube::router(registry.clone()).layer(axum::middleware::from_fn_with_state(
-        miniku_store::http::BodyLimit {
-            max: MAX_BODY_BYTES,
-            too_large: |max| kube::status::KubeError::too_large(max).into_response(),
-        },
-        miniku_store::http::buffer_body,
-    ));
+/// but `/health` needs `Authorization: Bearer <token>`. `kubelet_token` is what the API
+/// server sends the kubelets (pods' logs).
+pub fn router(
+    registry: Registry,
+    token: Option<miniku_store::auth::Token>,
+    kubelet_token: Option<miniku_store::auth::Token>,
+) -> Router {
+    let kube_api =
+        kube::router(registry.clone(), kubelet_token).layer(axum::middleware::from_fn_with_state(
+            miniku_store::http::BodyLimit {
+                max: MAX_BODY_BYTES,
+                too_large: |max| kube::status::KubeError::too_large(max).into_response(),
+            },
+            miniku_store::http::buffer_body,
+        ));
     seed_router(registry)
         .merge(kube_api)
         .layer(axum::middleware::from_fn_with_state(

@@ -9,16 +9,22 @@
 //! only main containers: a pod counts as running while all of its containers run, the others
 //! are removed with the main one, and one that stops makes the pod's containers restart
 //! together.
+//!
+//! A restart keeps the containers it replaces, renamed `<name>.previous` (one generation:
+//! the next restart removes them), so that their output stays readable (`kubectl logs
+//! --previous`). Nothing but [`ContainerRuntime::logs`] and the removal of their pod sees
+//! them: listing skips them.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::ContainerSummary;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use chrono::{DateTime, Utc};
@@ -29,8 +35,8 @@ use k8s_openapi::api::core::v1::Container as KubeContainer;
 
 use super::runtime::{
     container_name, labels_for, pod_key_from_labels, Container, ContainerRuntime, ContainerState,
-    ExecOutput, RuntimeError, RuntimeEvent, LABEL_CONTAINER, LABEL_MAIN, LABEL_MARKER, LABEL_NODE,
-    LABEL_POD, LABEL_POD_UID,
+    ExecOutput, LogOptions, LogStream, RuntimeError, RuntimeEvent, LABEL_CONTAINER, LABEL_MAIN,
+    LABEL_MARKER, LABEL_NODE, LABEL_POD, LABEL_POD_UID, PREVIOUS_SUFFIX,
 };
 use crate::api::Pod;
 
@@ -50,6 +56,14 @@ fn engine(e: DockerError) -> RuntimeError {
 
 fn is_status(e: &DockerError, code: u16) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// Whether a listed container is a pod's previous one (kept by a restart for its output).
+fn is_retired(s: &ContainerSummary) -> bool {
+    s.names
+        .iter()
+        .flatten()
+        .any(|n| n.ends_with(PREVIOUS_SUFFIX))
 }
 
 fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
@@ -327,6 +341,7 @@ impl ContainerRuntime for DockerRuntime {
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         // All at once, so that a pod's grace period is waited once, not once per container.
         let mut all = self.later_containers(id).await?;
+        all.extend(self.retired_of(id).await?);
         all.push(id.to_string());
         let stops = all.iter().map(|c| self.stop_and_remove(c, grace));
         futures::future::join_all(stops)
@@ -338,6 +353,116 @@ impl ContainerRuntime for DockerRuntime {
 
     fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
         self.event_stream(node)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let mut all = self.later_containers(id).await?;
+        all.push(id.to_string());
+        let stops = all.iter().map(|c| self.stop_only(c, grace));
+        futures::future::join_all(stops).await;
+        Ok(())
+    }
+
+    async fn retire(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut all = self.later_containers(id).await?;
+        all.push(id.to_string());
+        for c in &all {
+            if let Err(e) = self.retire_one(c).await {
+                tracing::warn!(container = %c, error = %e, "cannot keep the container as the previous one; removing it");
+                return self.remove(id, Duration::ZERO).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_retired(&self, node: &str, pod: &str) -> Result<(), RuntimeError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(Self::node_filters(node, Some(pod))),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
+        for s in found.iter().filter(|s| is_retired(s)) {
+            let ours = s
+                .labels
+                .as_ref()
+                .is_some_and(|l| pod_key_from_labels(l) == pod);
+            if let (true, Some(id)) = (ours, &s.id) {
+                self.stop_and_remove(id, Duration::ZERO).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn logs(
+        &self,
+        node: &str,
+        pod: &Pod,
+        container: &str,
+        options: &LogOptions,
+    ) -> Result<Option<LogStream>, RuntimeError> {
+        let mut filters = Self::node_filters(node, Some(&pod.key()));
+        if let Some(labels) = filters.get_mut("label") {
+            labels.push(format!("{LABEL_POD_UID}={}", pod.uid));
+            labels.push(format!("{LABEL_CONTAINER}={container}"));
+        }
+        let list = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let mut found = self
+            .docker
+            .list_containers(Some(list))
+            .await
+            .map_err(engine)?;
+        found.retain(|s| {
+            s.labels
+                .as_ref()
+                .is_some_and(|l| pod_key_from_labels(l) == pod.key())
+        });
+        // The newest of each kind, should there be more.
+        found.sort_by_key(|s| std::cmp::Reverse(s.created.unwrap_or(0)));
+        let current = found.iter().find(|s| !is_retired(s));
+        let retired = found.iter().find(|s| is_retired(s));
+        let running = |s: &ContainerSummary| {
+            matches!(
+                s.state,
+                Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            )
+        };
+        let chosen = match (options.previous, current) {
+            (false, c) => c,
+            // The current container has ended: it is the last one that ran.
+            (true, Some(c)) if !running(c) => Some(c),
+            (true, _) => retired,
+        };
+        let Some(id) = chosen.and_then(|s| s.id.clone()) else {
+            return Ok(None);
+        };
+        let logs = LogsOptions {
+            follow: options.follow,
+            stdout: true,
+            stderr: true,
+            since: options
+                .since
+                .map_or(0, |t| t.timestamp().clamp(0, i64::from(i32::MAX)) as i32),
+            until: 0,
+            timestamps: options.timestamps,
+            tail: options
+                .tail_lines
+                .map_or_else(|| "all".to_string(), |n| n.to_string()),
+        };
+        Ok(Some(
+            self.docker
+                .logs(&id, Some(logs))
+                .map(|chunk| chunk.map(|c| c.into_bytes()).map_err(engine))
+                .boxed(),
+        ))
     }
 
     async fn exec(&self, container: &str, command: &[String]) -> Result<ExecOutput, RuntimeError> {
@@ -395,11 +520,13 @@ impl DockerRuntime {
             filters: Some(Self::node_filters(node, pod)),
             ..Default::default()
         };
-        let summaries = self
+        let mut summaries = self
             .docker
             .list_containers(Some(options))
             .await
             .map_err(engine)?;
+        // A pod's previous containers are kept for their output only.
+        summaries.retain(|s| !is_retired(s));
         let mut out = Vec::new();
         let mains: std::collections::HashSet<String> = summaries
             .iter()
@@ -460,6 +587,93 @@ impl DockerRuntime {
             });
         }
         Ok(out)
+    }
+
+    /// The previous containers (see [`ContainerRuntime::retire`]) of the pod whose container
+    /// `id` is: those of the same pod uid on the same node.
+    async fn retired_of(&self, id: &str) -> Result<Vec<String>, RuntimeError> {
+        let info = match self.docker.inspect_container(id, None).await {
+            Ok(info) => info,
+            Err(e) if is_status(&e, 404) => return Ok(Vec::new()),
+            Err(e) => return Err(engine(e)),
+        };
+        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        let (Some(uid), Some(node)) = (labels.get(LABEL_POD_UID), labels.get(LABEL_NODE)) else {
+            return Ok(Vec::new());
+        };
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![
+                    format!("{LABEL_MARKER}=1"),
+                    format!("{LABEL_NODE}={node}"),
+                    format!("{LABEL_POD_UID}={uid}"),
+                ],
+            )])),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
+        Ok(found
+            .into_iter()
+            .filter(is_retired)
+            .filter_map(|s| s.id)
+            .filter(|c| c != id)
+            .collect())
+    }
+
+    /// Renames the exited container `id` to `<name>.previous`, removing the one that held
+    /// that name (the pod's earlier previous container).
+    async fn retire_one(&self, id: &str) -> Result<(), RuntimeError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(engine)?;
+        let name = info.name.unwrap_or_default();
+        let name = name.trim_start_matches('/');
+        if name.is_empty() || name.ends_with(PREVIOUS_SUFFIX) {
+            return Ok(());
+        }
+        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        let target = format!("{name}{PREVIOUS_SUFFIX}");
+        match self.docker.inspect_container(&target, None).await {
+            Ok(old) => {
+                let old_labels = old.config.and_then(|c| c.labels).unwrap_or_default();
+                let same_pod = pod_key_from_labels(&old_labels) == pod_key_from_labels(&labels)
+                    && old_labels.get(LABEL_NODE) == labels.get(LABEL_NODE);
+                if !same_pod {
+                    return Err(RuntimeError::Engine(format!(
+                        "a container named `{target}` exists and is not this pod's"
+                    )));
+                }
+                self.stop_and_remove(&old.id.unwrap_or(target.clone()), Duration::ZERO)
+                    .await?;
+            }
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(engine(e)),
+        }
+        self.docker
+            .rename_container(id, RenameContainerOptions { name: target })
+            .await
+            .map_err(engine)
+    }
+
+    /// Stops a container (SIGTERM, then SIGKILL after `grace`) and keeps it.
+    async fn stop_only(&self, id: &str, grace: Duration) {
+        let stop = StopContainerOptions {
+            t: Some(grace.as_secs() as i32),
+            ..Default::default()
+        };
+        match self.docker.stop_container(id, Some(stop)).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
+            Err(e) => tracing::warn!(container = id, error = %e, "stop failed"),
+        }
     }
 
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {

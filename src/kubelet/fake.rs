@@ -1,6 +1,8 @@
 //! A fake container runtime, after Kubernetes' hollow nodes (kubemark): containers start at
 //! once and "run" in memory. For benchmarks and scale tests of the control plane only; the
-//! end-to-end tests use Docker.
+//! end-to-end tests use Docker. Their logs are lines made up from what the kubelet knows
+//! (one when the container started, then, with `follow`, one every
+//! [`FAKE_LOG_EVERY`]); a restart keeps no previous container.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,9 +15,23 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::runtime::{
-    Container, ContainerRuntime, ContainerState, ExecOutput, RuntimeError, RuntimeEvent,
+    Container, ContainerRuntime, ContainerState, ExecOutput, LogOptions, LogStream, RuntimeError,
+    RuntimeEvent,
 };
 use crate::api::Pod;
+
+/// How often a followed hollow container "writes" a line.
+pub const FAKE_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// A made-up log line at `t`, as the engine would send it.
+fn fake_line(t: chrono::DateTime<Utc>, text: &str, timestamps: bool) -> bytes::Bytes {
+    if timestamps {
+        let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        bytes::Bytes::from(format!("{ts} {text}\n"))
+    } else {
+        bytes::Bytes::from(format!("{text}\n"))
+    }
+}
 
 #[derive(Clone)]
 pub struct FakeRuntime {
@@ -166,6 +182,60 @@ impl ContainerRuntime for FakeRuntime {
 
     fn has_network(&self) -> bool {
         false
+    }
+
+    async fn logs(
+        &self,
+        node: &str,
+        pod: &Pod,
+        container: &str,
+        options: &LogOptions,
+    ) -> Result<Option<LogStream>, RuntimeError> {
+        let found = self
+            .lock()
+            .values()
+            .find(|(n, c)| n == node && c.pod_key == pod.key() && c.pod_uid == pod.uid)
+            .map(|(_, c)| c.state.clone());
+        let (started, running) = match found {
+            Some(ContainerState::Running { started_at }) => (started_at, true),
+            Some(ContainerState::Exited { finished_at, .. }) => (finished_at, false),
+            None => return Ok(None),
+        };
+        if options.previous && running {
+            return Ok(None);
+        }
+        let started = started.unwrap_or_else(Utc::now);
+        let mut lines = vec![(
+            started,
+            format!(
+                "hollow container {container} of pod {} started (made-up line: nothing runs on a hollow node)",
+                pod.key()
+            ),
+        )];
+        lines.retain(|(t, _)| options.since.is_none_or(|s| *t >= s));
+        if let Some(n) = options.tail_lines {
+            let keep = lines.len().saturating_sub(n as usize);
+            lines.drain(..keep);
+        }
+        let timestamps = options.timestamps;
+        let first = futures::stream::iter(
+            lines
+                .into_iter()
+                .map(move |(t, text)| Ok(fake_line(t, &text, timestamps))),
+        );
+        if !(options.follow && running) {
+            return Ok(Some(first.boxed()));
+        }
+        let name = container.to_string();
+        let more = futures::stream::unfold(0u64, move |n| {
+            let name = name.clone();
+            async move {
+                tokio::time::sleep(FAKE_LOG_EVERY).await;
+                let text = format!("hollow container {name} is still running ({})", n + 1);
+                Some((Ok(fake_line(Utc::now(), &text, timestamps)), n + 1))
+            }
+        });
+        Ok(Some(first.chain(more).boxed()))
     }
 
     fn events(&self, node: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {

@@ -15,6 +15,11 @@
 //!   owns); a changed result queues the pod, whose sync writes its readiness or restarts
 //!   its container ([`sync`]).
 //!
+//! - Serves its pods' logs to the API server on a port of its own ([`server`]), recorded in
+//!   its Node's `status.daemonEndpoints` (the address is its `InternalIP`).
+//! - A restart keeps the container it replaces (the runtime's `retire`), so that the
+//!   previous container's output stays readable; it goes with the next restart or the pod.
+//!
 //! Runtimes: [`docker`] (the real engine) and [`fake`] (hollow nodes for scale tests).
 
 pub mod docker;
@@ -23,6 +28,7 @@ pub mod host;
 pub mod probe;
 pub mod prober;
 pub mod runtime;
+pub mod server;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,6 +63,15 @@ pub struct KubeletConfig {
     pub workers: usize,
     /// The address the node is reached at (its `InternalIP`, and its pods' `hostIP`).
     pub node_ip: String,
+    /// The port the kubelet's server ([`server`]) listens on, recorded in the Node's
+    /// `status.daemonEndpoints.kubeletEndpoint` (None: no server).
+    pub server_port: Option<u16>,
+}
+
+/// The kubelet's server: where it listens, and the credential the API server must send.
+pub struct Serving {
+    pub listener: tokio::net::TcpListener,
+    pub token: Option<miniku_store::auth::Token>,
 }
 
 impl KubeletConfig {
@@ -75,6 +90,7 @@ impl KubeletConfig {
             resync: Duration::from_secs(300),
             workers: 8,
             node_ip: "127.0.0.1".into(),
+            server_port: None,
         }
     }
 }
@@ -114,17 +130,20 @@ pub async fn run<R: ContainerRuntime>(
     registry: Registry,
     runtime: R,
     config: KubeletConfig,
+    serving: Option<Serving>,
     shutdown: Shutdown,
 ) {
-    run_nodes(registry, vec![(runtime, config)], shutdown).await
+    run_nodes(registry, vec![(runtime, config)], serving, shutdown).await
 }
 
 /// Runs several kubelets in one process (hollow nodes for scale benchmarks, like kubemark's),
 /// sharing one pod informer: each pod change is routed to the queue of the node(s) it is or
-/// was bound to. Each node keeps its own runtime, heartbeat, queue and workers.
+/// was bound to. Each node keeps its own runtime, heartbeat, queue and workers; one server
+/// (`serving`) serves them all.
 pub async fn run_nodes<R: ContainerRuntime>(
     registry: Registry,
     nodes: Vec<(R, KubeletConfig)>,
+    serving: Option<Serving>,
     shutdown: Shutdown,
 ) {
     for (runtime, config) in &nodes {
@@ -140,6 +159,10 @@ pub async fn run_nodes<R: ContainerRuntime>(
     }
     let pods = Informer::<Pod>::start(registry.clone());
     let changes = pods.subscribe();
+    let runtimes: HashMap<String, R> = nodes
+        .iter()
+        .map(|(r, c)| (c.node_name.clone(), r.clone()))
+        .collect();
     let mut queues = HashMap::new();
     let mut kubelets = Vec::new();
     for (runtime, config) in nodes {
@@ -155,8 +178,16 @@ pub async fn run_nodes<R: ContainerRuntime>(
         kubelets.push(kubelet);
     }
     let _routing = spawn_owned(route_pod_changes(changes, queues));
+    let serve = async {
+        let Some(Serving { listener, token }) = serving else {
+            return;
+        };
+        let router = server::router(pods.clone(), runtimes, token);
+        let config = miniku_store::serve::ServeConfig::new("kubelet");
+        miniku_store::serve::serve(listener, router, config, shutdown.wait()).await
+    };
     pods.wait_synced().await;
-    futures::future::join_all(kubelets).await;
+    futures::future::join(futures::future::join_all(kubelets), serve).await;
 }
 
 /// Hands each pod change to the queue of the node the pod is, or was, bound to.
@@ -349,6 +380,14 @@ fn host_facts(
         },
     ]);
     status.node_info = Some(host::node_info(runtime_version));
+    status.daemon_endpoints =
+        config
+            .server_port
+            .map(|port| k8s_openapi::api::core::v1::NodeDaemonEndpoints {
+                kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint {
+                    port: i32::from(port),
+                }),
+            });
     k
 }
 
@@ -469,6 +508,14 @@ impl<R: ContainerRuntime> Kubelet<R> {
             _ => self.prober.forget(name),
         }
         match d.step {
+            Step::Nothing
+                if container.is_none() && pod.as_ref().is_none_or(|p| p.is_terminal()) =>
+            {
+                // Gone or done: its previous containers, if any, go too.
+                if let Err(e) = self.runtime.remove_retired(self.node(), name).await {
+                    tracing::warn!(pod = name, error = %e, "cannot remove the previous containers");
+                }
+            }
             Step::Nothing => {}
             Step::Remove(id) => {
                 let done_with_pod = pod.as_ref().is_none_or(|p| p.is_terminal());
@@ -503,7 +550,18 @@ impl<R: ContainerRuntime> Kubelet<R> {
                             .remove(&id);
                     });
                 } else {
-                    let result = self.runtime.remove(&id, self.config.stop_grace).await;
+                    // The pod's own container is restarted (a failed probe): stopped and
+                    // kept, so that the restart keeps it as the previous one. Any other
+                    // (another pod's of the same name) goes.
+                    let own = match (&pod, &container) {
+                        (Some(p), Some(c)) => c.id == id && c.pod_uid == p.uid,
+                        _ => false,
+                    };
+                    let result = if own {
+                        self.runtime.stop(&id, self.config.stop_grace).await
+                    } else {
+                        self.runtime.remove(&id, self.config.stop_grace).await
+                    };
                     self.removing
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -516,7 +574,8 @@ impl<R: ContainerRuntime> Kubelet<R> {
                     return Ok(Next::Done);
                 };
                 if let Some(old) = replace {
-                    self.runtime.remove(&old, Duration::ZERO).await?;
+                    // Kept as the previous container, for its output.
+                    self.runtime.retire(&old).await?;
                 }
                 return self.start(pod).await;
             }

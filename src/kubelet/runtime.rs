@@ -104,6 +104,16 @@ pub struct ExecOutput {
     pub output: String,
 }
 
+pub use crate::api::logs::LogOptions;
+
+/// A container's output as it is read from the engine.
+pub type LogStream = BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
+
+/// The suffix of the engine name a pod's container keeps once it has been replaced by a
+/// restart: its output stays readable (`kubectl logs --previous`) until the next restart
+/// replaces it, or the pod goes.
+pub const PREVIOUS_SUFFIX: &str = ".previous";
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     #[error("the container engine is not reachable: {0}")]
@@ -158,6 +168,42 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
         container: &str,
         command: &[String],
     ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
+    /// The output of the pod's container `container` (a name in the pod's spec): of the
+    /// current one, or with `options.previous` of the last one that ended (the current one
+    /// if it has exited, else the one a restart replaced). None when there is no such
+    /// container (yet).
+    fn logs(
+        &self,
+        node: &str,
+        pod: &Pod,
+        container: &str,
+        options: &LogOptions,
+    ) -> impl Future<Output = Result<Option<LogStream>, RuntimeError>> + Send;
+    /// Replaces the pod's previous containers with the exited main container `id` and those
+    /// started with it, before a restart starts new ones: what they wrote stays readable.
+    /// By default they are removed.
+    fn retire(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        self.remove(id, Duration::ZERO)
+    }
+    /// Stops (SIGTERM, then SIGKILL after `grace`) a pod's main container and the containers
+    /// started with it, and keeps them for [`ContainerRuntime::retire`] (a restart). By
+    /// default they are removed.
+    fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        self.remove(id, grace)
+    }
+    /// Removes the previous containers [`ContainerRuntime::retire`] kept for pod `pod` (a
+    /// key) on this node, once the pod is gone or done.
+    fn remove_retired(
+        &self,
+        _node: &str,
+        _pod: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        async { Ok(()) }
+    }
     /// Whether containers have real addresses that HTTP and TCP probes can reach. The fake
     /// runtime's do not: its probes all succeed.
     fn has_network(&self) -> bool {

@@ -34,6 +34,17 @@ impl Kubectl {
         })
     }
 
+    /// A kubectl command for this server, to run as the caller likes (a stream it reads).
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.arg("--server")
+            .arg(&self.server)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(args);
+        cmd
+    }
+
     /// Runs kubectl; Ok((exit success, stdout + stderr)).
     pub fn run(&self, args: &[&str]) -> Result<(bool, String)> {
         let out = Command::new("kubectl")

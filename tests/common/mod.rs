@@ -430,6 +430,11 @@ impl ControlPlane {
     /// Starts the store, the API server, one controller manager (with `cm_args`) and one
     /// scheduler, and waits until the API answers.
     pub async fn start(cm_args: &[&str]) -> Result<ControlPlane> {
+        Self::start_with(cm_args, &[]).await
+    }
+
+    /// As [`ControlPlane::start`], with `api_args` added to the API server's flags.
+    pub async fn start_with(cm_args: &[&str], api_args: &[&str]) -> Result<ControlPlane> {
         let store = StoreCluster::start(3).await?;
         let mut cp = ControlPlane {
             store,
@@ -437,7 +442,9 @@ impl ControlPlane {
             components: Vec::new(),
         };
         let listen = format!("127.0.0.1:{}", cp.api_port);
-        cp.spawn("apiserver", &["apiserver", "--listen", &listen])?;
+        let mut api = vec!["apiserver", "--listen", &listen];
+        api.extend_from_slice(api_args);
+        cp.spawn("apiserver", &api)?;
         let mut args = vec!["controller-manager", "--leader-lease-secs", "3"];
         args.extend_from_slice(cm_args);
         cp.spawn("controller-manager", &args)?;

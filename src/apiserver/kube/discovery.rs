@@ -188,6 +188,13 @@ const STATUS: SubresourceSpec = SubresourceSpec {
     verbs: GET_PATCH_UPDATE,
 };
 
+/// `pods/log`: a container's output (text), read through the pod's kubelet.
+const LOG: SubresourceSpec = SubresourceSpec {
+    name: "log",
+    kind: SubresourceKind::Parent,
+    verbs: &[Verb::Get],
+};
+
 const SCALE: SubresourceSpec = SubresourceSpec {
     name: "scale",
     kind: SubresourceKind::Other {
@@ -214,7 +221,7 @@ pub const RESOURCES: &[ResourceSpec] = &[
         short_names: &["po"],
         categories: &["all"],
         verbs: ALL_VERBS,
-        subresources: &[STATUS],
+        subresources: &[LOG, STATUS],
         schema: SchemaGenerator::subschema_for::<k8s_openapi::api::core::v1::Pod>,
     },
     ResourceSpec {
@@ -1114,9 +1121,11 @@ mod tests {
             pods["responseKind"],
             serde_json::json!({"group": "", "version": "v1", "kind": "Pod"})
         );
-        assert_eq!(pods["subresources"][0]["subresource"], "status");
+        assert_eq!(pods["subresources"][0]["subresource"], "log");
+        assert_eq!(pods["subresources"][0]["verbs"], serde_json::json!(["get"]));
+        assert_eq!(pods["subresources"][1]["subresource"], "status");
         assert_eq!(
-            pods["subresources"][0]["verbs"],
+            pods["subresources"][1]["verbs"],
             serde_json::json!(["get", "patch", "update"])
         );
         let ns = resources
@@ -1188,6 +1197,7 @@ mod tests {
                 "nodes",
                 "nodes/status",
                 "pods",
+                "pods/log",
                 "pods/status",
                 "services",
                 "services/status"

@@ -2,7 +2,7 @@
 //! client libraries: discovery ([`discovery`]), OpenAPI ([`openapi`]), and for each served
 //! kind (pods, nodes, namespaces, apps/v1 replicasets) get, list, watch (newline-delimited
 //! JSON events), create, replace, patch ([`patch`]), delete with propagation, and the
-//! `status` and `scale` subresources. Answers are JSON, or server-side Tables
+//! `status` and `scale` subresources, and pods' `log` ([`logs`], read from the kubelets). Answers are JSON, or server-side Tables
 //! ([`table`]) when kubectl asks for them; errors are Kubernetes `Status` objects
 //! ([`status`]).
 //!
@@ -13,6 +13,7 @@
 //! garbage collector would (owner references), and pods are run by the components.
 
 pub mod discovery;
+pub mod logs;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -58,13 +59,17 @@ pub struct KubeState {
     registry: Registry,
     /// Whether the `default` namespace is known to exist.
     default_namespace: Arc<AtomicBool>,
+    /// How pods' logs are read from the kubelets.
+    kubelet: logs::KubeletClient,
 }
 
-/// The Kubernetes API's routes.
-pub fn router(registry: Registry) -> Router {
+/// The Kubernetes API's routes; `kubelet_token` is the credential the kubelets' servers
+/// expect (pods' logs).
+pub fn router(registry: Registry, kubelet_token: Option<miniku_store::auth::Token>) -> Router {
     let state = KubeState {
         registry,
         default_namespace: Arc::new(AtomicBool::new(false)),
+        kubelet: logs::KubeletClient::new(kubelet_token),
     };
     Router::new()
         .route("/version", any(serve_discovery))
@@ -413,6 +418,7 @@ impl Request {
             (true, Some("status")) if *m == Method::PUT => self.replace::<K>(true).await,
             (true, Some("status")) if *m == Method::PATCH => self.patch::<K>(true).await,
             (true, Some("scale")) => self.scale().await,
+            (true, Some("log")) if *m == Method::GET => self.log().await,
             _ => Err(KubeError::method_not_allowed(format!(
                 "the server does not allow this method on the requested resource ({m})"
             ))),
@@ -424,6 +430,30 @@ impl Request {
             .get::<K>(&self.target.key())
             .await
             .map_err(|e| self.target.registry_error(e))
+    }
+
+    /// A pod's container output, from its node's kubelet.
+    async fn log(&self) -> Result<Response, KubeError> {
+        let pod: KubePod = self.get::<KubePod>().await?;
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let node = if node_name.is_empty() {
+            None
+        } else {
+            match self
+                .registry()
+                .get::<crate::api::kube::KubeNode>(&node_name)
+                .await
+            {
+                Ok(n) => Some(n),
+                Err(RegistryError::NotFound { .. }) => None,
+                Err(e) => return Err(KubeError::from_registry(e, "", "nodes", &node_name)),
+            }
+        };
+        logs::pod_log(&self.state.kubelet, &pod, node.as_ref(), &self.params).await
     }
 
     /// One object as JSON, a Table or PartialObjectMetadata, as the client asked.

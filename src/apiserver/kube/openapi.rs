@@ -802,10 +802,14 @@ impl<'a> ResourcePaths<'a> {
         }
         self.insert(paths, item.clone(), item_common.clone(), ops);
 
-        // Subresources: get, update, patch of `{name}/{sub}`.
+        // Subresources: get, update, patch of `{name}/{sub}`; a pod's `log` is text.
         for s in r.subresources {
             let schema = self.kn.subresources.get(s.name).unwrap_or(&self.kn.kind);
-            let ops = self.object_ops(s.verbs, s.name, r.subresource_gvk(s), schema);
+            let ops = if s.name == "log" {
+                vec![self.log_op()]
+            } else {
+                self.object_ops(s.verbs, s.name, r.subresource_gvk(s), schema)
+            };
             self.insert(
                 paths,
                 format!("{item}/{}", s.name),
@@ -825,6 +829,36 @@ impl<'a> ResourcePaths<'a> {
             params,
             body: None,
             responses: ok_responses(&["200"], &self.kn.list),
+        }
+    }
+
+    /// `GET .../pods/{name}/log`: a container's output as text, with Kubernetes'
+    /// `PodLogOptions` as query parameters.
+    fn log_op(&self) -> Op {
+        let kind = self.r.kind;
+        let mut responses = Map::new();
+        responses.insert(
+            "200".to_owned(),
+            json!({ "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } }),
+        );
+        responses.insert("401".to_owned(), json!({ "description": "Unauthorized" }));
+        Op {
+            method: "get",
+            id: format!("read{}{}{kind}Log", self.ident, self.scoped),
+            action: "get",
+            gvk: self.r.gvk(),
+            description: format!("Read the log of the specified {kind}."),
+            params: vec![
+                query("container", "string", "The container for which to stream logs. Defaults to only container if there is one container in the pod."),
+                query("follow", "boolean", "Follow the log stream of the pod. Defaults to false."),
+                query("limitBytes", "integer", "If set, the number of bytes to read from the server before terminating the log output."),
+                query("previous", "boolean", "Return previous terminated container logs. Defaults to false."),
+                query("sinceSeconds", "integer", "A relative time in seconds before the current time from which to show logs."),
+                query("tailLines", "integer", "If set, the number of lines from the end of the logs to show."),
+                query("timestamps", "boolean", "If true, add an RFC3339 or RFC3339Nano timestamp at the beginning of every line of log output. Defaults to false."),
+            ],
+            body: None,
+            responses: Value::Object(responses),
         }
     }
 
@@ -1053,6 +1087,14 @@ mod tests {
         );
         assert!(params(&paths["/api/v1/nodes/{name}/status"]["patch"])
             .contains(&"fieldValidation".to_owned()));
+        // A pod's log is text, read with Kubernetes' PodLogOptions.
+        let log = &paths["/api/v1/namespaces/{namespace}/pods/{name}/log"]["get"];
+        assert_eq!(log["operationId"], "readCoreV1NamespacedPodLog");
+        assert_eq!(
+            log["responses"]["200"]["content"]["text/plain"]["schema"]["type"],
+            "string"
+        );
+        assert!(params(log).contains(&"tailLines".to_owned()));
         // namespaces have no deletecollection.
         assert!(paths["/api/v1/namespaces"].get("delete").is_none());
         assert!(paths["/api/v1/namespaces"].get("post").is_some());
