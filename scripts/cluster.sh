@@ -131,11 +131,32 @@ stop_one() {
   echo "  stopped $name (pid $pid, SIG$signal)"
 }
 
+# Fails, naming each of "$@" that this run started and that has exited since, with the last
+# line of its log (`miniku store: cannot listen on 127.0.0.1:2379: Address already in use`).
+report_exits() {
+  local failed=0 name
+  for name in "$@"; do
+    [ -f "$DATA/pids/$name.pid" ] || continue
+    if ! pid_of "$name" >/dev/null; then
+      local log="$DATA/logs/$name.log" why
+      why=$(grep '^miniku ' "$log" | tail -n 1)
+      [ -n "$why" ] || why=$(grep -v '^[[:space:]]*$' "$log" | tail -n 1)
+      echo "$name exited at start: $why" >&2
+      failed=1
+    fi
+  done
+  return $failed
+}
+
 wait_for_leader() {
   for _ in $(seq 1 150); do
+    report_exits $STORES || return 1
     for port in 2379 22379 32379; do
       leader=$(curl -sf "http://127.0.0.1:$port/v1/cluster" 2>/dev/null | jq -r '.leader_id // empty' 2>/dev/null || true)
       if [ -n "$leader" ] && [ "$leader" != "null" ]; then
+        # A member that could not start (its port taken) is gone by now: say so.
+        sleep 0.5
+        report_exits $STORES || return 1
         echo "store leader: member $leader"
         return 0
       fi
@@ -149,6 +170,7 @@ wait_for_leader() {
 wait_for_http() {
   local url=$1 what=$2
   for _ in $(seq 1 150); do
+    report_exits $CONTROL || return 1
     curl -sf "$url" >/dev/null 2>&1 && return 0
     sleep 0.2
   done
@@ -176,6 +198,8 @@ case "${1:-}" in
       ensure_kubelet_token
       for n in $CONTROL; do start_one "$n"; done
       wait_for_http http://127.0.0.1:8080/replicasets "the API server"
+      sleep 0.5
+      report_exits $CONTROL
       echo "API server: http://127.0.0.1:8080  (kubelets: node-a, node-b, runtime $RUNTIME)"
       echo "NodePort Services: 127.0.0.1:<nodePort> (proxy-a) and 127.0.0.2:<nodePort> (proxy-b)"
       write_kubeconfig

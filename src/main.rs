@@ -33,8 +33,11 @@ mod control_cmd;
 mod listen_args;
 mod store_cmd;
 
+/// Exits 1 with one line on stderr when a component cannot run (`miniku store: cannot
+/// listen on 127.0.0.1:2379: Address already in use`), its causes joined by `: `, so the
+/// last line of a log says why (anyhow's `Debug` from `main` would print a backtrace).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -44,12 +47,19 @@ async fn main() -> anyhow::Result<()> {
     // rustls (behind reqwest and every TLS listener) uses ring.
     miniku_store::tls::install_crypto_provider();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Store(args) => store_cmd::run(args).await,
-        Command::Apiserver(args) => control_cmd::run_apiserver(args).await,
-        Command::ControllerManager(args) => control_cmd::run_controller_manager(args).await,
-        Command::Scheduler(args) => control_cmd::run_scheduler(args).await,
-        Command::Kubelet(args) => control_cmd::run_kubelet(args).await,
-        Command::Proxy(args) => control_cmd::run_proxy(args).await,
+    let (name, result) = match cli.command {
+        Command::Store(args) => ("store", store_cmd::run(args).await),
+        Command::Apiserver(args) => ("apiserver", control_cmd::run_apiserver(args).await),
+        Command::ControllerManager(args) => (
+            "controller-manager",
+            control_cmd::run_controller_manager(args).await,
+        ),
+        Command::Scheduler(args) => ("scheduler", control_cmd::run_scheduler(args).await),
+        Command::Kubelet(args) => ("kubelet", control_cmd::run_kubelet(args).await),
+        Command::Proxy(args) => ("proxy", control_cmd::run_proxy(args).await),
+    };
+    if let Err(e) = result {
+        eprintln!("miniku {name}: {e:#}");
+        std::process::exit(1);
     }
 }

@@ -977,3 +977,88 @@ async fn health_answers_503_when_the_leader_loses_its_quorum() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A real etcd, for a client configured with a wrong endpoint. None (and the test is
+/// skipped) when etcd is not installed, except under CI, where `scripts/test.sh` installs it.
+fn start_etcd(dir: &std::path::Path) -> Result<Option<(miniku_harness::Process, String)>> {
+    if std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but etcd is not installed"
+        );
+        println!("etcd is not installed: skipped");
+        return Ok(None);
+    }
+    let client = miniku_harness::free_addr();
+    let peer = miniku_harness::free_addr();
+    let process = miniku_harness::Process::spawn(
+        std::process::Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .arg(format!("--listen-client-urls=http://{client}"))
+            .arg(format!("--advertise-client-urls=http://{client}"))
+            .arg(format!("--listen-peer-urls=http://{peer}"))
+            .arg(format!("--initial-advertise-peer-urls=http://{peer}"))
+            .arg(format!("--initial-cluster=default=http://{peer}")),
+        &dir.join("etcd.log"),
+    )?;
+    Ok(Some((process, format!("http://{client}"))))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_whose_first_endpoint_is_a_real_etcd_works_through_the_others() -> Result<()> {
+    let c = StoreCluster::start(3).await?;
+    let Some((etcd, etcd_url)) = start_etcd(c.tmp.path())? else {
+        return Ok(());
+    };
+    common::wait_answers(&format!("{etcd_url}/health"), "etcd").await?;
+    // etcd answers `404 page not found` on the store's paths: that is not the store's answer.
+    let mut endpoints = vec![etcd_url.clone()];
+    endpoints.extend(c.endpoints());
+    let client = StoreClient::new(endpoints)?.with_timeout(Duration::from_secs(10));
+    let put = client.put(b"foreign/a", b"1", Default::default()).await?;
+    let mut watch = client.watch(
+        b"foreign/",
+        WatchOptions {
+            prefix: true,
+            start_revision: put.header.revision,
+            ..Default::default()
+        },
+    );
+    let got = client.get(b"foreign/a", Default::default()).await?;
+    ensure!(
+        got.kvs.first().map(|kv| kv.value.as_bytes()) == Some(b"1".as_slice()),
+        "read back {got:?}"
+    );
+    let m = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(m)) if !m.events.is_empty() => return Ok(m),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(anyhow::anyhow!("watch: {e}")),
+                None => return Err(anyhow::anyhow!("the watch ended")),
+            }
+        }
+    })
+    .await??;
+    ensure!(
+        m.events[0].kv.key.as_bytes() == b"foreign/a",
+        "watched {m:?}"
+    );
+    // Given etcd alone, the client says what it met instead of decoding etcd's page.
+    let only_etcd = StoreClient::new(vec![etcd_url])?.with_timeout(Duration::from_secs(1));
+    let err = only_etcd
+        .get(b"foreign/a", Default::default())
+        .await
+        .expect_err("etcd is not a store member");
+    ensure!(
+        err.to_string().contains("not a Miniku store member"),
+        "error: {err}"
+    );
+    drop(etcd);
+    Ok(())
+}

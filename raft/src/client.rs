@@ -5,7 +5,9 @@
 //! member answers with 503 (no leader: nothing was written). Writes are never retried after
 //! they may have reached a node (that would risk applying them twice): such failures surface
 //! as [`ClientError::OutcomeUnknown`]. Watches resume from the last revision seen, on any
-//! endpoint, without gaps or duplicates.
+//! endpoint, without gaps or duplicates. An answer without the store's
+//! [`MEMBER_HEADER`] comes from some other service listening on a configured endpoint (a
+//! real etcd on 2379, say): the client moves on to the next endpoint, as for a dead one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::api::*;
 use crate::error::with_causes;
+use crate::http::MEMBER_HEADER;
 use crate::sse;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -320,6 +323,14 @@ impl StoreClient {
                     .body(b.clone());
             }
             match req.send().await {
+                Ok(resp) if !resp.headers().contains_key(MEMBER_HEADER) => {
+                    // Another service on this endpoint: nothing reached the store.
+                    last = format!(
+                        "{url}: answered {} without the {MEMBER_HEADER} header: not a Miniku store member",
+                        resp.status().as_u16()
+                    );
+                    continue;
+                }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let bytes = match resp.bytes().await {
@@ -594,6 +605,11 @@ impl WatchState {
         }
         let resp = req.send().await;
         match resp {
+            Ok(resp) if !resp.headers().contains_key(MEMBER_HEADER) => {
+                let why = format!("{url}: answered {} without the {MEMBER_HEADER} header: not a Miniku store member", resp.status().as_u16());
+                self.reconnect_later(&why).await;
+                Ok(())
+            }
             Ok(resp) if resp.status().is_success() => {
                 self.conn = Some(resp.bytes_stream().boxed());
                 Ok(())

@@ -62,16 +62,25 @@ pub struct RsCounts {
     pub created: i64,
     /// The `max-replicas` annotation: replicas + maxSurge when it was last sized.
     pub annotated_max: Option<i32>,
+    /// Whether the ReplicaSet controller has acted on the current spec
+    /// (`status.observedGeneration` ≥ `metadata.generation`): until then `pods` may miss a
+    /// pod it is still creating for an earlier, larger size.
+    pub settled: bool,
 }
 
 /// RollingUpdate: what the new ReplicaSet may grow to (Kubernetes' `NewRSNewReplicas`):
 /// never beyond `replicas + surge` pods over all ReplicaSets, nor beyond `replicas`.
 /// A ReplicaSet counts as the larger of its size and the pods it still has: Kubernetes
 /// counts sizes only, so the pods of a shrunk old ReplicaSet that are not gone yet can
-/// take it past `replicas + surge` pods for a moment; here the new one waits for them.
+/// take it past `replicas + surge` pods for a moment; here the new one waits for them, and
+/// for every ReplicaSet's controller to have acted on its latest size (a pod it creates for
+/// a size it has just lost is not in `pods` yet).
 pub fn new_rs_target(replicas: i32, surge: i32, all: &[RsCounts], new: &RsCounts) -> i32 {
     if new.replicas >= replicas {
         return replicas;
+    }
+    if all.iter().any(|r| !r.settled) {
+        return new.replicas;
     }
     let current: i32 = all.iter().map(|r| r.replicas.max(r.pods)).sum();
     let max_total = replicas + surge;
@@ -437,6 +446,8 @@ fn counts(rs: &KubeReplicaSet) -> RsCounts {
             .as_ref()
             .map_or(0, |t| from_time(t).timestamp_micros()),
         annotated_max: annotation(MAX_REPLICAS_ANNOTATION),
+        settled: rs.status.as_ref().and_then(|s| s.observed_generation)
+            >= Some(rs.metadata.generation.unwrap_or(1)),
     }
 }
 
@@ -640,12 +651,19 @@ impl DeploymentController {
         out
     }
 
+    /// Writes `next` over `before` (the cached ReplicaSet), raising `metadata.generation` when
+    /// the spec changes, as Kubernetes' API server does: the ReplicaSet controller's
+    /// `observedGeneration` then tells when it has acted on the new size.
     async fn update_rs(
         &self,
         key: &str,
-        rs: &KubeReplicaSet,
+        before: &KubeReplicaSet,
+        mut next: KubeReplicaSet,
     ) -> Result<KubeReplicaSet, RegistryError> {
-        let written = self.registry.update(rs).await?;
+        if next.spec != before.spec {
+            next.metadata.generation = Some(before.metadata.generation.unwrap_or(1) + 1);
+        }
+        let written = self.registry.update(&next).await?;
         self.remember_write(key, written.resource_version());
         Ok(written)
     }
@@ -687,7 +705,7 @@ impl DeploymentController {
                         controller: Some(true),
                         block_owner_deletion: Some(true),
                     });
-                let adopted = self.update_rs(key, &adopted).await?;
+                let adopted = self.update_rs(key, &rs, adopted).await?;
                 tracing::info!(deployment = key, replicaset = %adopted.key(), "adopted");
                 all.push(adopted);
             } else {
@@ -781,7 +799,8 @@ impl DeploymentController {
                 next.spec
                     .get_or_insert_with(Default::default)
                     .min_ready_seconds = min_ready;
-                all[i] = self.update_rs(key, &next).await?;
+                let before = rs.clone();
+                all[i] = self.update_rs(key, &before, next).await?;
             }
         }
         let active: Vec<RsCounts> = all
@@ -854,6 +873,7 @@ impl DeploymentController {
                         available: 0,
                         created: 0,
                         annotated_max: None,
+                        settled: true,
                     };
                     let target = new_rs_target(replicas, surge, &all_counts, &blank);
                     let created = self
@@ -900,7 +920,8 @@ impl DeploymentController {
                 continue;
             }
             let from = replicas_of(rs);
-            all[i] = self.update_rs(key, &next).await?;
+            let before = rs.clone();
+            all[i] = self.update_rs(key, &before, next).await?;
             tracing::info!(deployment = key, replicaset = %rs_key, from, to = size, "scaled");
             let direction = if size > from { "up" } else { "down" };
             self.events.normal(
@@ -943,6 +964,14 @@ impl DeploymentController {
                 .map(|k| vec![(k, replicas)])
                 .unwrap_or_default(),
             [one] => vec![(one.key.clone(), replicas)],
+            // Growing while a ReplicaSet's controller has not acted on its last size yet
+            // could add pods beside one it is still creating: wait for it (its status write
+            // queues the Deployment again).
+            many if replicas + surge > many.iter().map(|r| r.replicas).sum::<i32>()
+                && many.iter().any(|r| !r.settled) =>
+            {
+                Vec::new()
+            }
             many => {
                 let status_replicas = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
                 proportional_sizes(replicas, surge, status_replicas, many)
@@ -1166,7 +1195,7 @@ impl DeploymentController {
                         released.metadata.owner_references = None;
                     }
                 }
-                self.update_rs(key, &released).await.map(|_| ())
+                self.update_rs(key, rs, released).await.map(|_| ())
             } else {
                 self.registry
                     .delete::<KubeReplicaSet>(&rs.key(), 0)
@@ -1200,6 +1229,7 @@ mod tests {
             available,
             created,
             annotated_max: None,
+            settled: true,
         }
     }
 
@@ -1226,6 +1256,13 @@ mod tests {
         };
         let new2 = rs("new", 2, 0, 2);
         assert_eq!(new_rs_target(10, 3, &[shrinking, new2.clone()], &new2), 3);
+        // An old ReplicaSet just shrunk from 8 to 7 whose controller has not acted on it yet
+        // (it may still be creating its 8th pod): the new one waits.
+        let unsettled = RsCounts {
+            settled: false,
+            ..rs("old", 7, 7, 1)
+        };
+        assert_eq!(new_rs_target(10, 3, &[unsettled, new2.clone()], &new2), 2);
         // Above replicas (scaled down meanwhile): back to replicas.
         assert_eq!(
             new_rs_target(5, 3, &[old, rs("new", 7, 7, 2)], &rs("new", 7, 7, 2)),

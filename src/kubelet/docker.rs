@@ -18,8 +18,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::ContainerSummary;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -35,8 +36,9 @@ use k8s_openapi::api::core::v1::Container as KubeContainer;
 
 use super::runtime::{
     container_name, labels_for, pod_key_from_labels, Container, ContainerRuntime, ContainerState,
-    ExecOutput, LogOptions, LogStream, RuntimeError, RuntimeEvent, LABEL_CONTAINER, LABEL_MAIN,
-    LABEL_MARKER, LABEL_NODE, LABEL_POD, LABEL_POD_UID, PREVIOUS_SUFFIX,
+    ExecOutput, ExecRequest, ExecSession, ExecStream, LogOptions, LogStream, RuntimeError,
+    RuntimeEvent, LABEL_CONTAINER, LABEL_MAIN, LABEL_MARKER, LABEL_NODE, LABEL_POD, LABEL_POD_UID,
+    PREVIOUS_SUFFIX,
 };
 use crate::api::Pod;
 
@@ -72,7 +74,47 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     (t.timestamp() > 0).then_some(t)
 }
 
+/// Whether a listed container is running.
+fn running(s: &ContainerSummary) -> bool {
+    matches!(
+        s.state,
+        Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+    )
+}
+
 impl DockerRuntime {
+    /// The engine containers (current and previous) of the pod's container `container` on
+    /// `node`, newest first.
+    async fn containers_of(
+        &self,
+        node: &str,
+        pod: &Pod,
+        container: &str,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let mut filters = Self::node_filters(node, Some(&pod.key()));
+        if let Some(labels) = filters.get_mut("label") {
+            labels.push(format!("{LABEL_POD_UID}={}", pod.uid));
+            labels.push(format!("{LABEL_CONTAINER}={container}"));
+        }
+        let list = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let mut found = self
+            .docker
+            .list_containers(Some(list))
+            .await
+            .map_err(engine)?;
+        found.retain(|s| {
+            s.labels
+                .as_ref()
+                .is_some_and(|l| pod_key_from_labels(l) == pod.key())
+        });
+        found.sort_by_key(|s| std::cmp::Reverse(s.created.unwrap_or(0)));
+        Ok(found)
+    }
+
     /// Connects to the local engine and agrees on an API version.
     pub async fn connect() -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults().map_err(engine)?;
@@ -405,36 +447,9 @@ impl ContainerRuntime for DockerRuntime {
         container: &str,
         options: &LogOptions,
     ) -> Result<Option<LogStream>, RuntimeError> {
-        let mut filters = Self::node_filters(node, Some(&pod.key()));
-        if let Some(labels) = filters.get_mut("label") {
-            labels.push(format!("{LABEL_POD_UID}={}", pod.uid));
-            labels.push(format!("{LABEL_CONTAINER}={container}"));
-        }
-        let list = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let mut found = self
-            .docker
-            .list_containers(Some(list))
-            .await
-            .map_err(engine)?;
-        found.retain(|s| {
-            s.labels
-                .as_ref()
-                .is_some_and(|l| pod_key_from_labels(l) == pod.key())
-        });
-        // The newest of each kind, should there be more.
-        found.sort_by_key(|s| std::cmp::Reverse(s.created.unwrap_or(0)));
+        let found = self.containers_of(node, pod, container).await?;
         let current = found.iter().find(|s| !is_retired(s));
         let retired = found.iter().find(|s| is_retired(s));
-        let running = |s: &ContainerSummary| {
-            matches!(
-                s.state,
-                Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
-            )
-        };
         let chosen = match (options.previous, current) {
             (false, c) => c,
             // The current container has ended: it is the last one that ran.
@@ -463,6 +478,83 @@ impl ContainerRuntime for DockerRuntime {
                 .map(|chunk| chunk.map(|c| c.into_bytes()).map_err(engine))
                 .boxed(),
         ))
+    }
+
+    async fn exec_session(
+        &self,
+        node: &str,
+        pod: &Pod,
+        container: &str,
+        request: &ExecRequest,
+    ) -> Result<Option<ExecSession>, RuntimeError> {
+        let found = self.containers_of(node, pod, container).await?;
+        let Some(id) = found
+            .iter()
+            .find(|s| !is_retired(s) && running(s))
+            .and_then(|s| s.id.clone())
+        else {
+            return Ok(None);
+        };
+        let config = CreateExecOptions {
+            cmd: Some(request.command.clone()),
+            attach_stdin: Some(request.stdin),
+            attach_stdout: Some(request.stdout),
+            attach_stderr: Some(request.stderr),
+            tty: Some(request.tty),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(&id, config)
+            .await
+            .map_err(engine)?
+            .id;
+        let started = self
+            .docker
+            .start_exec(
+                &exec,
+                Some(StartExecOptions {
+                    tty: request.tty,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(engine)?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(RuntimeError::Engine(
+                "the engine started the command detached".into(),
+            ));
+        };
+        let output = output
+            .filter_map(|chunk| async move {
+                match chunk {
+                    Ok(LogOutput::StdErr { message }) => Some(Ok((ExecStream::Stderr, message))),
+                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                        Some(Ok((ExecStream::Stdout, message)))
+                    }
+                    Ok(LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(engine(e))),
+                }
+            })
+            .boxed();
+        Ok(Some(ExecSession {
+            id: exec,
+            output,
+            input,
+        }))
+    }
+
+    async fn exec_resize(&self, id: &str, width: u16, height: u16) -> Result<(), RuntimeError> {
+        let options = ResizeExecOptions { width, height };
+        self.docker.resize_exec(id, options).await.map_err(engine)
+    }
+
+    async fn exec_exit_code(&self, id: &str) -> Result<Option<i64>, RuntimeError> {
+        let inspect = self.docker.inspect_exec(id).await.map_err(engine)?;
+        Ok(match inspect.running {
+            Some(true) => None,
+            _ => inspect.exit_code,
+        })
     }
 
     async fn exec(&self, container: &str, command: &[String]) -> Result<ExecOutput, RuntimeError> {

@@ -23,6 +23,7 @@
 //! Runtimes: [`docker`] (the real engine) and [`fake`] (hollow nodes for scale tests).
 
 pub mod docker;
+pub mod exec;
 pub mod fake;
 pub mod host;
 pub mod probe;

@@ -114,6 +114,32 @@ pub type LogStream = BoxStream<'static, Result<bytes::Bytes, RuntimeError>>;
 /// replaces it, or the pod goes.
 pub const PREVIOUS_SUFFIX: &str = ".previous";
 
+/// What `kubectl exec` asks to run in a container, and which of its streams to attach.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// A terminal: output comes as one stream (stdout) and the size can change.
+    pub tty: bool,
+}
+
+/// Which of the command's streams a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStream {
+    Stdout,
+    Stderr,
+}
+
+/// An interactive command running in a container: its output as it comes (ending when the
+/// command ends), its input, and the engine's id of it (for resizes and the exit code).
+pub struct ExecSession {
+    pub id: String,
+    pub output: BoxStream<'static, Result<(ExecStream, bytes::Bytes), RuntimeError>>,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     #[error("the container engine is not reachable: {0}")]
@@ -122,6 +148,9 @@ pub enum RuntimeError {
     ImagePull { image: String, message: String },
     #[error("container engine: {0}")]
     Engine(String),
+    /// The runtime cannot do this at all (the fake one runs no processes).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A container engine, as the kubelet uses it.
@@ -179,6 +208,40 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
         container: &str,
         options: &LogOptions,
     ) -> impl Future<Output = Result<Option<LogStream>, RuntimeError>> + Send;
+    /// Starts `request.command` in the running container `container` (a name in the pod's
+    /// spec) of `pod`, attached as asked. None when that container is not running.
+    fn exec_session(
+        &self,
+        node: &str,
+        pod: &Pod,
+        container: &str,
+        request: &ExecRequest,
+    ) -> impl Future<Output = Result<Option<ExecSession>, RuntimeError>> + Send {
+        let _ = (node, pod, container, request);
+        async {
+            Err(RuntimeError::Unsupported(
+                "this node's runtime runs no processes: exec needs --runtime docker".into(),
+            ))
+        }
+    }
+    /// Resizes the terminal of the exec session `id`.
+    fn exec_resize(
+        &self,
+        id: &str,
+        width: u16,
+        height: u16,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = (id, width, height);
+        async { Ok(()) }
+    }
+    /// The exit code of the exec session `id`, once its command has ended (None before).
+    fn exec_exit_code(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<i64>, RuntimeError>> + Send {
+        let _ = id;
+        async { Ok(None) }
+    }
     /// Replaces the pod's previous containers with the exited main container `id` and those
     /// started with it, before a restart starts new ones: what they wrote stays readable.
     /// By default they are removed.

@@ -1,6 +1,8 @@
 //! The kubelet's own HTTP server, as Kubernetes' kubelet serves on port 10250: the API
 //! server reads a container's output through it.
 //!
+//! - `GET /exec/{namespace}/{pod}/{container}?command=...`: `kubectl exec`, a WebSocket
+//!   bridged to an engine exec session ([`super::exec`]).
 //! - `GET /containerLogs/{namespace}/{pod}/{container}` with Kubernetes' `PodLogOptions`
 //!   ([`LogQuery`]: `follow`, `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`,
 //!   `previous`, `limitBytes`): the engine's stream, passed on as it comes.
@@ -34,9 +36,9 @@ use crate::apiserver::kube::status::KubeError;
 use crate::runtime::Informer;
 
 /// What the server reads: the pods (shared with the kubelet's sync) and each node's runtime.
-struct ServerState<R> {
-    pods: Informer<Pod>,
-    runtimes: HashMap<String, R>,
+pub(super) struct ServerState<R> {
+    pub(super) pods: Informer<Pod>,
+    pub(super) runtimes: HashMap<String, R>,
 }
 
 /// The kubelet's routes for the nodes in `runtimes` (one, or a process's hollow nodes);
@@ -52,9 +54,13 @@ pub fn router<R: ContainerRuntime>(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs::<R>),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(super::exec::exec::<R>).post(super::exec::exec::<R>),
+        )
         .fallback(|| async { KubeError::not_found_path() })
         .method_not_allowed_fallback(|| async {
-            KubeError::method_not_allowed("the kubelet serves GET only")
+            KubeError::method_not_allowed("the kubelet serves GET (and POST for exec) only")
         })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
@@ -83,7 +89,7 @@ async fn require_credential(
 }
 
 /// The names of the pod's containers, in order.
-fn container_names(pod: &Pod) -> Vec<String> {
+pub(super) fn container_names(pod: &Pod) -> Vec<String> {
     crate::api::kube::pod_into_kube(pod)
         .spec
         .map(|s| s.containers.into_iter().map(|c| c.name).collect())
@@ -91,7 +97,7 @@ fn container_names(pod: &Pod) -> Vec<String> {
 }
 
 /// Why the pod's container has no output yet, in Kubernetes' words.
-fn waiting_message(pod: &Pod, container: &str) -> String {
+pub(super) fn waiting_message(pod: &Pod, container: &str) -> String {
     let name = &pod.spec.name;
     let reason = crate::api::kube::pod_into_kube(pod)
         .status

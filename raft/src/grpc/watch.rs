@@ -160,6 +160,12 @@ async fn serve_stream(
                                 progress_every: c.progress_notify.then_some(h.config().progress_notify_interval),
                             };
                             let (ask_tx, ask_rx) = mpsc::channel(4);
+                            if c.start_revision <= 0 {
+                                // "From now" includes every write acknowledged before the
+                                // watch was asked for, even on a member still applying it
+                                // (without a leader, the member's own now).
+                                let _ = h.read_barrier().await;
+                            }
                             let created_at = h.mvcc().current_revision();
                             let sub = h.hub().subscribe(c.key, c.range_end, c.start_revision);
                             let created = PbWatchResponse {

@@ -88,7 +88,24 @@ pub fn router(handle: StoreHandle) -> Router {
             handle.clone(),
             observe,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            handle.id(),
+            sign_answer,
+        ))
         .with_state(handle)
+}
+
+/// The header on every answer of a store member (its id), as etcd's `X-Etcd-Cluster-Id`:
+/// a client that reaches another service on a configured endpoint (a real etcd, a web
+/// server) sees it missing and tries the next endpoint instead of taking that answer as
+/// the store's.
+pub const MEMBER_HEADER: &str = "x-miniku-member";
+
+async fn sign_answer(State(id): State<crate::types::NodeId>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(MEMBER_HEADER, axum::http::HeaderValue::from(id));
+    resp
 }
 
 /// Records every request's endpoint, status and latency.

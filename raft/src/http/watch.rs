@@ -60,6 +60,11 @@ pub async fn watch(
             .ok_or_else(|| invalid("Last-Event-ID must be a revision number"))?;
         start = last;
     }
+    if start == 0 {
+        // "From now" includes every write acknowledged before the watch was asked for, even
+        // on a member still applying it (without a leader, the member's own now).
+        let _ = h.read_barrier().await;
+    }
     let sub = h.hub().subscribe(key, range_end, start)?;
     let state = Stream {
         sub,

@@ -29,8 +29,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How the API server reaches kubelets: one HTTP client, and the credential they expect.
 #[derive(Clone)]
 pub struct KubeletClient {
-    http: reqwest::Client,
-    token: Option<Token>,
+    pub(super) http: reqwest::Client,
+    pub(super) token: Option<Token>,
 }
 
 impl KubeletClient {
@@ -47,7 +47,11 @@ impl KubeletClient {
 }
 
 /// The container the request names, or the pod's only one; Kubernetes' words otherwise.
-fn pick_container(pod: &KubePod, name: &str, asked: Option<&str>) -> Result<String, KubeError> {
+pub(super) fn pick_container(
+    pod: &KubePod,
+    name: &str,
+    asked: Option<&str>,
+) -> Result<String, KubeError> {
     let names: Vec<&str> = pod
         .spec
         .iter()
@@ -72,7 +76,7 @@ fn pick_container(pod: &KubePod, name: &str, asked: Option<&str>) -> Result<Stri
 
 /// Where the node's kubelet listens: its InternalIP (else its first address) and the port
 /// it recorded.
-fn kubelet_address(node: &KubeNode) -> Option<String> {
+pub(super) fn kubelet_address(node: &KubeNode) -> Option<String> {
     let status = node.status.as_ref()?;
     let port = status
         .daemon_endpoints
@@ -98,7 +102,7 @@ fn kubelet_address(node: &KubeNode) -> Option<String> {
 }
 
 /// The innermost cause of an error ("Connection refused"), for messages.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;
@@ -158,6 +162,23 @@ pub async fn pod_log(
         let body = Body::from_stream(resp.bytes_stream());
         return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response());
     }
+    Ok(kubelet_error(resp, node_name).await)
+}
+
+/// A kubelet's answer that is not a success, for the client: its own `Status` passed on as
+/// it is, a refused credential as 503 naming the node, anything else as a `Status`.
+pub(super) async fn kubelet_error(resp: reqwest::Response, node_name: &str) -> Response {
+    let status = resp.status();
+    kubelet_error_inner(status, resp, node_name)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn kubelet_error_inner(
+    status: reqwest::StatusCode,
+    resp: reqwest::Response,
+    node_name: &str,
+) -> Result<Response, KubeError> {
     if matches!(status.as_u16(), 401 | 403) {
         return Err(KubeError::unavailable(format!(
             "the kubelet of node {node_name:?} refused the API server's credential (the API server's --kubelet-token-file must hold the kubelet's --token-file)"

@@ -2,7 +2,8 @@
 //! client libraries: discovery ([`discovery`]), OpenAPI ([`openapi`]), and for each served
 //! kind (pods, nodes, namespaces, apps/v1 replicasets) get, list, watch (newline-delimited
 //! JSON events), create, replace, patch ([`patch`]), delete with propagation, and the
-//! `status` and `scale` subresources, and pods' `log` ([`logs`], read from the kubelets). Answers are JSON, or server-side Tables
+//! `status` and `scale` subresources, and pods' `log` ([`logs`], read from the kubelets) and
+//! `exec` ([`exec`], joined to the kubelets). Answers are JSON, or server-side Tables
 //! ([`table`]) when kubectl asks for them; errors are Kubernetes `Status` objects
 //! ([`status`]).
 //!
@@ -13,6 +14,7 @@
 //! garbage collector would (owner references), and pods are run by the components.
 
 pub mod discovery;
+pub mod exec;
 pub mod logs;
 pub mod objects;
 pub mod openapi;
@@ -61,6 +63,8 @@ pub struct KubeState {
     default_namespace: Arc<AtomicBool>,
     /// How pods' logs are read from the kubelets.
     kubelet: logs::KubeletClient,
+    /// `kubectl exec` connections joined to their kubelets.
+    exec_relays: exec::ExecRelays,
 }
 
 /// The Kubernetes API's routes; `kubelet_token` is the credential the kubelets' servers
@@ -70,6 +74,7 @@ pub fn router(registry: Registry, kubelet_token: Option<miniku_store::auth::Toke
         registry,
         default_namespace: Arc::new(AtomicBool::new(false)),
         kubelet: logs::KubeletClient::new(kubelet_token),
+        exec_relays: exec::ExecRelays::default(),
     };
     Router::new()
         .route("/version", any(serve_discovery))
@@ -78,6 +83,10 @@ pub fn router(registry: Registry, kubelet_token: Option<miniku_store::auth::Toke
         .route("/api/", any(serve_discovery))
         .route("/apis", any(serve_discovery))
         .route("/apis/", any(serve_discovery))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            any(exec::serve_exec),
+        )
         .route("/api/{*rest}", any(serve_api))
         .route("/apis/{*rest}", any(serve_api))
         .route("/openapi/v2", any(serve_openapi_v2))
