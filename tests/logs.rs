@@ -4,7 +4,7 @@
 //!
 //! Checked on what kubectl prints: logs, `--tail`, `--limit-bytes`, `--timestamps`,
 //! `--since`, `-f` (lines arrive as the container writes them), `-c` on a pod of two
-//! containers, `--previous` after a crash; Kubernetes' errors (a pod waiting to start, no
+//! containers, `--previous` after a crash and after a failed liveness probe; Kubernetes' errors (a pod waiting to start, no
 //! host assigned, a missing pod or container, several containers and none named, a kubelet
 //! that is down); and a stranger on the kubelet's port, refused on every route.
 
@@ -228,6 +228,45 @@ spec:
     )
     .await?;
     println!("previous: {previous}current: {current}");
+
+    // A container restarted by its liveness probe is kept as the previous one too.
+    let unwell = format!("unwell-{pid}");
+    k.apply(
+        "unwell.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {unwell}}}
+spec:
+  containers:
+  - name: c
+    image: miniku/busybox:latest
+    command: [sh, -c, "echo ran as $HOSTNAME; sleep 3600"]
+    livenessProbe:
+      exec: {{command: ["false"]}}
+      initialDelaySeconds: 4
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+        ),
+    )?;
+    wait_until(
+        Duration::from_secs(60),
+        "a container restarted by its liveness probe, and its previous one",
+        || async {
+            let (phase, restarts) = pod_state(k, &unwell)?;
+            if phase != "Running" || restarts < 1 {
+                return None;
+            }
+            let previous = k.ok(&["logs", &unwell, "--previous"]).ok()?;
+            let current = k.ok(&["logs", &unwell]).ok()?;
+            (previous.starts_with("ran as ")
+                && current.starts_with("ran as ")
+                && previous != current)
+                .then_some(())
+        },
+    )
+    .await?;
 
     // Kubernetes' errors.
     let badimg = format!("badimg-{pid}");

@@ -36,68 +36,80 @@ pub struct LogQuery {
     pub limit_bytes: Option<u64>,
 }
 
-/// Go's `strconv.ParseBool`, which Kubernetes' query decoding uses.
-fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
-    match v {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        other => Err(format!("{name}: Invalid value: {other:?}: not a boolean")),
+/// Why a log query is refused, in Kubernetes' field words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogQueryError {
+    /// A value the field does not take (`value` as Kubernetes prints it: numbers bare,
+    /// text quoted).
+    #[error("{field}: Invalid value: {value}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(
+        "sinceSeconds: Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified"
+    )]
+    BothSince,
+}
+
+fn invalid(field: &'static str, value: String, reason: &'static str) -> LogQueryError {
+    LogQueryError::Invalid {
+        field,
+        value,
+        reason,
     }
 }
 
-fn parse_int(name: &str, v: &str) -> Result<i64, String> {
+/// Go's `strconv.ParseBool`, which Kubernetes' query decoding uses.
+fn parse_bool(name: &'static str, v: &str) -> Result<bool, LogQueryError> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(invalid(name, format!("{other:?}"), "not a boolean")),
+    }
+}
+
+fn parse_int(name: &'static str, v: &str) -> Result<i64, LogQueryError> {
     v.parse::<i64>()
-        .map_err(|_| format!("{name}: Invalid value: {v:?}: not an integer"))
+        .map_err(|_| invalid(name, format!("{v:?}"), "not an integer"))
 }
 
 impl LogQuery {
     /// Parses and checks the query parameters (others, such as kubectl's
     /// `insecureSkipTLSVerifyBackend`, are ignored). The error is Kubernetes' field message.
-    pub fn parse(q: &HashMap<String, String>) -> Result<LogQuery, String> {
-        let flag = |name: &str| {
+    pub fn parse(q: &HashMap<String, String>) -> Result<LogQuery, LogQueryError> {
+        let flag = |name: &'static str| {
             q.get(name)
                 .map(|v| parse_bool(name, v))
                 .transpose()
                 .map(|b| b.unwrap_or(false))
         };
-        let int = |name: &str| q.get(name).map(|v| parse_int(name, v)).transpose();
-        let tail_lines = match int("tailLines")? {
-            Some(n) if n < 0 => {
-                return Err(format!(
-                    "tailLines: Invalid value: {n}: must be greater than or equal to 0"
-                ))
-            }
-            other => other.map(|n| n as u64),
+        let int = |name: &'static str| q.get(name).map(|v| parse_int(name, v)).transpose();
+        let at_least = |name: &'static str, min: i64, reason: &'static str| {
+            int(name)?
+                .map(|n| {
+                    if n < min {
+                        Err(invalid(name, n.to_string(), reason))
+                    } else {
+                        Ok(n as u64)
+                    }
+                })
+                .transpose()
         };
-        let limit_bytes = match int("limitBytes")? {
-            Some(n) if n < 1 => {
-                return Err(format!(
-                    "limitBytes: Invalid value: {n}: must be greater than 0"
-                ))
-            }
-            other => other.map(|n| n as u64),
-        };
-        let since_seconds = match int("sinceSeconds")? {
-            Some(n) if n < 1 => {
-                return Err(format!(
-                    "sinceSeconds: Invalid value: {n}: must be greater than 0"
-                ))
-            }
-            other => other.map(|n| n as u64),
-        };
+        let tail_lines = at_least("tailLines", 0, "must be greater than or equal to 0")?;
+        let limit_bytes = at_least("limitBytes", 1, "must be greater than 0")?;
+        let since_seconds = at_least("sinceSeconds", 1, "must be greater than 0")?;
         let since_time = q
             .get("sinceTime")
             .map(|v| {
                 DateTime::parse_from_rfc3339(v)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| format!("sinceTime: Invalid value: {v:?}: not an RFC 3339 time"))
+                    .map_err(|_| invalid("sinceTime", format!("{v:?}"), "not an RFC 3339 time"))
             })
             .transpose()?;
         if since_seconds.is_some() && since_time.is_some() {
-            return Err(
-                "sinceSeconds: Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified"
-                    .into(),
-            );
+            return Err(LogQueryError::BothSince);
         }
         Ok(LogQuery {
             container: q.get("container").filter(|c| !c.is_empty()).cloned(),
@@ -210,7 +222,12 @@ mod tests {
 
     #[test]
     fn kubernetes_refusals() {
-        let err = |pairs: &[(&str, &str)]| LogQuery::parse(&q(pairs)).err().unwrap_or_default();
+        let err = |pairs: &[(&str, &str)]| {
+            LogQuery::parse(&q(pairs))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         assert_eq!(
             err(&[("tailLines", "-1")]),
             "tailLines: Invalid value: -1: must be greater than or equal to 0"

@@ -141,7 +141,7 @@ async fn container_logs<R: ContainerRuntime>(
             format!("container {container:?} is not valid for pod {name:?}"),
         ));
     }
-    let query = LogQuery::parse(&q).map_err(KubeError::bad_request)?;
+    let query = LogQuery::parse(&q).map_err(|e| KubeError::bad_request(e.to_string()))?;
     let options = query.engine_options(Utc::now());
     let stream = runtime
         .logs(&pod.spec.node_name, &pod, &container, &options)

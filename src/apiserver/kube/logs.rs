@@ -124,7 +124,7 @@ pub async fn pod_log(
         .namespace
         .as_deref()
         .unwrap_or(crate::api::DEFAULT_NAMESPACE);
-    let query = LogQuery::parse(params).map_err(KubeError::bad_request)?;
+    let query = LogQuery::parse(params).map_err(|e| KubeError::bad_request(e.to_string()))?;
     let container = pick_container(pod, name, query.container.as_deref())?;
     let node_name = pod
         .spec
