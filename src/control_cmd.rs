@@ -33,12 +33,8 @@ pub struct StoreEndpoints {
 
 impl StoreEndpoints {
     pub fn registry(&self) -> anyhow::Result<Registry> {
-        let token = self
-            .store_token_file
-            .as_deref()
-            .map(miniku_store::auth::Token::from_file)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("--store-token-file: {e}"))?;
+        let token =
+            crate::listen_args::token_of("--store-token-file", self.store_token_file.as_deref())?;
         let client = miniku_store::client::StoreClient::new(self.endpoints.clone())
             .and_then(|c| c.with_token(token))
             .and_then(|c| c.with_ca_file(self.store_ca_file.as_deref()))
@@ -85,12 +81,7 @@ pub struct ApiServerArgs {
 
 pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
     let registry = args.store.registry()?;
-    let token = args
-        .token_file
-        .as_deref()
-        .map(miniku_store::auth::Token::from_file)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--token-file: {e}"))?;
+    let token = crate::listen_args::token_of("--token-file", args.token_file.as_deref())?;
     miniku_store::auth::check_listen("API server", &args.listen, token.as_ref(), "--token-file")
         .map_err(|e| anyhow::anyhow!(e))?;
     let tls = args
@@ -114,12 +105,8 @@ pub async fn run_apiserver(args: ApiServerArgs) -> anyhow::Result<()> {
         store = ?args.store.endpoints,
         "api server started"
     );
-    let kubelet_token = args
-        .kubelet_token_file
-        .as_deref()
-        .map(miniku_store::auth::Token::from_file)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--kubelet-token-file: {e}"))?;
+    let kubelet_token =
+        crate::listen_args::token_of("--kubelet-token-file", args.kubelet_token_file.as_deref())?;
     let router = miniku::apiserver::router(registry, token, kubelet_token);
     miniku_store::serve::serve(listener, router, serving, shutdown_signal()).await;
     Ok(())
@@ -440,12 +427,7 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
             host.unwrap_or(8 << 30)
         }),
     };
-    let token = args
-        .token_file
-        .as_deref()
-        .map(miniku_store::auth::Token::from_file)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--token-file: {e}"))?;
+    let token = crate::listen_args::token_of("--token-file", args.token_file.as_deref())?;
     miniku_store::auth::check_listen("kubelet", &args.listen, token.as_ref(), "--token-file")
         .map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)

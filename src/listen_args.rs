@@ -1,10 +1,21 @@
 //! Flags of how a server listens, shared by `miniku store` and `miniku apiserver`: TLS
 //! (certificate and key) and the limit on concurrent connections; and the store's peer TLS
-//! flags. Only parsing and checking; the listening itself is `miniku_store::serve`.
+//! flags; the bearer tokens their flags name. Only parsing and checking; the listening
+//! itself is `miniku_store::serve`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use miniku_store::tls::{CertKey, PeerTls};
+
+/// The token in the file the flag `flag` names, if given; an error names the flag.
+pub fn token_of(
+    flag: &str,
+    path: Option<&Path>,
+) -> anyhow::Result<Option<miniku_store::auth::Token>> {
+    path.map(miniku_store::auth::Token::from_file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
 
 /// TLS of a client-facing listener (the store's client API, the API server).
 #[derive(clap::Args, Debug, Clone)]

@@ -119,14 +119,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
             .peer_routes
             .insert(addr.trim().to_string(), via.trim().to_string());
     }
-    let token = |flag: &str, path: &Option<PathBuf>| {
-        path.as_deref()
-            .map(miniku_store::auth::Token::from_file)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-    };
-    config.client_token = token("--token-file", &args.token_file)?;
-    config.peer_token = token("--peer-token-file", &args.peer_token_file)?;
+    config.client_token = crate::listen_args::token_of("--token-file", args.token_file.as_deref())?;
+    config.peer_token =
+        crate::listen_args::token_of("--peer-token-file", args.peer_token_file.as_deref())?;
     config.space.min_free_bytes = args.min_free_disk_mb.saturating_mul(1024 * 1024);
     config.space.quota_bytes = args.quota_backend_bytes;
     config.client_tls = args.serving.tls.tls();
