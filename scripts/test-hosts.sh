@@ -76,9 +76,9 @@ fi
 API_TOKEN=$(cat "$PKI/api.token")
 STORE_TOKEN=$(cat "$PKI/client.token")
 # curl inside a host, trusting the cluster's CA: in HOST ARGS...
-in() { local h=$1; shift; docker exec "miniku-h-$h" curl -sS --max-time 5 --cacert /etc/miniku/ca.crt "$@"; }
-api() { in store1 -H "Authorization: Bearer $API_TOKEN" "$@"; }
-store() { local h=$1; shift; in "$h" -H "Authorization: Bearer $STORE_TOKEN" "$@"; }
+on_host() { local h=$1; shift; docker exec "miniku-h-$h" curl -sS --max-time 5 --cacert /etc/miniku/ca.crt "$@"; }
+api() { on_host store1 -H "Authorization: Bearer $API_TOKEN" "$@"; }
+store() { local h=$1; shift; on_host "$h" -H "Authorization: Bearer $STORE_TOKEN" "$@"; }
 cluster() { store "$1" "https://${IP[$1]}:2379/v1/cluster" 2>/dev/null; }
 leader() { # the leader's host, as the first store host answering sees it
   local h l
