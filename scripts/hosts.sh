@@ -172,6 +172,7 @@ write_compose() {
       echo "    entrypoint: [\"/bin/sh\", \"/etc/miniku/run.sh\"]"
       echo "    command: []"
       echo "    stop_grace_period: 15s"
+      echo "    environment: {NO_COLOR: \"1\"}   # plain log files"
       echo "    labels: {miniku.hosts: \"$h\"}"
       echo "    networks:"
       echo "      hosts: {ipv4_address: ${IP[$h]}}"
@@ -204,10 +205,14 @@ proc_alive() { # HOST PROCESS
   docker exec "$(container "$1")" sh -c "kill -0 \$(cat /tmp/$2.pid 2>/dev/null) 2>/dev/null" 2>/dev/null
 }
 
-last_error() { # HOST PROCESS: the line the process said why it stopped, or its last line
-  local log=$DATA/logs/$1/$2.log why
-  why=$(grep '^miniku ' "$log" 2>/dev/null | tail -n 1 || true)
-  [ -n "$why" ] || why=$(grep -v '^[[:space:]]*$' "$log" 2>/dev/null | tail -n 1 || true)
+last_error() { # HOST PROCESS: the line where the process said why it stopped
+  local log=$DATA/logs/$1/$2.log run why
+  # Only its last run (the entry script starts each with `--- TIME miniku ARGS`).
+  run=$(awk '/^--- /{n=0} {line[n++]=$0} END{for(i=0;i<n;i++) print line[i]}' "$log" 2>/dev/null || true)
+  why=$(grep -E '^miniku [a-z-]+: ' <<<"$run" | tail -n 1 || true)            # an error
+  [ -n "$why" ] || why=$(grep -E '^error: ' <<<"$run" | head -n 1 || true)      # a bad flag
+  [ -n "$why" ] || why=$(grep -A1 'panicked at' <<<"$run" | tail -n 1 || true)  # a panic
+  [ -n "$why" ] || why=$(grep -v -e '^[[:space:]]*$' -e '^note: ' <<<"$run" | tail -n 1 || true)
   echo "${why:-(no output in $log)}"
 }
 
