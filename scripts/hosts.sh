@@ -358,15 +358,27 @@ case "${1:-}" in
     done
     ;;
   down)
-    [ -f "$COMPOSE_FILE" ] || { echo "nothing to stop (no $COMPOSE_FILE)"; exit 0; }
-    compose stop -t 15 worker1 worker2 2>&1 | sed 's/^/  /'
+    # The workers first (their kubelets leave the pods' containers running), then the pods'
+    # containers, then the store hosts and the network.
+    for h in $WORKERS; do
+      [ "$(state_of "$h")" = absent ] || { docker stop -t 15 "$(container "$h")" >/dev/null; echo "  stopped $h"; }
+    done
     pods=$(pod_containers)
     if [ -n "$pods" ]; then
       # shellcheck disable=SC2086
       docker rm -f $pods >/dev/null
       echo "  removed $(echo "$pods" | wc -l) pod container(s) of worker1, worker2"
     fi
-    compose down -t 15 --remove-orphans 2>&1 | sed 's/^/  /'
+    if [ -f "$COMPOSE_FILE" ]; then
+      compose down -t 15 --remove-orphans 2>&1 | sed 's/^/  /'
+    fi
+    # Without the compose file (or what it did not know of): our containers by name.
+    for h in $HOSTS; do
+      [ "$(state_of "$h")" = absent ] || { docker stop -t 15 "$(container "$h")" >/dev/null; docker rm "$(container "$h")" >/dev/null; echo "  removed $h"; }
+    done
+    if docker network inspect "$NETWORK" >/dev/null 2>&1; then
+      docker network rm "$NETWORK" >/dev/null && echo "  removed network $NETWORK"
+    fi
     ;;
   kill | start | pause | unpause)
     [ -n "${2:-}" ] || die "usage: $0 $1 HOST"

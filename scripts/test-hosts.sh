@@ -113,11 +113,12 @@ caught_up() {
 
 # --- the seed's flow over HTTPS ------------------------------------------------------------
 BODY='{"name":"'$RS'","desiredCount":3,"selector":{"app":"'$RS'"},"template":{"image":"'$POD_IMAGE'","command":["httpd","-f","-p","8080","-h","/www"]}}'
-code=$(api -o "$DATA/post.out" -w '%{http_code}' -X POST "$API/replicasets" -d "$BODY" || true)
+answer=$(api -w '\n%{http_code}' -X POST "$API/replicasets" -d "$BODY" 2>&1 || true)
+code=$(tail -n 1 <<<"$answer")
 if [ "$code" = 201 ] || [ "$code" = 200 ]; then
   ok "POST /replicasets over https with the token: $code"
 else
-  fail "POST /replicasets over https: $code $(cat "$DATA/post.out" 2>/dev/null)"
+  fail "POST /replicasets over https: $answer"
 fi
 running=0
 for _ in $(seq 1 60); do
@@ -138,7 +139,8 @@ answered=0 total=0
 for ip in $ips; do
   total=$((total + 1))
   case "$ip" in "$PREFIX".*) ;; *) note "pod address $ip is not on $SUBNET"; continue ;; esac
-  if [ "$(docker exec miniku-h-worker2 wget -qO- -T 3 "http://$ip:8080/index.html" 2>/dev/null)" = "hello from miniku" ]; then
+  # (curl: Debian's static busybox wget crashes, 1.35.0-4+deb12u1)
+  if [ "$(docker exec miniku-h-worker2 curl -s --max-time 3 "http://$ip:8080/index.html" 2>/dev/null)" = "hello from miniku" ]; then
     answered=$((answered + 1))
   fi
 done
@@ -147,6 +149,25 @@ if [ "$total" -gt 0 ] && [ "$answered" = "$total" ]; then
 else
   fail "pods answering from worker2: $answered of $total ($ips)"
 fi
+
+# A NodePort Service over them: each worker's miniku proxy forwards its node port to them.
+SVC='{"apiVersion":"v1","kind":"Service","metadata":{"name":"'$RS'"},"spec":{"type":"NodePort","selector":{"app":"'$RS'"},"ports":[{"port":80,"targetPort":8080}]}}'
+port=$(api -X POST -H 'Content-Type: application/json' "$API/api/v1/namespaces/default/services" -d "$SVC" 2>/dev/null | jq -r '.spec.ports[0].nodePort // empty' 2>/dev/null || true)
+through=""
+for w in worker1 worker2; do
+  for _ in $(seq 1 20); do
+    if [ -n "$port" ] && [ "$(docker exec miniku-h-store3 curl -s --max-time 2 "http://${IP[$w]}:$port/index.html" 2>/dev/null)" = "hello from miniku" ]; then
+      through="$through $w"; break
+    fi
+    sleep 0.5
+  done
+done
+if [ "$through" = " worker1 worker2" ]; then
+  ok "NodePort Service $RS: node port $port answers from store3 through both workers' proxies"
+else
+  fail "NodePort Service $RS (node port ${port:-none}): answered through:${through:- none}"
+fi
+api -o /dev/null -X DELETE "$API/api/v1/namespaces/default/services/$RS" 2>/dev/null || true
 
 # --- strangers -----------------------------------------------------------------------------
 # A host on the network with the image, the cluster's CA certificate (public) and its own
