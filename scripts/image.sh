@@ -12,12 +12,12 @@
 # MINIKU_IMAGE_PLAIN=1 puts the binary itself at /bin/miniku instead.
 #
 # Usage: scripts/image.sh
-# Environment: MINIKU_BIN (default target/release/miniku); MINIKU_NO_BUILD=1 skips
+# Environment: MINIKU_BIN (default $CARGO_TARGET_DIR or target, then /release/miniku); MINIKU_NO_BUILD=1 skips
 #   `cargo build --release`; MINIKU_IMAGE (default miniku/miniku) names the image.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-BIN=${MINIKU_BIN:-target/release/miniku}
+BIN=${MINIKU_BIN:-${CARGO_TARGET_DIR:-target}/release/miniku}
 IMAGE=${MINIKU_IMAGE:-miniku/miniku}
 # The workspace's version ([workspace.package] in Cargo.toml).
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
