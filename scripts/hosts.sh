@@ -374,11 +374,14 @@ case "${1:-}" in
     fi
     # Without the compose file (or what it did not know of): our containers by name.
     for h in $HOSTS; do
-      [ "$(state_of "$h")" = absent ] || { docker stop -t 15 "$(container "$h")" >/dev/null; docker rm "$(container "$h")" >/dev/null; echo "  removed $h"; }
+      [ "$(state_of "$h")" = absent ] && continue
+      docker stop -t 15 "$(container "$h")" >/dev/null 2>&1 || true
+      docker rm -f "$(container "$h")" >/dev/null 2>&1 && echo "  removed $h"
     done
     if docker network inspect "$NETWORK" >/dev/null 2>&1; then
       docker network rm "$NETWORK" >/dev/null && echo "  removed network $NETWORK"
     fi
+    true
     ;;
   kill | start | pause | unpause)
     [ -n "${2:-}" ] || die "usage: $0 $1 HOST"
