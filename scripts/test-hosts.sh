@@ -10,8 +10,9 @@
 #   - a member started with a wrong --initial-cluster is refused and says why;
 #   - docker kill of the store leader's host: writes go on through the survivors, and the
 #     host started again catches up;
-#   - the leader's host isolated (network disconnect): writes go on, and after heal it
-#     catches up;
+#   - a follower's host paused (cgroup freezer): writes go on, and unpaused it catches up;
+#   - the leader's host isolated (network disconnect): its packets are dropped, writes go
+#     on, and after heal it catches up;
 # then brings everything down. One `ok` or `FAIL` line per check; exits 1 on any FAIL.
 #
 # Environment: MINIKU_HOSTS_DATA (default: a new temporary directory, removed at the end),
@@ -281,6 +282,27 @@ else
   fail "no store leader to kill"
 fi
 
+# --- pausing a follower's host (cgroup freezer) ---------------------------------------------
+if L=$(leader store1 store2 store3); then
+  F=$(echo store1 store2 store3 | tr ' ' '\n' | grep -vx "$L" | head -n 1)
+  "$HOSTS" pause "$F" >/dev/null
+  # shellcheck disable=SC2086
+  if via=$(put 10 hosts-test/after-pause v4 $L); then
+    ok "pause $F (a follower): a write went through $via"
+  else
+    fail "pause $F (a follower): no write through the leader $L within 10 s"
+  fi
+  "$HOSTS" unpause "$F" >/dev/null
+  T0=$(date +%s%N)
+  if caught_up 20 "$F" hosts-test/after-pause v4; then
+    ok "unpause $F: it caught up after $((($(date +%s%N) - T0) / 1000000)) ms"
+  else
+    fail "unpause $F: it did not catch up within 20 s"
+  fi
+else
+  fail "no store leader for the pause drill"
+fi
+
 # --- isolating the leader's host -------------------------------------------------------------
 if L=$(leader store1 store2 store3); then
   SURVIVORS=$(echo store1 store2 store3 | tr ' ' '\n' | grep -vx "$L" | tr '\n' ' ')
@@ -292,9 +314,11 @@ if L=$(leader store1 store2 store3); then
   else
     fail "isolate $L (the leader): no write through $SURVIVORS within 20 s"
   fi
-  if docker exec "miniku-h-$L" curl -s --max-time 2 -o /dev/null "https://${IP[store2]}:2379/health" 2>/dev/null \
-     || docker exec "miniku-h-$L" ping -c 1 -W 1 "${IP[store2]}" >/dev/null 2>&1; then
-    fail "isolate $L: it still reaches store2"
+  O=$(echo $SURVIVORS | cut -d' ' -f1)
+  if docker exec "miniku-h-$L" ping -c 1 -W 1 "${IP[$O]}" >/dev/null 2>&1; then
+    fail "isolate $L: it still reaches $O (ping)"
+  else
+    ok "isolate $L: its packets are dropped (no ping answer from $O)"
   fi
   "$HOSTS" heal >/dev/null
   T0=$(date +%s%N)
