@@ -317,6 +317,7 @@ case "${1:-}" in
     docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: run scripts/image.sh first"
     command -v docker-compose >/dev/null || die "docker-compose is needed (Debian: apt-get install docker-compose)"
     command -v jq >/dev/null || die "jq is needed"
+    command -v openssl >/dev/null || die "openssl is needed (Debian: apt-get install openssl)"
     check_subnet
     make_pki
     for h in $HOSTS; do write_host "$h"; done
