@@ -336,6 +336,11 @@ pub struct KubeletArgs {
     pub events: EventArgs,
     #[arg(long, value_enum, default_value = "docker")]
     pub runtime: RuntimeKind,
+    /// With `--runtime docker`: the engine network the pods' containers join, and whose
+    /// address is their pod IP (default: the engine's default network). Name a network the
+    /// kubelet's own host is on, so that probes and `miniku proxy` reach the pods.
+    #[arg(long)]
+    pub pod_network: Option<String>,
     /// CPU the node offers, in millicores (default: the host's CPUs; 4000 for hollow nodes).
     #[arg(long)]
     pub cpu_millis: Option<u64>,
@@ -477,7 +482,8 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
             RuntimeKind::Docker => {
                 let mut wait = Duration::from_secs(1);
                 let docker = loop {
-                    match miniku::kubelet::docker::DockerRuntime::connect().await {
+                    let network = args.pod_network.clone();
+                    match miniku::kubelet::docker::DockerRuntime::connect(network).await {
                         Ok(d) => break d,
                         Err(e) => {
                             tracing::error!(error = %e, retry_in = ?wait, "cannot reach the Docker engine (is it running? is DOCKER_HOST right?)");
@@ -489,6 +495,8 @@ pub async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
                         }
                     }
                 };
+                // A network that does not exist will not appear by waiting.
+                docker.check_network().await?;
                 miniku::kubelet::run(registry, docker, config, serving, stopping).await
             }
         }

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,6 +24,7 @@ use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
 use crate::mvcc::MvccStore;
 use crate::network::client::{PeerClient, PeerNetworkFactory};
+use crate::network::{PeerRequest, PeerResponse};
 use crate::node::{NodeError, NodeParts, StoreHandle, StoreNode};
 use crate::peer_service::LeaderService;
 use crate::proposer::Proposer;
@@ -65,6 +67,7 @@ impl StoreNode {
         .map_err(NodeError::Config)?;
         let raft = build_raft(&config, &peers, storage.log_store, storage.state_machine).await?;
         let listeners = bind_listeners(&config).await?;
+        let asker = peers.clone();
         let (peer_addr, client_addr) = (listeners.peer_addr, listeners.client_addr);
         let handle = assemble(
             &config,
@@ -77,7 +80,7 @@ impl StoreNode {
         );
         let (stop, stopped) = watch::channel(false);
         let tasks = start_tasks(&config, &handle, listeners, db, stopped);
-        initialize_cluster(&raft, &config).await?;
+        initialize_cluster(&raft, &config, &asker).await?;
         tracing::info!(
             id = config.id,
             client = %client_addr,
@@ -313,8 +316,14 @@ fn start_tasks(
     ]
 }
 
-/// On a founding member's first start, initialises the cluster with the initial members.
-async fn initialize_cluster(raft: &Raft, config: &StoreConfig) -> Result<(), NodeError> {
+/// On a founding member's first start, initialises the cluster with the initial members,
+/// unless one of them already belongs to a cluster of other members: then this member's
+/// --initial-cluster is wrong, and it is refused with the members that cluster has.
+async fn initialize_cluster(
+    raft: &Raft,
+    config: &StoreConfig,
+    peers: &PeerClient,
+) -> Result<(), NodeError> {
     let initialized = raft
         .is_initialized()
         .await
@@ -322,6 +331,7 @@ async fn initialize_cluster(raft: &Raft, config: &StoreConfig) -> Result<(), Nod
     if initialized || !config.initial_cluster.contains_key(&config.id) {
         return Ok(());
     }
+    check_initial_cluster(config, peers).await?;
     let members: BTreeMap<NodeId, MemberNode> = config
         .initial_cluster
         .iter()
@@ -335,6 +345,70 @@ async fn initialize_cluster(raft: &Raft, config: &StoreConfig) -> Result<(), Nod
         Err(e) => return Err(NodeError::Raft(e.to_string())),
     }
     Ok(())
+}
+
+/// How long a founding member waits for each other founding member's membership.
+const MEMBERSHIP_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks every other founding member which cluster it belongs to. One that answers with
+/// members other than `--initial-cluster`'s refuses this start; one that does not answer
+/// (not started yet, or an older version) or belongs to no cluster yet does not.
+async fn check_initial_cluster(config: &StoreConfig, peers: &PeerClient) -> Result<(), NodeError> {
+    let ours = &config.initial_cluster;
+    let asks = ours
+        .iter()
+        .filter(|(id, _)| **id != config.id)
+        .map(|(id, addr)| async move {
+            let answer = peers
+                .call(addr, &PeerRequest::Membership, MEMBERSHIP_ASK_TIMEOUT)
+                .await;
+            (*id, addr.clone(), answer)
+        });
+    for (id, addr, answer) in futures::future::join_all(asks).await {
+        match answer {
+            Ok(Ok(PeerResponse::Membership(theirs))) => {
+                if let Some(why) = initial_cluster_mismatch(ours, id, &addr, &theirs) {
+                    return Err(NodeError::Config(why));
+                }
+            }
+            Ok(other) => {
+                tracing::debug!(member = id, %addr, answer = ?other, "no membership from a founding member");
+            }
+            Err(e) => {
+                tracing::info!(member = id, %addr, error = %e, "founding member not reachable yet");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why `--initial-cluster` (`ours`) is wrong, given the members `theirs` that founding member
+/// `id` at `addr` reports; `None` when it belongs to no cluster yet or to this one.
+fn initial_cluster_mismatch(
+    ours: &BTreeMap<NodeId, String>,
+    id: NodeId,
+    addr: &str,
+    theirs: &[(NodeId, String)],
+) -> Option<String> {
+    if theirs.is_empty() {
+        return None;
+    }
+    let theirs: BTreeMap<NodeId, String> = theirs.iter().cloned().collect();
+    if theirs == *ours {
+        return None;
+    }
+    let list = |m: &BTreeMap<NodeId, String>| {
+        m.iter()
+            .map(|(i, a)| format!("{i}={a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    Some(format!(
+        "--initial-cluster {} is wrong: member {id} at {addr} already belongs to a cluster of {}; \
+         to add a member to that cluster, POST /v1/cluster/members on it and start the new one with --join",
+        list(ours),
+        list(&theirs)
+    ))
 }
 
 fn serve(
@@ -376,5 +450,37 @@ async fn watch_leadership(raft: Raft, metrics: Metrics) {
             metrics.leader_changed();
             leader = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(m: &[(NodeId, &str)]) -> BTreeMap<NodeId, String> {
+        m.iter().map(|(i, a)| (*i, a.to_string())).collect()
+    }
+
+    #[test]
+    fn a_founding_member_joins_only_its_own_cluster() {
+        let ours = cluster(&[(1, "a:1"), (2, "b:1"), (4, "d:1")]);
+        // Not part of a cluster yet, or of this very one: no objection.
+        assert_eq!(initial_cluster_mismatch(&ours, 1, "a:1", &[]), None);
+        let same: Vec<_> = ours.clone().into_iter().collect();
+        assert_eq!(initial_cluster_mismatch(&ours, 1, "a:1", &same), None);
+        // Member 1 is in a cluster of 1, 2, 3.
+        let theirs = vec![(1, "a:1".into()), (2, "b:1".into()), (3, "c:1".into())];
+        let why = initial_cluster_mismatch(&ours, 1, "a:1", &theirs).unwrap_or_default();
+        assert!(
+            why.contains("--initial-cluster 1=a:1,2=b:1,4=d:1 is wrong"),
+            "{why}"
+        );
+        assert!(
+            why.contains("member 1 at a:1 already belongs to a cluster of 1=a:1,2=b:1,3=c:1"),
+            "{why}"
+        );
+        // The same ids at other addresses are another cluster too.
+        let moved = vec![(1, "a:1".into()), (2, "b:2".into()), (4, "d:1".into())];
+        assert!(initial_cluster_mismatch(&ours, 1, "a:1", &moved).is_some());
     }
 }

@@ -45,6 +45,9 @@ use crate::api::Pod;
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// The engine network the pods' containers join (`--pod-network`); `None`: the
+    /// engine's default (the `bridge` network).
+    network: Option<String>,
 }
 
 fn engine(e: DockerError) -> RuntimeError {
@@ -72,6 +75,30 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     let t = DateTime::parse_from_rfc3339(s?).ok()?.with_timezone(&Utc);
     // Docker reports "0001-01-01T00:00:00Z" for never.
     (t.timestamp() > 0).then_some(t)
+}
+
+/// A container's address: on the pods' network `network` when there is one (a container
+/// may be on several), else the first address it has on any network; empty when it has
+/// none (not started, or `--network none`).
+fn pod_ip(
+    networks: Option<&HashMap<String, bollard::models::EndpointSettings>>,
+    network: Option<&str>,
+) -> String {
+    let Some(networks) = networks else {
+        return String::new();
+    };
+    let address =
+        |e: &bollard::models::EndpointSettings| e.ip_address.clone().filter(|ip| !ip.is_empty());
+    match network {
+        Some(name) => networks.get(name).and_then(address),
+        None => {
+            // The default network first, then any, in a stable order.
+            let mut all: Vec<_> = networks.iter().collect();
+            all.sort_by_key(|(n, _)| (n.as_str() != "bridge", n.as_str()));
+            all.into_iter().find_map(|(_, e)| address(e))
+        }
+    }
+    .unwrap_or_default()
 }
 
 /// Whether a listed container is running.
@@ -115,11 +142,28 @@ impl DockerRuntime {
         Ok(found)
     }
 
-    /// Connects to the local engine and agrees on an API version.
-    pub async fn connect() -> Result<Self, RuntimeError> {
+    /// Connects to the local engine and agrees on an API version. The pods' containers
+    /// join `network` (an engine network: [`DockerRuntime::check_network`] says whether it
+    /// exists), or the engine's default one.
+    pub async fn connect(network: Option<String>) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults().map_err(engine)?;
         let docker = docker.negotiate_version().await.map_err(engine)?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime { docker, network })
+    }
+
+    /// Fails when the pods' network is named and the engine has no such network.
+    pub async fn check_network(&self) -> Result<(), RuntimeError> {
+        let Some(name) = &self.network else {
+            return Ok(());
+        };
+        let options = None::<bollard::query_parameters::InspectNetworkOptions>;
+        match self.docker.inspect_network(name, options).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Err(RuntimeError::Engine(format!(
+                "the engine has no network `{name}` (--pod-network)"
+            ))),
+            Err(e) => Err(engine(e)),
+        }
     }
 
     /// Filters for our containers on `node`, and of pod `pod` (a key: the name is matched
@@ -132,24 +176,19 @@ impl DockerRuntime {
         HashMap::from([("label".to_string(), labels)])
     }
 
-    /// The container's state and its address on the engine's network.
+    /// The container's state and its address on the pods' network.
     async fn state_of(&self, id: &str) -> Result<(ContainerState, String), RuntimeError> {
         let info = self
             .docker
             .inspect_container(id, None)
             .await
             .map_err(engine)?;
-        let ip = info
-            .network_settings
-            .as_ref()
-            .and_then(|n| {
-                n.networks
-                    .iter()
-                    .flat_map(|m| m.values())
-                    .filter_map(|e| e.ip_address.clone())
-                    .find(|ip| !ip.is_empty())
-            })
-            .unwrap_or_default();
+        let ip = pod_ip(
+            info.network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref()),
+            self.network.as_deref(),
+        );
         let st = info.state.unwrap_or_default();
         let state = if st.running.unwrap_or(false) {
             ContainerState::Running {
@@ -206,6 +245,7 @@ impl DockerRuntime {
             host_config: Some(HostConfig {
                 // Only what the pod spec says: no privileges, mounts or host network.
                 privileged: Some(false),
+                network_mode: self.network.clone(),
                 nano_cpus: cpu.map(|m| m as i64 * 1_000_000),
                 memory: memory.map(|b| b as i64),
                 ..Default::default()
@@ -817,5 +857,45 @@ impl DockerRuntime {
                 Err(e) => Err(engine(e)),
             })
             .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::EndpointSettings;
+
+    fn on(ip: &str) -> EndpointSettings {
+        EndpointSettings {
+            ip_address: Some(ip.to_string()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_ip_is_read_from_the_pods_network() {
+        let networks = HashMap::from([
+            ("bridge".to_string(), on("172.17.0.5")),
+            ("miniku-hosts".to_string(), on("172.30.57.130")),
+        ]);
+        assert_eq!(
+            pod_ip(Some(&networks), Some("miniku-hosts")),
+            "172.30.57.130"
+        );
+        // Without --pod-network: the default network's address.
+        assert_eq!(pod_ip(Some(&networks), None), "172.17.0.5");
+        // Not (or not yet) on the named network: no address, not another network's.
+        assert_eq!(pod_ip(Some(&networks), Some("other")), "");
+    }
+
+    #[test]
+    fn pod_ip_skips_empty_addresses() {
+        let networks = HashMap::from([
+            ("bridge".to_string(), on("")),
+            ("mine".to_string(), on("10.1.2.3")),
+        ]);
+        assert_eq!(pod_ip(Some(&networks), None), "10.1.2.3");
+        assert_eq!(pod_ip(Some(&networks), Some("bridge")), "");
+        assert_eq!(pod_ip(None, None), "");
     }
 }

@@ -36,6 +36,10 @@ pub enum PeerRequest {
     QuorumCheck,
     /// The receiver's client URL (any member answers, leader or not).
     ClientUrl,
+    /// The members (id, peer address) of the cluster the receiver belongs to, as it knows
+    /// them; none while it is not part of one yet (any member answers). A founding member
+    /// asks before it initialises a cluster.
+    Membership,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -46,6 +50,7 @@ pub enum PeerResponse {
     LeaseTimeToLive(WireLeaseStatus),
     Done,
     ClientUrl(String),
+    Membership(Vec<(NodeId, String)>),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

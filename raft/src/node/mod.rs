@@ -419,7 +419,8 @@ fn leader_call_safety(req: &PeerRequest) -> Safety {
         PeerRequest::ReadIndex
         | PeerRequest::LeaseKeepAlive(_)
         | PeerRequest::LeaseTimeToLive(_)
-        | PeerRequest::ClientUrl => Safety::Retry,
+        | PeerRequest::ClientUrl
+        | PeerRequest::Membership => Safety::Retry,
         PeerRequest::Forward(_)
         | PeerRequest::AddMember { .. }
         | PeerRequest::RemoveMember(_)

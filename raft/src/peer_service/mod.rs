@@ -4,7 +4,7 @@
 //! `/health`. [`LeaderService`] is the [`PeerService`] the peer API serves; the leader route
 //! calls it directly when this member leads.
 //!
-//! Every request but `ClientUrl` is refused with `NotLeader` on a member that does not
+//! Every request but `ClientUrl` and `Membership` is refused with `NotLeader` on a member that does not
 //! lead, before anything is done. This module must not route requests (that is
 //! [`crate::leader_route`]'s) nor apply commands itself (that goes through the proposer).
 
@@ -55,6 +55,17 @@ impl LeaderService {
         if let PeerRequest::ClientUrl = req {
             return Ok(PeerResponse::ClientUrl(self.client_url.clone()));
         }
+        if let PeerRequest::Membership = req {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let members = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect();
+            return Ok(PeerResponse::Membership(members));
+        }
         let leader = self.raft.metrics().borrow().current_leader;
         if leader != Some(self.id) {
             return Err(PeerError::NotLeader(leader));
@@ -77,6 +88,7 @@ impl LeaderService {
             PeerRequest::RemoveMember(id) => self.remove(id).await,
             PeerRequest::QuorumCheck => self.quorum_here().await.map(|()| PeerResponse::Done),
             PeerRequest::ClientUrl => Ok(PeerResponse::ClientUrl(self.client_url.clone())),
+            PeerRequest::Membership => Err(PeerError::NotLeader(leader)),
         }
     }
 

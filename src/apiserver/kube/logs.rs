@@ -35,13 +35,20 @@ pub struct KubeletClient {
 
 impl KubeletClient {
     pub fn new(token: Option<Token>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot configure the kubelet client; using defaults");
-                reqwest::Client::new()
-            });
+        // Kubelets' servers speak plain HTTP: no CA roots are needed (nor loaded, so a host
+        // without the system's CA certificates, such as the miniku image, can run this).
+        let configured =
+            miniku_store::tls::reqwest_builder(miniku_store::tls::Trust::PlainHttp, None)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    b.connect_timeout(CONNECT_TIMEOUT)
+                        .build()
+                        .map_err(|e| e.to_string())
+                });
+        let http = configured.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot configure the kubelet client; using defaults");
+            reqwest::Client::new()
+        });
         KubeletClient { http, token }
     }
 }
