@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Miniku's whole test suite: unit tests, storage suite, real-process store tests,
-# control-plane tests, the Docker end-to-end tests, and the quick benchmark against etcd (so
-# it never rots). Installs what they need first (Debian packages and the local busybox
-# image), so it works on a fresh machine.
+# control-plane tests, the Docker end-to-end tests, the quick benchmark against etcd (so
+# it never rots), and the checks across hosts on a private Docker network. Installs what
+# they need first (Debian packages and the local busybox image), so it works on a fresh
+# machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,12 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 # The Kubernetes API tests drive the real kubectl.
 command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
+# The checks across hosts (scripts/test-hosts.sh): certificates, compose, the image's parts.
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v strip >/dev/null || need_apt+=(binutils)
+if docker info >/dev/null 2>&1; then
+  command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -52,3 +59,10 @@ cargo test --workspace -- --test-threads=2
 # Benchmarks are not tests: this only checks that the benchmark still runs end to end.
 scripts/bench.sh --quick --json target/bench-quick.json
 scripts/bench-control-plane.sh --quick --json target/bench-control-plane-quick.json
+
+# Miniku across five hosts on a private Docker network (TLS, tokens, kill, pause, isolate):
+# the image from the release binary the benchmarks built, then 24 checks in about a minute.
+if docker info >/dev/null 2>&1; then
+  MINIKU_NO_BUILD=1 scripts/image.sh
+  scripts/test-hosts.sh
+fi
