@@ -258,10 +258,16 @@ where
     Fut: std::future::Future<Output = Result<Kv>> + Send,
 {
     let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
+    // Every client is connected before the clock starts: a client connected while others
+    // were already running would have its requests counted in a shorter time.
+    let mut connected = Vec::with_capacity(clients.max(1));
     for c in 0..clients.max(1) {
         let ep = &args.endpoints[c % args.endpoints.len()];
-        let mut kv = Kv::connect(args.system, ep, &args.endpoints).await?;
+        connected.push(Kv::connect(args.system, ep, &args.endpoints).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut kv in connected {
         let next = next.clone();
         let op = op.clone();
         tasks.push(tokio::spawn(async move {
@@ -284,7 +290,6 @@ where
             (lat, errors)
         }));
     }
-    let started = Instant::now();
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -294,7 +299,28 @@ where
     }
     let elapsed = started.elapsed();
     all.sort();
+    check_littles_law(clients.max(1), &all, elapsed)?;
     Ok((all, errors, elapsed))
+}
+
+/// Little's law: `clients` closed-loop clients keep at most `clients` requests in flight,
+/// so throughput × latency cannot exceed `clients`. With the median latency (below the mean
+/// for the right-skewed latencies seen here) a figure above twice that is a measuring
+/// mistake (a clock started late, say), and the run fails rather than print it.
+fn check_littles_law(clients: usize, lat: &[Duration], elapsed: Duration) -> Result<()> {
+    let secs = elapsed.as_secs_f64();
+    if lat.is_empty() || secs <= 0.0 {
+        return Ok(());
+    }
+    let throughput = lat.len() as f64 / secs;
+    let p50 = percentile(lat, 0.50) / 1000.0;
+    let in_flight = throughput * p50;
+    anyhow::ensure!(
+        in_flight <= 2.0 * clients as f64,
+        "implausible figures: {throughput:.0} ops/s at a p50 of {:.3} ms means {in_flight:.1} requests in flight, but only {clients} clients ran (a measuring mistake)",
+        p50 * 1000.0
+    );
+    Ok(())
 }
 
 fn report(
@@ -683,4 +709,20 @@ async fn failover(args: &Args, seconds: u64, clients: usize, value: &str) -> Res
         elapsed,
         json!({"writes": s.len(), "longest_gap_ms": gap.as_secs_f64() * 1000.0}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_that_break_littles_law_are_refused() {
+        // 4 clients, 1 ms each, 1,000 requests in 0.25 s: 4,000/s × 1 ms = 4 in flight.
+        let lat = vec![Duration::from_millis(1); 1000];
+        assert!(check_littles_law(4, &lat, Duration::from_millis(250)).is_ok());
+        // The same requests "in" 0.01 s: 100 in flight from 4 clients.
+        let err = check_littles_law(4, &lat, Duration::from_millis(10))
+            .expect_err("a clock started late is caught");
+        assert!(err.to_string().contains("implausible"), "{err}");
+    }
 }
