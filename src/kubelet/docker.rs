@@ -809,15 +809,8 @@ impl DockerRuntime {
     }
 
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let stop = StopContainerOptions {
-            t: Some(grace.as_secs() as i32),
-            ..Default::default()
-        };
-        match self.docker.stop_container(id, Some(stop)).await {
-            Ok(()) => {}
-            Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
-            Err(e) => tracing::warn!(container = id, error = %e, "stop failed; removing by force"),
-        }
+        // A stop that fails is logged; the removal below forces it.
+        self.stop_only(id, grace).await;
         let rm = RemoveContainerOptions {
             force: true,
             ..Default::default()
