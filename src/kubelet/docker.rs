@@ -110,6 +110,22 @@ fn running(s: &ContainerSummary) -> bool {
 }
 
 impl DockerRuntime {
+    /// Every container (running or not) the label filters match.
+    async fn list_all(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)
+    }
+
     /// The engine containers (current and previous) of the pod's container `container` on
     /// `node`, newest first.
     async fn containers_of(
@@ -123,16 +139,7 @@ impl DockerRuntime {
             labels.push(format!("{LABEL_POD_UID}={}", pod.uid));
             labels.push(format!("{LABEL_CONTAINER}={container}"));
         }
-        let list = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let mut found = self
-            .docker
-            .list_containers(Some(list))
-            .await
-            .map_err(engine)?;
+        let mut found = self.list_all(filters).await?;
         found.retain(|s| {
             s.labels
                 .as_ref()
@@ -306,19 +313,12 @@ impl DockerRuntime {
 
     /// The ids of the containers started with main container `main`.
     async fn later_containers(&self, main: &str) -> Result<Vec<String>, RuntimeError> {
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
+        let found = self
+            .list_all(HashMap::from([(
                 "label".to_string(),
                 vec![format!("{LABEL_MARKER}=1"), format!("{LABEL_MAIN}={main}")],
-            )])),
-            ..Default::default()
-        };
-        let found = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine)?;
+            )]))
+            .await?;
         Ok(found.into_iter().filter_map(|s| s.id).collect())
     }
 }
@@ -458,16 +458,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove_retired(&self, node: &str, pod: &str) -> Result<(), RuntimeError> {
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(Self::node_filters(node, Some(pod))),
-            ..Default::default()
-        };
-        let found = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine)?;
+        let found = self.list_all(Self::node_filters(node, Some(pod))).await?;
         for s in found.iter().filter(|s| is_retired(s)) {
             let ours = s
                 .labels
@@ -647,16 +638,7 @@ impl DockerRuntime {
         node: &str,
         pod: Option<&str>,
     ) -> Result<Vec<Container>, RuntimeError> {
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(Self::node_filters(node, pod)),
-            ..Default::default()
-        };
-        let mut summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine)?;
+        let mut summaries = self.list_all(Self::node_filters(node, pod)).await?;
         // A pod's previous containers are kept for their output only.
         summaries.retain(|s| !is_retired(s));
         let mut out = Vec::new();
@@ -733,23 +715,16 @@ impl DockerRuntime {
         let (Some(uid), Some(node)) = (labels.get(LABEL_POD_UID), labels.get(LABEL_NODE)) else {
             return Ok(Vec::new());
         };
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
+        let found = self
+            .list_all(HashMap::from([(
                 "label".to_string(),
                 vec![
                     format!("{LABEL_MARKER}=1"),
                     format!("{LABEL_NODE}={node}"),
                     format!("{LABEL_POD_UID}={uid}"),
                 ],
-            )])),
-            ..Default::default()
-        };
-        let found = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine)?;
+            )]))
+            .await?;
         Ok(found
             .into_iter()
             .filter(is_retired)
