@@ -24,15 +24,8 @@ async fn kubectl_exec_runs_commands_in_containers_through_their_kubelet() -> Res
     if !docker_ready()? {
         return Ok(());
     }
-    let dir = tempfile::tempdir()?;
-    let token_file = dir.path().join("kubelet.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
-    let token_arg = token_file.display().to_string();
-    let mut cp = ControlPlane::start_with(&[], &["--kubelet-token-file", &token_arg]).await?;
     let node = format!("exec-{}", std::process::id());
-    let _cleanup = cp
-        .spawn_docker_kubelet(&node, &["--token-file", &token_arg])
-        .await?;
+    let (mut cp, _cleanup, _dir) = ControlPlane::with_kubelet_credential(TOKEN, &node, &[]).await?;
     let k = Kubectl::new(cp.url(""))?;
     let result = scenario(&mut cp, &k).await;
     if result.is_err() {

@@ -25,25 +25,13 @@ async fn kubectl_logs_reads_containers_through_their_kubelet() -> Result<()> {
     if !docker_ready()? {
         return Ok(());
     }
-    let dir = tempfile::tempdir()?;
-    let token_file = dir.path().join("kubelet.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
-    let token_arg = token_file.display().to_string();
-    let mut cp = ControlPlane::start_with(&[], &["--kubelet-token-file", &token_arg]).await?;
     let node = format!("logs-{}", std::process::id());
-    let _cleanup = cp
-        .spawn_docker_kubelet(
-            &node,
-            &[
-                "--token-file",
-                &token_arg,
-                "--backoff-initial-ms",
-                "1000",
-                "--backoff-max-ms",
-                "2000",
-            ],
-        )
-        .await?;
+    let (mut cp, _cleanup, _dir) = ControlPlane::with_kubelet_credential(
+        TOKEN,
+        &node,
+        &["--backoff-initial-ms", "1000", "--backoff-max-ms", "2000"],
+    )
+    .await?;
     let k = Kubectl::new(cp.url(""))?;
     let result = scenario(&mut cp, &k, &node).await;
     if result.is_err() {

@@ -510,6 +510,25 @@ impl ControlPlane {
         Ok(cleanup)
     }
 
+    /// A control plane whose API server reaches kubelets with the credential `token`, and
+    /// one Docker kubelet `node` that wants it (`kubelet_extra`: more kubelet flags). The
+    /// directory holds the token file; keep it, and the node's containers guard, alive.
+    pub async fn with_kubelet_credential(
+        token: &str,
+        node: &str,
+        kubelet_extra: &[&str],
+    ) -> Result<(ControlPlane, kubectl::NodeContainers, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        let token_file = dir.path().join("kubelet.token");
+        std::fs::write(&token_file, format!("{token}\n"))?;
+        let token_arg = token_file.display().to_string();
+        let mut cp = ControlPlane::start_with(&[], &["--kubelet-token-file", &token_arg]).await?;
+        let mut args = vec!["--token-file", token_arg.as_str()];
+        args.extend_from_slice(kubelet_extra);
+        let cleanup = cp.spawn_docker_kubelet(node, &args).await?;
+        Ok((cp, cleanup, dir))
+    }
+
     /// Every component's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
