@@ -13,6 +13,7 @@
 # containers on the same network (kubelet --pod-network), so the workers reach them.
 #
 # Usage: scripts/hosts.sh up|status|down|kill HOST|start HOST|pause HOST|unpause HOST|isolate HOST|heal
+#                        |upgrade HOST IMAGE|join store4
 #   up            make certificates and tokens (once), start the hosts, wait for a store
 #                 leader and the API server; a process that exits at start is reported
 #   status        each host's state and processes, and each member's /v1/cluster
@@ -23,12 +24,22 @@
 #   pause HOST    freeze every process of the host (cgroup freezer); unpause HOST thaws it
 #   isolate HOST  disconnect the host from the network: its packets are dropped
 #   heal          reconnect every host at its address and unpause every paused one
-#   HOST is store1..store3, worker1, worker2 (or the container's name).
+#   upgrade HOST IMAGE  stop the host gracefully and start it again from IMAGE, with the
+#                 same address and data (a rolling upgrade, one host at a time)
+#   join store4   start a fourth store host (.14) empty (--join) and add it to the cluster
+#                 as a learner; promote it with POST /v1/cluster/members/4/promote
+#   remove HOST   remove a store member from the cluster (through another member) and stop
+#                 its store process; the host's other processes go on, and the host never
+#                 runs that member again
+#   HOST is store1..store4, worker1, worker2 (or the container's name).
 #
 # Environment: MINIKU_HOSTS_DATA (default ./data-hosts) holds the compose file, certificates,
 #   tokens, each host's data and logs (logs/HOST/PROCESS.log); MINIKU_HOSTS_SUBNET (default
 #   172.30.57.0/24: a /24, hosts at .11-.13 and .21-.22, pods from .128 up); MINIKU_IMAGE
-#   (default miniku/miniku:latest); MINIKU_HOSTS_NETWORK (default miniku-hosts).
+#   (default miniku/miniku:latest); MINIKU_HOSTS_NETWORK (default miniku-hosts);
+#   MINIKU_HOSTS_STORE_FLAGS, MINIKU_HOSTS_CONTROLLER_FLAGS, MINIKU_HOSTS_KUBELET_FLAGS: more
+#   flags for those processes (the chaos harness shortens timeouts with them), kept in
+#   $DATA/flags.env by `up` so that later starts use the same.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -46,11 +57,26 @@ mkdir -p "$DATA"
 DATA=$(cd "$DATA" && pwd)
 COMPOSE_FILE=$DATA/docker-compose.yml
 
+# store4 exists only once `join store4` has run (the marker $DATA/joined/store4).
+ALL_HOSTS="store1 store2 store3 store4 worker1 worker2"
 HOSTS="store1 store2 store3 worker1 worker2"
 STORES="store1 store2 store3"
 WORKERS="worker1 worker2"
-declare -A IP=([store1]=$PREFIX.11 [store2]=$PREFIX.12 [store3]=$PREFIX.13 [worker1]=$PREFIX.21 [worker2]=$PREFIX.22)
-declare -A PROCS=([store1]="store apiserver" [store2]="store controller-manager" [store3]="store scheduler" [worker1]="kubelet proxy" [worker2]="kubelet proxy")
+if [ -e "$DATA/joined/store4" ]; then
+  HOSTS="store1 store2 store3 store4 worker1 worker2"
+  STORES="store1 store2 store3 store4"
+fi
+declare -A IP=([store1]=$PREFIX.11 [store2]=$PREFIX.12 [store3]=$PREFIX.13 [store4]=$PREFIX.14 [worker1]=$PREFIX.21 [worker2]=$PREFIX.22)
+declare -A PROCS=([store1]="store apiserver" [store2]="store controller-manager" [store3]="store scheduler" [store4]="store" [worker1]="kubelet proxy" [worker2]="kubelet proxy")
+# More flags per process, fixed at the first `up` (the hosts' entry scripts are rewritten
+# on every command that starts a host, and must not lose them).
+if [ -s "$DATA/flags.env" ] && [ "${1:-}" != up ]; then
+  # shellcheck disable=SC1091
+  . "$DATA/flags.env"
+fi
+STORE_FLAGS=${MINIKU_HOSTS_STORE_FLAGS:-}
+CONTROLLER_FLAGS=${MINIKU_HOSTS_CONTROLLER_FLAGS:-}
+KUBELET_FLAGS=${MINIKU_HOSTS_KUBELET_FLAGS:-}
 API_PORT=6443
 STORE_URLS="https://${IP[store1]}:2379,https://${IP[store2]}:2379,https://${IP[store3]}:2379"
 INITIAL="1=${IP[store1]}:2380,2=${IP[store2]}:2380,3=${IP[store3]}:2380"
@@ -62,6 +88,16 @@ host_of() { # NAME or miniku-h-NAME -> NAME, or fails
   for x in $HOSTS; do [ "$x" = "$h" ] && { echo "$h"; return 0; }; done
   die "unknown host '$1' (one of: $HOSTS)"
 }
+# The processes a host runs: its PROCS, less the store of a removed member.
+procs_of() {
+  local p
+  for p in ${PROCS[$1]}; do
+    [ "$p" = store ] && [ -e "$DATA/removed/$1" ] && continue
+    echo "$p"
+  done
+}
+# The image a host runs: $IMAGE, or the one `upgrade` gave it ($DATA/images/HOST).
+image_of() { if [ -s "$DATA/images/$1" ]; then cat "$DATA/images/$1"; else echo "$IMAGE"; fi; }
 compose() { docker-compose -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
 
 # --- certificates and tokens -------------------------------------------------------------
@@ -75,7 +111,7 @@ make_pki() {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
       -subj "/CN=miniku hosts CA" -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
   fi
-  for h in $HOSTS; do
+  for h in $ALL_HOSTS; do
     [ -s "$pki/$h.crt" ] && continue
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$h" \
       -keyout "$pki/$h.key" -out "$pki/$h.csr" 2>/dev/null
@@ -98,7 +134,7 @@ make_pki() {
 host_files() {
   case "$1" in
     store1) echo "ca.crt store1.crt store1.key client.token peer.token api.token kubelet.token" ;;
-    store2 | store3) echo "ca.crt $1.crt $1.key client.token peer.token" ;;
+    store2 | store3 | store4) echo "ca.crt $1.crt $1.key client.token peer.token" ;;
     worker*) echo "ca.crt client.token kubelet.token" ;;
   esac
 }
@@ -109,18 +145,20 @@ flags_of() { # HOST PROCESS
   local store_client="--store $STORE_URLS --store-token-file $e/client.token --store-ca-file $e/ca.crt"
   case "$2" in
     store)
+      local founding="--initial-cluster $INITIAL"
+      [ "$h" = store4 ] && founding="--join"
       echo "store --id ${h#store} --data-dir /var/lib/miniku/store --client-addr $ip:2379 --peer-addr $ip:2380" \
-        "--initial-cluster $INITIAL --token-file $e/client.token --peer-token-file $e/peer.token" \
+        "$founding --token-file $e/client.token --peer-token-file $e/peer.token $STORE_FLAGS" \
         "--cert-file $e/$h.crt --key-file $e/$h.key" \
         "--peer-cert-file $e/$h.crt --peer-key-file $e/$h.key --peer-trusted-ca-file $e/ca.crt" ;;
     apiserver)
       echo "apiserver --listen $ip:$API_PORT --token-file $e/api.token --kubelet-token-file $e/kubelet.token" \
         "--cert-file $e/$h.crt --key-file $e/$h.key $store_client" ;;
-    controller-manager) echo "controller-manager --identity $h $store_client" ;;
+    controller-manager) echo "controller-manager --identity $h $store_client $CONTROLLER_FLAGS" ;;
     scheduler) echo "scheduler --identity $h $store_client" ;;
     kubelet)
       echo "kubelet --node-name $h --runtime docker --pod-network $NETWORK --listen $ip:10250" \
-        "--token-file $e/kubelet.token $store_client" ;;
+        "--token-file $e/kubelet.token $store_client $KUBELET_FLAGS" ;;
     proxy) echo "proxy --listen-address $ip $store_client" ;;
   esac
 }
@@ -142,7 +180,8 @@ write_host() { # HOST: its files and entry script
     echo '}'
     echo '# docker stop: a graceful stop of every process (SIGTERM), then the container ends.'
     echo 'trap '\''kill -TERM $pids 2>/dev/null; wait; exit 0'\'' TERM INT'
-    for p in ${PROCS[$h]}; do
+    [ -e "$DATA/removed/$h" ] && echo "# store: removed from the cluster (scripts/hosts.sh remove $h)"
+    for p in $(procs_of "$h"); do
       echo "run $p $(flags_of "$h" "$p")"
     done
     echo 'wait'
@@ -166,7 +205,7 @@ write_compose() {
     echo "services:"
     for h in $HOSTS; do
       echo "  $h:"
-      echo "    image: $IMAGE"
+      echo "    image: $(image_of "$h")"
       echo "    container_name: $(container "$h")"
       echo "    hostname: $h"
       echo "    entrypoint: [\"/bin/sh\", \"/etc/miniku/run.sh\"]"
@@ -223,11 +262,11 @@ report_exits() {
     st=$(state_of "$h")
     if [ "$st" != running ]; then
       echo "$h is $st: $(docker inspect -f 'exit code {{.State.ExitCode}} {{.State.Error}}' "$(container "$h")" 2>/dev/null)" >&2
-      for p in ${PROCS[$h]}; do echo "  $p: $(last_error "$h" "$p")" >&2; done
+      for p in $(procs_of "$h"); do echo "  $p: $(last_error "$h" "$p")" >&2; done
       failed=1
       continue
     fi
-    for p in ${PROCS[$h]}; do
+    for p in $(procs_of "$h"); do
       if ! proc_alive "$h" "$p"; then
         echo "$h: $p exited at start: $(last_error "$h" "$p")" >&2
         failed=1
@@ -320,6 +359,11 @@ case "${1:-}" in
     command -v openssl >/dev/null || die "openssl is needed (Debian: apt-get install openssl)"
     check_subnet
     make_pki
+    {
+      printf 'MINIKU_HOSTS_STORE_FLAGS=%q\n' "$STORE_FLAGS"
+      printf 'MINIKU_HOSTS_CONTROLLER_FLAGS=%q\n' "$CONTROLLER_FLAGS"
+      printf 'MINIKU_HOSTS_KUBELET_FLAGS=%q\n' "$KUBELET_FLAGS"
+    } >"$DATA/flags.env"
     for h in $HOSTS; do write_host "$h"; done
     write_compose
     compose up -d --remove-orphans 2>&1 | grep -v '^$' | sed 's/^/  /'
@@ -342,7 +386,7 @@ case "${1:-}" in
       connected "$h" && net="on $NETWORK"
       procs=""
       if [ "$st" = running ]; then
-        for p in ${PROCS[$h]}; do
+        for p in $(procs_of "$h"); do
           if proc_alive "$h" "$p"; then procs="$procs $p"; else procs="$procs $p(exited)"; fi
         done
       fi
@@ -410,8 +454,70 @@ case "${1:-}" in
       fi
     done
     ;;
+  upgrade)
+    [ -n "${2:-}" ] && [ -n "${3:-}" ] || die "usage: $0 upgrade HOST IMAGE"
+    h=$(host_of "$2")
+    docker image inspect "$3" >/dev/null 2>&1 || die "no image $3"
+    mkdir -p "$DATA/images"
+    echo "$3" >"$DATA/images/$h"
+    write_host "$h"
+    write_compose
+    # A graceful stop (SIGTERM: the member finishes what it holds), then the same host,
+    # address and data from the new image.
+    [ "$(state_of "$h")" = absent ] || docker stop -t 15 "$(container "$h")" >/dev/null
+    compose up -d --no-deps "$h" 2>&1 | grep -v '^$' | sed 's/^/  /'
+    sleep 0.5
+    report_exits "$h"
+    echo "upgraded $h to $3"
+    ;;
+  join)
+    [ "${2:-}" = store4 ] || die "usage: $0 join store4"
+    if [ ! -e "$DATA/joined/store4" ]; then
+      mkdir -p "$DATA/joined"
+      touch "$DATA/joined/store4"
+      HOSTS="$HOSTS store4" STORES="$STORES store4"
+    fi
+    write_host store4
+    write_compose
+    compose up -d --no-deps store4 2>&1 | grep -v '^$' | sed 's/^/  /'
+    sleep 0.5
+    report_exits store4
+    # Added as a learner through any member that answers (a follower forwards to the
+    # leader); it votes only once promoted.
+    for s in store1 store2 store3; do
+      [ "$(state_of "$s")" = running ] || continue
+      if out=$(hcurl "$s" client -f -X POST -H 'content-type: application/json' \
+          -d "{\"id\":4,\"peer_addr\":\"${IP[store4]}:2380\",\"learner\":true}" \
+          "https://${IP[$s]}:2379/v1/cluster/members" 2>&1); then
+        echo "added store4 (${IP[store4]}) as a learner, through $s"
+        exit 0
+      fi
+    done
+    die "no member took store4: $out"
+    ;;
+  remove)
+    [ -n "${2:-}" ] || die "usage: $0 remove HOST"
+    h=$(host_of "$2")
+    case "$h" in store*) ;; *) die "$h is not a store host" ;; esac
+    id=${h#store}
+    removed=""
+    for s in $STORES; do
+      [ "$s" = "$h" ] && continue
+      [ "$(state_of "$s")" = running ] || continue
+      if out=$(hcurl "$s" client -f -X DELETE "https://${IP[$s]}:2379/v1/cluster/members/$id" 2>&1); then
+        removed=$s
+        break
+      fi
+    done
+    [ -n "$removed" ] || die "no member removed member $id: $out"
+    mkdir -p "$DATA/removed"
+    touch "$DATA/removed/$h"
+    write_host "$h"
+    docker exec "$(container "$h")" sh -c 'kill -TERM $(cat /tmp/store.pid)' 2>/dev/null || true
+    echo "removed member $id ($h) through $removed; its store process is stopped"
+    ;;
   *)
-    sed -n '2,31p' "$0"
+    sed -n '2,41p' "$0"
     exit 2
     ;;
 esac

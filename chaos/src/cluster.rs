@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use miniku_harness::{free_addr, Process};
 use miniku_store::client::StoreClient;
 
+use crate::nemesis::Faults;
 use crate::proxy::LinkProxy;
 
 pub struct Member {
@@ -235,5 +236,33 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Faults for Cluster {
+    fn size(&self) -> u64 {
+        self.members.len() as u64
+    }
+    async fn leader(&self) -> Option<u64> {
+        Cluster::leader(self).await
+    }
+    async fn wait_leader(&self, within: Duration) -> Result<u64> {
+        Cluster::wait_leader(self, within).await
+    }
+    async fn kill(&mut self, id: u64) -> Result<()> {
+        Cluster::kill(self, id).await
+    }
+    async fn pause(&mut self, id: u64) -> Result<()> {
+        Cluster::pause(self, id)
+    }
+    async fn isolate(&mut self, id: u64) -> Result<()> {
+        Cluster::isolate(self, id);
+        Ok(())
+    }
+    async fn restore(&mut self) -> Result<()> {
+        Cluster::restore(self)
+    }
+    fn member_endpoints(&self) -> Vec<String> {
+        self.endpoints()
     }
 }

@@ -2,7 +2,9 @@
 //! partitions through link proxies, whole-cluster restarts) while clients and watchers
 //! record a history, then judges it: linearizability per key (Wing–Gong–Lowe search over a
 //! register-with-CAS model), no lost writes, replicas converged, and etcd's watch
-//! guarantees. Exits 1 on any anomaly.
+//! guarantees. Exits 1 on any anomaly. With `--hosts` the members are hosts on a private
+//! Docker network (`scripts/hosts.sh`), faulted with `docker kill`, the cgroup freezer and
+//! network disconnects, and a rolling upgrade and a membership change follow the faults.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,11 +14,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use miniku_chaos::access::Access;
 use miniku_chaos::cluster::{Cluster, ClusterOptions};
 use miniku_chaos::history::{History, Op, Outcome};
+use miniku_chaos::hosts::{Hosts, HostsOptions};
+use miniku_chaos::nemesis::Faults;
 use miniku_chaos::workload::{self, ClientOptions, Recorder, PREFIX};
 use miniku_chaos::{linearizability, nemesis, watch_check};
-use miniku_store::client::{GetOptions, PutOptions, StoreClient};
+use miniku_store::client::{GetOptions, PutOptions};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
@@ -90,6 +95,18 @@ struct Args {
     /// scripts/test-image.sh).
     #[arg(long, default_value = "miniku/busybox:latest")]
     image: String,
+    /// Run the store across hosts: scripts/hosts.sh starts five hosts on a private Docker
+    /// network from --hosts-image (TLS, tokens); the faults are docker kill, pause and
+    /// network disconnects; a rolling upgrade to --upgrade-image and a membership change
+    /// (a learner added, promoted, an old member removed) follow them.
+    #[arg(long)]
+    hosts: bool,
+    /// With --hosts: the image the hosts start from (scripts/image.sh).
+    #[arg(long, default_value = "miniku/miniku:latest")]
+    hosts_image: String,
+    /// With --hosts: the image of the rolling upgrade (scripts/image.sh with MINIKU_IMAGE).
+    #[arg(long, default_value = "miniku/miniku-next:latest")]
+    upgrade_image: String,
 }
 
 fn default_bin() -> Result<PathBuf> {
@@ -153,6 +170,35 @@ async fn main() -> Result<()> {
     if args.control_plane {
         return control_plane(&args, bin, dir, temp, seconds, &mut rng, seed).await;
     }
+    if args.hosts {
+        if args.grpc || args.unsafe_stale_reads {
+            bail!("--hosts drives the HTTP front of members as they are: no --grpc, no --unsafe-stale-reads");
+        }
+        let script = std::env::current_dir()?.join("scripts/hosts.sh");
+        if !script.exists() {
+            bail!("{} not found: run from the checkout", script.display());
+        }
+        let mut hosts = Hosts::up(
+            HostsOptions {
+                script,
+                data: dir.join("hosts"),
+                image: args.hosts_image.clone(),
+                // As on loopback: small snapshots, so faults also hit snapshot building and
+                // installing; requests without a leader fail within the op timeout.
+                store_flags: "--snapshot-entries 500 --request-timeout-secs 2".into(),
+                controller_flags: String::new(),
+                upgrade_image: args.upgrade_image.clone(),
+            },
+            dir.join("hosts.log"),
+        )
+        .await?;
+        let access = hosts.access().clone();
+        let outcome = store_run(&args, &mut hosts, &access, seconds, &mut rng, seed).await;
+        if let Err(e) = hosts.down().await {
+            println!("hosts.sh down: {e:#}");
+        }
+        return finish(outcome?, &dir, temp);
+    }
     let extra = if args.unsafe_stale_reads {
         vec!["--unsafe-stale-reads".to_string()]
     } else {
@@ -165,8 +211,40 @@ async fn main() -> Result<()> {
         extra_args: extra,
     })
     .await?;
-    let endpoints = cluster.endpoints();
-    let any = StoreClient::new(endpoints.clone())?.with_timeout(Duration::from_secs(10));
+    let access = Access::plain(cluster.endpoints());
+    let outcome = store_run(&args, &mut cluster, &access, seconds, &mut rng, seed).await;
+    // Stop the members first: exit() in finish would skip their kill-on-drop.
+    drop(cluster);
+    finish(outcome?, &dir, temp)
+}
+
+/// Prints the verdict; exits 1 (keeping the logs) on any anomaly.
+fn finish(anomalies: usize, dir: &std::path::Path, temp: Option<PathBuf>) -> Result<()> {
+    if anomalies > 0 {
+        println!(
+            "FAILED: {anomalies} anomalies; logs and data kept in {}",
+            dir.display()
+        );
+        std::process::exit(1);
+    }
+    println!("OK: no anomaly");
+    if let Some(t) = temp {
+        let _ = std::fs::remove_dir_all(t);
+    }
+    Ok(())
+}
+
+/// The store under faults: clients and watchers through `access`, the nemesis (then the
+/// cluster's drills) on `cluster`, then the checkers. Returns the number of anomalies.
+async fn store_run(
+    args: &Args,
+    cluster: &mut impl Faults,
+    access: &Access,
+    seconds: u64,
+    rng: &mut StdRng,
+    seed: u64,
+) -> Result<usize> {
+    let any = access.any(Duration::from_secs(10))?;
     let r0 = any
         .get(PREFIX.as_bytes(), GetOptions::default())
         .await
@@ -183,7 +261,7 @@ async fn main() -> Result<()> {
     for w in 0..args.watchers {
         watchers.push(tokio::spawn(workload::run_watcher(
             format!("watcher{w}"),
-            endpoints.clone(),
+            access.clone(),
             w,
             r0 + 1,
             until.clone(),
@@ -192,7 +270,7 @@ async fn main() -> Result<()> {
         )));
     }
     let opts = Arc::new(ClientOptions {
-        endpoints: endpoints.clone(),
+        access: access.clone(),
         keys: args.keys,
         timeout: Duration::from_millis(args.op_timeout_ms),
         seed,
@@ -209,14 +287,15 @@ async fn main() -> Result<()> {
     }
 
     let faults = nemesis::run(
-        &mut cluster,
-        &mut rng,
+        cluster,
+        rng,
         started,
         started + Duration::from_secs(seconds),
     )
     .await?;
-    cluster.restore()?;
+    cluster.restore().await?;
     cluster.wait_leader(Duration::from_secs(30)).await?;
+    let drills = cluster.drills(&rec).await;
     let t = started.elapsed().as_secs_f64();
     println!("[{t:7.2}s] faults over; letting clients run 3s on the healed cluster");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -227,7 +306,7 @@ async fn main() -> Result<()> {
 
     // Final reads (recorded: the checker sees them after every write) and a sentinel write
     // that ends the watchers' and the store's record.
-    let final_client = StoreClient::new(endpoints.clone())?.with_timeout(Duration::from_secs(10));
+    let final_client = access.any(Duration::from_secs(10))?;
     let mut final_conn = workload::Conn::Http(final_client.clone());
     let mut finals = BTreeMap::new();
     for k in 0..args.keys {
@@ -267,12 +346,15 @@ async fn main() -> Result<()> {
         logs.push(w.await?);
     }
     timer.abort();
-    let truth = workload::read_truth(&endpoints, r0 + 1, end).await?;
+    let truth = workload::read_truth(access, r0 + 1, end).await?;
 
-    // Every member converged on the same values (serializable, local reads).
+    // Every member in the cluster now converged on the same values (serializable, local
+    // reads).
     let mut diverged = Vec::new();
-    for ep in &endpoints {
-        let c = StoreClient::new(vec![ep.clone()])?.with_timeout(Duration::from_secs(2));
+    for ep in cluster.member_endpoints() {
+        let c = access
+            .client(vec![ep.clone()])?
+            .with_timeout(Duration::from_secs(2));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let r = c
@@ -319,25 +401,24 @@ async fn main() -> Result<()> {
     if let Some(path) = &args.history {
         std::fs::write(path, serde_json::to_vec(&history)?)?;
     }
-    let report = summarize(&history, &faults, &diverged, seconds, seed);
+    let mut report = summarize(&history, &faults, &diverged, seconds, seed);
+    if !drills.steps.is_empty() {
+        println!(
+            "drills: {} steps, {} failed",
+            drills.steps.len(),
+            drills.failures.len()
+        );
+        for f in &drills.failures {
+            println!("  DRILL FAILED: {f}");
+        }
+        report.anomalies += drills.failures.len();
+        report.figures["drills"] = serde_json::to_value(&drills)?;
+        report.figures["anomalies"] = report.anomalies.into();
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.figures)?)?;
     }
-    // Stop the members first: exit() below would skip their kill-on-drop.
-    drop(cluster);
-    if report.anomalies > 0 {
-        println!(
-            "FAILED: {} anomalies; logs and data kept in {}",
-            report.anomalies,
-            dir.display()
-        );
-        std::process::exit(1);
-    }
-    println!("OK: no anomaly");
-    if let Some(t) = temp {
-        let _ = std::fs::remove_dir_all(t);
-    }
-    Ok(())
+    Ok(report.anomalies)
 }
 
 struct Summary {

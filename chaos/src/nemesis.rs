@@ -1,6 +1,8 @@
 //! The nemesis: injects one fault at a time on a schedule drawn from the run's seed, holds
 //! it for a few seconds, undoes it, and lets the cluster settle before the next. Every fault
 //! type comes once per round, in a shuffled order, so a short run still covers them all.
+//! It drives any [`Faults`]: members on loopback behind link proxies ([`crate::cluster`])
+//! or hosts on a private Docker network ([`crate::hosts`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +13,30 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::cluster::Cluster;
+/// What the nemesis needs of a cluster: its members are `1..=size()`, and every fault is
+/// undone by [`Faults::restore`].
+#[allow(async_fn_in_trait)] // driven on the run's own task, never spawned
+pub trait Faults {
+    fn size(&self) -> u64;
+    /// The leader as some reachable member reports it.
+    async fn leader(&self) -> Option<u64>;
+    async fn wait_leader(&self, within: Duration) -> Result<u64>;
+    /// `kill -9` (of the member's process, or of its whole host).
+    async fn kill(&mut self, id: u64) -> Result<()>;
+    /// Frozen with its sockets open (SIGSTOP, or the cgroup freezer).
+    async fn pause(&mut self, id: u64) -> Result<()>;
+    /// Cut off from every other member (and, across hosts, from everyone).
+    async fn isolate(&mut self, id: u64) -> Result<()>;
+    /// Every member running, unfrozen and connected again.
+    async fn restore(&mut self) -> Result<()>;
+    /// The client endpoints of the members in the cluster now (that must have converged).
+    fn member_endpoints(&self) -> Vec<String>;
+    /// The drills that change the cluster, run after the faults while the workload goes on
+    /// (none on loopback).
+    async fn drills(&mut self, _rec: &crate::workload::Recorder) -> crate::drills::Report {
+        crate::drills::Report::default()
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -47,14 +72,14 @@ impl Fault {
 
 /// Runs faults until `until`; returns how many of each were injected.
 pub async fn run(
-    cluster: &mut Cluster,
+    cluster: &mut impl Faults,
     rng: &mut StdRng,
     started: Instant,
     until: Instant,
 ) -> Result<BTreeMap<Fault, usize>> {
     let mut counts = BTreeMap::new();
     let mut round: Vec<Fault> = Vec::new();
-    let size = cluster.members.len() as u64;
+    let size = cluster.size();
     // Let the workload get going before the first fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
     while Instant::now() < until {
@@ -86,8 +111,8 @@ pub async fn run(
         }
         match fault {
             Fault::KillLeader | Fault::KillRandom => cluster.kill(target).await?,
-            Fault::PauseRandom => cluster.pause(target)?,
-            Fault::IsolateRandom | Fault::IsolateLeader => cluster.isolate(target),
+            Fault::PauseRandom => cluster.pause(target).await?,
+            Fault::IsolateRandom | Fault::IsolateLeader => cluster.isolate(target).await?,
             Fault::RestartAll => {
                 for id in 1..=size {
                     cluster.kill(id).await?;
@@ -101,7 +126,7 @@ pub async fn run(
             hold
         };
         tokio::time::sleep(hold).await;
-        cluster.restore()?;
+        cluster.restore().await?;
         let t = started.elapsed().as_secs_f64();
         println!("[{t:7.2}s] healed: every member running and connected");
         // Settle: a leader, then a little quiet.

@@ -23,6 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+use crate::access::Access;
 use crate::history::{Change, Op, Operation, Outcome, RevisionBatch, WatchSegment, WatcherLog};
 
 /// Every key of a run lives under this prefix.
@@ -105,9 +106,18 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// A client of `endpoint` (`http://host:port`) through the chosen front.
-    pub async fn connect(endpoint: &str, grpc: bool, timeout: Duration) -> anyhow::Result<Conn> {
+    /// A client of `endpoint` (`http://host:port`, or `https://` with `access`'s CA and
+    /// token) through the chosen front.
+    pub async fn connect(
+        access: &Access,
+        endpoint: &str,
+        grpc: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Conn> {
         Ok(if grpc {
+            if access.ca_file.is_some() || access.token.is_some() {
+                anyhow::bail!("the gRPC front is only driven on loopback (no TLS, no token)");
+            }
             let opts = etcd_client::ConnectOptions::new()
                 .with_timeout(timeout)
                 .with_connect_timeout(Duration::from_millis(500));
@@ -115,7 +125,11 @@ impl Conn {
                 etcd_client::Client::connect([endpoint], Some(opts)).await?,
             ))
         } else {
-            Conn::Http(StoreClient::new(vec![endpoint.to_string()])?.with_timeout(timeout))
+            Conn::Http(
+                access
+                    .client(vec![endpoint.to_string()])?
+                    .with_timeout(timeout),
+            )
         })
     }
 }
@@ -231,7 +245,7 @@ async fn execute_http(client: &StoreClient, op: &Op) -> (Outcome, Option<i64>) {
 }
 
 pub struct ClientOptions {
-    pub endpoints: Vec<String>,
+    pub access: Access,
     pub keys: usize,
     pub timeout: Duration,
     pub seed: u64,
@@ -249,11 +263,12 @@ pub async fn run_client(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(opts.seed ^ (u64::from(n) << 32));
-    let mut member = n as usize % opts.endpoints.len();
+    let endpoints = &opts.access.endpoints;
+    let mut member = n as usize % endpoints.len();
     let mut id = n;
     let mut seq = 0u64;
     let mut last_read: Vec<Option<String>> = vec![None; opts.keys];
-    let connect = |i: usize| Conn::connect(&opts.endpoints[i], opts.grpc, opts.timeout);
+    let connect = |i: usize| Conn::connect(&opts.access, &endpoints[i], opts.grpc, opts.timeout);
     let mut client = connect(member).await?;
     while !stop.load(Ordering::SeqCst) {
         let k = rng.random_range(0..opts.keys);
@@ -281,7 +296,7 @@ pub async fn run_client(
                 if outcome == Outcome::Unknown {
                     id += 1_000_000;
                 }
-                member = (member + 1) % opts.endpoints.len();
+                member = (member + 1) % endpoints.len();
                 client = connect(member).await?;
                 // Do not spin while a member is down.
                 tokio::time::sleep(Duration::from_millis(rng.random_range(10..60))).await;
@@ -296,7 +311,7 @@ pub async fn run_client(
 #[allow(clippy::too_many_arguments)]
 pub async fn run_watcher(
     name: String,
-    endpoints: Vec<String>,
+    access: Access,
     first: usize,
     start_revision: i64,
     until: Arc<std::sync::atomic::AtomicI64>,
@@ -307,13 +322,10 @@ pub async fn run_watcher(
         name,
         segments: Vec::new(),
     };
-    let http = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .build()
-    {
-        Ok(h) => h,
-        Err(_) => return log,
+    let Ok(http) = access.http(Duration::from_millis(500)) else {
+        return log;
     };
+    let endpoints = &access.endpoints;
     let mut member = first % endpoints.len();
     let mut next = start_revision;
     loop {
@@ -331,11 +343,11 @@ pub async fn run_watcher(
         };
         if grpc {
             watch_grpc(&endpoints[member], &mut seg, &mut next, &done, &give_up).await;
-        } else if let Ok(resp) = http
-            .get(format!(
+        } else if let Ok(resp) = access
+            .authorize(http.get(format!(
                 "{}/v1/watch/{PREFIX}?prefix=true&progress_notify=true&start_revision={next}",
                 endpoints[member]
-            ))
+            )))
             .send()
             .await
         {
@@ -449,7 +461,7 @@ async fn watch_grpc(
 /// The store's own record of the prefix from `start` up to `end`: one watch read on one
 /// member (retrying others) after the faults have stopped.
 pub async fn read_truth(
-    endpoints: &[String],
+    access: &Access,
     start: i64,
     end: i64,
 ) -> anyhow::Result<Vec<RevisionBatch>> {
@@ -462,7 +474,7 @@ pub async fn read_truth(
     });
     let log = run_watcher(
         "truth".into(),
-        endpoints.to_vec(),
+        access.clone(),
         0,
         start,
         until,
