@@ -5,16 +5,26 @@
 # then a linearizability check per key, no lost writes, replicas converged, and the watch
 # guarantees. Exits non-zero on any anomaly and keeps the logs.
 #
-# Usage: scripts/chaos.sh [--minutes N | --seconds N] [--seed S] [--clients N] [--keys N]
-#                         [--watchers N] [--history FILE] [--json FILE]
+# With --hosts the members are hosts on a private Docker network (scripts/hosts.sh, TLS and
+# tokens), faulted with docker kill, the cgroup freezer and network disconnects; a rolling
+# upgrade to a second image and a membership change (a learner joined, promoted, an old
+# member removed) follow the faults. The images are built first (scripts/image.sh).
+#
+# Usage: scripts/chaos.sh [--hosts] [--minutes N | --seconds N] [--seed S] [--clients N]
+#                         [--keys N] [--watchers N] [--history FILE] [--json FILE]
 #   default: 20 minutes. All flags: target/release/miniku-chaos --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,12p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,17p' "$0"; exit 0 ;; esac
 echo "building (release)..."
 cargo build --release --quiet -p miniku -p miniku-chaos
 args=("$@")
 if ! printf '%s\n' "${args[@]}" | grep -qE '^--(minutes|seconds)$'; then
   args=(--minutes 20 "${args[@]}")
+fi
+if printf '%s\n' "${args[@]}" | grep -qx -- '--hosts'; then
+  # The hosts' image, and the rolling upgrade's: the same binary, imported again.
+  MINIKU_NO_BUILD=1 scripts/image.sh
+  MINIKU_NO_BUILD=1 MINIKU_IMAGE=miniku/miniku-next scripts/image.sh
 fi
 exec target/release/miniku-chaos "${args[@]}"

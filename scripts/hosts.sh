@@ -37,6 +37,8 @@
 #   tokens, each host's data and logs (logs/HOST/PROCESS.log); MINIKU_HOSTS_SUBNET (default
 #   172.30.57.0/24: a /24, hosts at .11-.13 and .21-.22, pods from .128 up); MINIKU_IMAGE
 #   (default miniku/miniku:latest); MINIKU_HOSTS_NETWORK (default miniku-hosts);
+#   MINIKU_HOSTS_PROJECT (default miniku-h: the containers' names' prefix, so that two
+#   clusters with their own network, subnet and data can run side by side);
 #   MINIKU_HOSTS_STORE_FLAGS, MINIKU_HOSTS_CONTROLLER_FLAGS, MINIKU_HOSTS_KUBELET_FLAGS: more
 #   flags for those processes (the chaos harness shortens timeouts with them), kept in
 #   $DATA/flags.env by `up` so that later starts use the same.
@@ -47,7 +49,7 @@ DATA=${MINIKU_HOSTS_DATA:-./data-hosts}
 IMAGE=${MINIKU_IMAGE:-miniku/miniku:latest}
 NETWORK=${MINIKU_HOSTS_NETWORK:-miniku-hosts}
 SUBNET=${MINIKU_HOSTS_SUBNET:-172.30.57.0/24}
-PROJECT=miniku-h
+PROJECT=${MINIKU_HOSTS_PROJECT:-miniku-h}
 PREFIX=${SUBNET%.*}   # 172.30.57
 case "$SUBNET" in
   *.0/24) ;;
@@ -343,11 +345,11 @@ check_subnet() {
   done
 }
 
-# The pods' containers our kubelets made (label miniku.node=worker1/worker2).
+# The pods' containers our kubelets made (label miniku.node=worker1/worker2, on our network).
 pod_containers() {
   local w
   for w in $WORKERS; do
-    docker ps -aq --filter label=miniku=1 --filter "label=miniku.node=$w"
+    docker ps -aq --filter label=miniku=1 --filter "label=miniku.node=$w" --filter "network=$NETWORK"
   done
 }
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs Miniku's whole test suite: unit tests, storage suite, real-process store tests,
 # control-plane tests, the Docker end-to-end tests, the quick benchmark against etcd (so
-# it never rots), and the checks across hosts on a private Docker network. Installs what
-# they need first (Debian packages and the local busybox image), so it works on a fresh
-# machine.
+# it never rots), the checks across hosts on a private Docker network, and a short chaos
+# run across those hosts. Installs what they need first (Debian packages and the local
+# busybox image), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,4 +65,7 @@ scripts/bench-control-plane.sh --quick --json target/bench-control-plane-quick.j
 if docker info >/dev/null 2>&1; then
   MINIKU_NO_BUILD=1 scripts/image.sh
   scripts/test-hosts.sh
+  # The store across those hosts under faults (docker kill, pause, network disconnects),
+  # then a rolling upgrade and a membership change, judged by the chaos checkers.
+  scripts/chaos.sh --hosts --seconds 60 --json target/chaos-hosts.json
 fi

@@ -28,6 +28,11 @@ pub const JOINER: u64 = 4;
 pub struct HostsOptions {
     /// `scripts/hosts.sh`.
     pub script: PathBuf,
+    /// The containers' names' prefix (`MINIKU_HOSTS_PROJECT`), the Docker network and its
+    /// /24 (`a.b.c.0/24`): a run has its own, so it can go on beside a user's cluster.
+    pub project: String,
+    pub network: String,
+    pub subnet: String,
     /// Its data directory (certificates, compose file, each host's data and logs).
     pub data: PathBuf,
     /// The image every host starts from.
@@ -57,8 +62,8 @@ fn host(id: u64) -> String {
 }
 
 impl Hosts {
-    /// `scripts/hosts.sh up`, after checking no other hosts cluster is running (the
-    /// script's containers have fixed names).
+    /// `scripts/hosts.sh up`, after checking that no cluster of the same project is
+    /// running (its containers' names are fixed).
     pub async fn up(opts: HostsOptions, log: PathBuf) -> Result<Hosts> {
         let names = tokio::process::Command::new("docker")
             .args(["ps", "-a", "--format", "{{.Names}}"])
@@ -67,15 +72,18 @@ impl Hosts {
             .context("docker ps")?;
         if String::from_utf8_lossy(&names.stdout)
             .lines()
-            .any(|n| n.starts_with("miniku-h-"))
+            .any(|n| n.starts_with(&format!("{}-", opts.project)))
         {
-            bail!("containers named miniku-h-* exist already: scripts/hosts.sh down first");
+            bail!(
+                "containers named {}-* exist already: MINIKU_HOSTS_PROJECT={} scripts/hosts.sh down first",
+                opts.project,
+                opts.project
+            );
         }
-        let subnet =
-            std::env::var("MINIKU_HOSTS_SUBNET").unwrap_or_else(|_| "172.30.57.0/24".into());
-        let prefix = subnet
+        let prefix = opts
+            .subnet
             .strip_suffix(".0/24")
-            .with_context(|| format!("MINIKU_HOSTS_SUBNET must end in .0/24 (got {subnet})"))?
+            .with_context(|| format!("the hosts' subnet must end in .0/24 (got {})", opts.subnet))?
             .to_string();
         let pki = opts.data.join("pki");
         let mut hosts = Hosts {
@@ -126,6 +134,9 @@ impl Hosts {
         let out = tokio::process::Command::new(&self.opts.script)
             .args(args)
             .env("MINIKU_HOSTS_DATA", &self.opts.data)
+            .env("MINIKU_HOSTS_PROJECT", &self.opts.project)
+            .env("MINIKU_HOSTS_NETWORK", &self.opts.network)
+            .env("MINIKU_HOSTS_SUBNET", &self.opts.subnet)
             .env("MINIKU_IMAGE", &self.opts.image)
             .env("MINIKU_HOSTS_STORE_FLAGS", &self.opts.store_flags)
             .env("MINIKU_HOSTS_CONTROLLER_FLAGS", &self.opts.controller_flags)
@@ -214,14 +225,15 @@ impl Hosts {
         Ok(())
     }
 
-    /// A membership call through any member (a follower forwards it to the leader):
-    /// `POST /v1/cluster/members/{id}/promote`, or with `add` a `POST /v1/cluster/members`.
+    /// A membership call through the first member that answers (a follower forwards it
+    /// to the leader): its status and body. Only a call that reached no member is tried on
+    /// the next, since a membership change must not be sent twice.
     pub async fn members_call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<ClusterResponse> {
+    ) -> Result<(reqwest::StatusCode, String)> {
         let http = self.access.http(Duration::from_secs(1))?;
         let mut last = String::new();
         for id in self.members() {
@@ -233,12 +245,26 @@ impl Hosts {
                 req = req.json(b);
             }
             match req.send().await {
-                Ok(r) if r.status().is_success() => return Ok(r.json().await?),
-                Ok(r) => last = format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
-                Err(e) => last = e.to_string(),
+                Ok(r) => return Ok((r.status(), r.text().await.unwrap_or_default())),
+                Err(e) if e.is_connect() => last = format!("member {id}: {e}"),
+                Err(e) => bail!("{method} {path} through member {id}: {e}"),
             }
         }
-        bail!("{method} {path}: no member took it ({last})")
+        bail!("{method} {path}: no member answered ({last})")
+    }
+
+    /// [`Hosts::members_call`] that must succeed, with the cluster it answers.
+    pub async fn members_change(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<ClusterResponse> {
+        let (status, text) = self.members_call(method.clone(), path, body).await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
     }
 }
 

@@ -101,6 +101,10 @@ struct Args {
     /// (a learner added, promoted, an old member removed) follow them.
     #[arg(long)]
     hosts: bool,
+    /// With --hosts: the hosts' private network, a /24 of its own (the run's containers
+    /// are miniku-chaos-HOST on the network miniku-chaos, beside a scripts/hosts.sh cluster).
+    #[arg(long, default_value = "172.30.58.0/24")]
+    hosts_subnet: String,
     /// With --hosts: the image the hosts start from (scripts/image.sh).
     #[arg(long, default_value = "miniku/miniku:latest")]
     hosts_image: String,
@@ -181,6 +185,9 @@ async fn main() -> Result<()> {
         let mut hosts = Hosts::up(
             HostsOptions {
                 script,
+                project: "miniku-chaos".into(),
+                network: "miniku-chaos".into(),
+                subnet: args.hosts_subnet.clone(),
                 data: dir.join("hosts"),
                 image: args.hosts_image.clone(),
                 // As on loopback: small snapshots, so faults also hit snapshot building and
