@@ -192,6 +192,7 @@ write_host() { # HOST: its files and entry script
 }
 
 write_compose() {
+  local h
   {
     echo "# Made by scripts/hosts.sh up; edits are overwritten."
     echo 'version: "2.4"'
@@ -230,7 +231,11 @@ write_compose() {
 
 # --- looking at the hosts ------------------------------------------------------------------
 
-state_of() { docker inspect -f '{{.State.Status}}' "$(container "$1")" 2>/dev/null || echo "absent"; }
+state_of() { # HOST: running, paused, exited, ... or absent (docker inspect prints an empty line then)
+  local st
+  st=$(docker inspect -f '{{.State.Status}}' "$(container "$1")" 2>/dev/null) || st=absent
+  echo "${st:-absent}"
+}
 connected() { docker inspect -f "{{if index .NetworkSettings.Networks \"$NETWORK\"}}yes{{end}}" "$(container "$1")" 2>/dev/null | grep -q yes; }
 
 # curl inside HOST (its own view), with the CA and a token from $DATA/pki: hcurl HOST TOKEN ARGS...

@@ -205,9 +205,24 @@ impl Hosts {
     /// `scripts/hosts.sh upgrade storeN IMAGE`: a graceful stop, and the same host, address
     /// and data from `image`.
     pub async fn upgrade(&mut self, id: u64, image: &str) -> Result<()> {
-        self.script(&["upgrade", &host(id), image])
+        self.script(&["upgrade", &host(id), image]).await?;
+        // The member's own container, and no other, now runs the new image.
+        let container = format!("{}-{}", self.opts.project, host(id));
+        let out = tokio::process::Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{.Config.Image}} {{.State.Status}}",
+                &container,
+            ])
+            .output()
             .await
-            .map(|_| ())
+            .context("docker inspect")?;
+        let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if seen != format!("{image} running") {
+            bail!("after the upgrade {container} is `{seen}`, not `{image} running`");
+        }
+        Ok(())
     }
 
     /// `scripts/hosts.sh join store4`: the fourth host starts empty and is added as a

@@ -31,7 +31,8 @@ use tokio::time::Instant;
     about = "Fault-injection harness for the Miniku store, with linearizability and watch checkers"
 )]
 struct Args {
-    /// The miniku binary (default: `miniku` beside this program).
+    /// The miniku binary (default: `miniku` beside this program; not used with --hosts,
+    /// whose hosts run the image's).
     #[arg(long)]
     bin: Option<PathBuf>,
     /// How long faults are injected, in seconds.
@@ -147,7 +148,8 @@ async fn main() -> Result<()> {
         Some(b) => b.clone(),
         None => default_bin()?,
     };
-    if !bin.exists() {
+    // Across hosts the image holds the binary (scripts/image.sh).
+    if !args.hosts && !bin.exists() {
         bail!(
             "{} does not exist: build it (cargo build) or pass --bin",
             bin.display()
