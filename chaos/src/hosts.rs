@@ -331,7 +331,16 @@ impl Faults for Hosts {
     }
 
     async fn restore(&mut self) -> Result<()> {
-        self.script(&["heal"]).await?;
+        // The engine may refuse once (a thaw racing a process in the kernel): try again.
+        let mut healed = self.script(&["heal"]).await;
+        for _ in 0..3 {
+            if healed.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            healed = self.script(&["heal"]).await;
+        }
+        healed?;
         for id in std::mem::take(&mut self.killed) {
             self.script(&["start", &host(id)]).await?;
         }

@@ -410,7 +410,18 @@ async fn store_run(
     if let Some(path) = &args.history {
         std::fs::write(path, serde_json::to_vec(&history)?)?;
     }
-    let mut report = summarize(&history, &faults, &diverged, seconds, seed);
+    let mut report = summarize(&history, &faults.counts, &diverged, seconds, seed);
+    if !faults.skipped.is_empty() {
+        println!("faults that could not be injected (skipped):");
+        for (f, n) in &faults.skipped {
+            println!("  {:40} {n}", f.name());
+        }
+        report.figures["faults_skipped"] = serde_json::json!(faults
+            .skipped
+            .iter()
+            .map(|(f, n)| (f.name().to_string(), *n))
+            .collect::<BTreeMap<_, _>>());
+    }
     if !drills.steps.is_empty() {
         println!(
             "drills: {} steps, {} failed",
