@@ -106,6 +106,10 @@ struct Args {
     /// are miniku-chaos-HOST on the network miniku-chaos, beside a scripts/hosts.sh cluster).
     #[arg(long, default_value = "172.30.58.0/24")]
     hosts_subnet: String,
+    /// With --hosts: the containers' names' prefix and the network's name (two runs at
+    /// once need two, and two subnets).
+    #[arg(long, default_value = "miniku-chaos")]
+    hosts_project: String,
     /// With --hosts: the image the hosts start from (scripts/image.sh).
     #[arg(long, default_value = "miniku/miniku:latest")]
     hosts_image: String,
@@ -187,8 +191,8 @@ async fn main() -> Result<()> {
         let mut hosts = Hosts::up(
             HostsOptions {
                 script,
-                project: "miniku-chaos".into(),
-                network: "miniku-chaos".into(),
+                project: args.hosts_project.clone(),
+                network: args.hosts_project.clone(),
                 subnet: args.hosts_subnet.clone(),
                 data: dir.join("hosts"),
                 image: args.hosts_image.clone(),
