@@ -41,6 +41,8 @@ pub struct HostsOptions {
     pub store_flags: String,
     /// More flags for the controller manager.
     pub controller_flags: String,
+    /// More flags for both kubelets (a short heartbeat lease, a short stop grace).
+    pub kubelet_flags: String,
     /// The image of the rolling upgrade drill.
     pub upgrade_image: String,
 }
@@ -115,6 +117,31 @@ impl Hosts {
         &self.opts.data
     }
 
+    /// The API server's URL (on store1's address).
+    pub fn api_url(&self) -> String {
+        format!("https://{}:6443", self.address(1))
+    }
+
+    /// The CA that signed every host's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.opts.data.join("pki/ca.crt")
+    }
+
+    /// The API server's bearer token (made by `up`).
+    pub fn api_token(&self) -> Result<Token> {
+        Token::from_file(&self.opts.data.join("pki/api.token")).map_err(anyhow::Error::msg)
+    }
+
+    /// `scripts/hosts.sh isolate HOST` for any host (store1..store4, worker1, worker2).
+    pub async fn isolate_host(&mut self, host: &str) -> Result<()> {
+        self.script(&["isolate", host]).await.map(|_| ())
+    }
+
+    /// `scripts/hosts.sh heal`: every host reconnected, every paused one thawed.
+    pub async fn heal(&mut self) -> Result<()> {
+        self.script(&["heal"]).await.map(|_| ())
+    }
+
     pub fn address(&self, id: u64) -> String {
         format!("{}.1{id}", self.prefix)
     }
@@ -140,6 +167,7 @@ impl Hosts {
             .env("MINIKU_IMAGE", &self.opts.image)
             .env("MINIKU_HOSTS_STORE_FLAGS", &self.opts.store_flags)
             .env("MINIKU_HOSTS_CONTROLLER_FLAGS", &self.opts.controller_flags)
+            .env("MINIKU_HOSTS_KUBELET_FLAGS", &self.opts.kubelet_flags)
             .stdin(Stdio::null())
             .output()
             .await
