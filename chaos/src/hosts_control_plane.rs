@@ -498,12 +498,18 @@ async fn cycles(
                 {
                     let at = t0.elapsed();
                     cycle.first_lost_secs = Some(secs(at));
-                    let reasons: BTreeSet<&str> = lost
-                        .iter()
-                        .filter_map(|n| all.get(n).map(|(_, _, r)| r.as_str()))
-                        .collect();
+                    let mut how: BTreeMap<&str, usize> = BTreeMap::new();
+                    for n in &lost {
+                        let state = match all.get(n) {
+                            None => "deleted",
+                            Some((_, true, r)) if !r.is_empty() => r.as_str(),
+                            Some((_, true, _)) => "terminal",
+                            Some((_, false, _)) => "still active",
+                        };
+                        *how.entry(state).or_default() += 1;
+                    }
                     say(format!(
-                        "{victim}'s first pod lost after {:.1}s (reasons: {reasons:?})",
+                        "{victim}'s first pod lost after {:.1}s ({how:?})",
                         at.as_secs_f64()
                     ));
                     if at < opts.eviction {
