@@ -10,12 +10,18 @@
 # upgrade to a second image and a membership change (a learner joined, promoted, an old
 # member removed) follow the faults. The images are built first (scripts/image.sh).
 #
-# Usage: scripts/chaos.sh [--hosts] [--minutes N | --seconds N] [--seed S] [--clients N]
-#                         [--keys N] [--watchers N] [--history FILE] [--json FILE]
+# With --hosts --control-plane: a ReplicaSet of 6 pods (miniku/busybox:latest, built by
+# scripts/test-image.sh if missing) on the two worker hosts, one worker isolated for longer
+# than the pod eviction timeout and healed, cycle after cycle for --seconds (at least one):
+# never two containers for one pod, never more pods than desiredCount, the pods replaced on
+# the other worker, and the isolated kubelet's stale containers removed after healing.
+#
+# Usage: scripts/chaos.sh [--hosts [--control-plane]] [--minutes N | --seconds N] [--seed S]
+#                         [--clients N] [--keys N] [--watchers N] [--history FILE] [--json FILE]
 #   default: 20 minutes. All flags: target/release/miniku-chaos --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,17p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,21p' "$0"; exit 0 ;; esac
 echo "building (release)..."
 cargo build --release --quiet -p miniku -p miniku-chaos
 args=("$@")
@@ -25,6 +31,10 @@ fi
 if printf '%s\n' "${args[@]}" | grep -qx -- '--hosts'; then
   # The hosts' image, and the rolling upgrade's: the same binary, imported again.
   MINIKU_NO_BUILD=1 scripts/image.sh
-  MINIKU_NO_BUILD=1 MINIKU_IMAGE=miniku/miniku-next scripts/image.sh
+  if printf '%s\n' "${args[@]}" | grep -qx -- '--control-plane'; then
+    scripts/test-image.sh   # the pods' image
+  else
+    MINIKU_NO_BUILD=1 MINIKU_IMAGE=miniku/miniku-next scripts/image.sh
+  fi
 fi
 exec target/release/miniku-chaos "${args[@]}"

@@ -68,4 +68,6 @@ if docker info >/dev/null 2>&1; then
   # The store across those hosts under faults (docker kill, pause, network disconnects),
   # then a rolling upgrade and a membership change, judged by the chaos checkers.
   scripts/chaos.sh --hosts --seconds 60 --json target/chaos-hosts.json
+  # A worker host isolated past the pod eviction timeout, then healed: one cycle.
+  scripts/chaos.sh --hosts --control-plane --seconds 30 --json target/chaos-hosts-cp.json
 fi

@@ -7,6 +7,9 @@
 //! - a pod creation never takes a ReplicaSet's active pods above its desiredCount, or above
 //!   a desiredCount it had in the last [`STALE_VIEW`] (a controller acts on its cache, which
 //!   may lag a scale-down); two controllers acting at once would create twice;
+//! - a terminal pod (Failed with no retry, such as `NodeLost`, or Succeeded) never becomes
+//!   active again when that takes its ReplicaSet above desiredCount (a kubelet back from a
+//!   partition writing its old status over the eviction would);
 //! - a bound pod is never bound again elsewhere (two schedulers acting at once would);
 //! - never two running containers for one pod (sampled from the engine).
 //!
@@ -135,8 +138,11 @@ pub struct Options {
 /// How old a view of a ReplicaSet a correct controller may act on.
 pub const STALE_VIEW: Duration = Duration::from_secs(10);
 
+/// The store-event invariants of ReplicaSets and their pods (desiredCount, one binding per
+/// pod), fed one event at a time in revision order; also used across hosts
+/// ([`crate::hosts_control_plane`]).
 #[derive(Default)]
-struct Invariants {
+pub struct Invariants {
     /// Current desiredCount per ReplicaSet, and earlier ones with when they were replaced.
     desired: HashMap<String, u32>,
     replaced: HashMap<String, Vec<(Instant, u32)>>,
@@ -146,6 +152,16 @@ struct Invariants {
 }
 
 impl Invariants {
+    /// What was found wrong so far.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    /// Store events applied so far.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
     fn active_of(&self, rs: &str) -> u32 {
         self.pods
             .values()
@@ -153,7 +169,19 @@ impl Invariants {
             .count() as u32
     }
 
-    fn apply(&mut self, revision: i64, key: &str, value: Option<&[u8]>) {
+    /// The highest desiredCount `rs` had now or within the last [`STALE_VIEW`].
+    fn desired_recently(&self, rs: &str) -> u32 {
+        let recent = self.replaced.get(rs).into_iter().flatten();
+        recent
+            .filter(|(at, _)| at.elapsed() < STALE_VIEW)
+            .map(|(_, d)| *d)
+            .chain(self.desired.get(rs).copied())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Applies one store event under `/registry/` (`value` None for a delete).
+    pub fn apply(&mut self, revision: i64, key: &str, value: Option<&[u8]>) {
         self.events += 1;
         if let Some(key) = key.strip_prefix("/registry/replicasets/") {
             // Owners name their ReplicaSet without its namespace (all here are `default`'s).
@@ -181,13 +209,7 @@ impl Invariants {
                 None => {
                     if let Some(owner) = &pod.owner {
                         let active = self.active_of(&owner.name);
-                        let recent = self.replaced.get(&owner.name).into_iter().flatten();
-                        let desired = recent
-                            .filter(|(at, _)| at.elapsed() < STALE_VIEW)
-                            .map(|(_, d)| *d)
-                            .chain(self.desired.get(&owner.name).copied())
-                            .max()
-                            .unwrap_or(0);
+                        let desired = self.desired_recently(&owner.name);
                         if active > desired {
                             self.violations.push(format!(
                                 "revision {revision}: creating pod {name} made {active} active pods for ReplicaSet {} (desired at most {desired} in the last {STALE_VIEW:?})",
@@ -197,6 +219,18 @@ impl Invariants {
                     }
                 }
                 Some(old) => {
+                    if old.is_terminal() && !pod.is_terminal() {
+                        if let Some(owner) = &pod.owner {
+                            let active = self.active_of(&owner.name);
+                            let desired = self.desired_recently(&owner.name);
+                            if active > desired {
+                                self.violations.push(format!(
+                                    "revision {revision}: pod {name} went from {:?} ({}) back to {:?}, making {active} active pods for ReplicaSet {} (desired at most {desired} in the last {STALE_VIEW:?})",
+                                    old.status, old.reason, pod.status, owner.name
+                                ));
+                            }
+                        }
+                    }
                     if !old.spec.node_name.is_empty() && old.spec.node_name != pod.spec.node_name {
                         self.violations.push(format!(
                             "revision {revision}: pod {name} bound to {} was bound again to {:?}",

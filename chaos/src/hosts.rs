@@ -41,6 +41,8 @@ pub struct HostsOptions {
     pub store_flags: String,
     /// More flags for the controller manager.
     pub controller_flags: String,
+    /// More flags for both kubelets (a short heartbeat lease, a short stop grace).
+    pub kubelet_flags: String,
     /// The image of the rolling upgrade drill.
     pub upgrade_image: String,
 }
@@ -62,22 +64,29 @@ fn host(id: u64) -> String {
 }
 
 impl Hosts {
-    /// `scripts/hosts.sh up`, after checking that no cluster of the same project is
-    /// running (its containers' names are fixed).
+    /// `scripts/hosts.sh up`, after checking that no other hosts cluster runs on this
+    /// engine.
     pub async fn up(opts: HostsOptions, log: PathBuf) -> Result<Hosts> {
-        let names = tokio::process::Command::new("docker")
-            .args(["ps", "-a", "--format", "{{.Names}}"])
+        // The kubelets of any hosts cluster on this engine are worker1 and worker2, and a
+        // kubelet removes the containers of its node's pods it does not know: another
+        // cluster's kubelets would take this run's pods' containers (and this run's theirs).
+        let others = tokio::process::Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=miniku.hosts",
+                "--format",
+                "{{.Names}}",
+            ])
             .output()
             .await
             .context("docker ps")?;
-        if String::from_utf8_lossy(&names.stdout)
-            .lines()
-            .any(|n| n.starts_with(&format!("{}-", opts.project)))
-        {
+        let others = String::from_utf8_lossy(&others.stdout).trim().to_string();
+        if !others.is_empty() {
             bail!(
-                "containers named {}-* exist already: MINIKU_HOSTS_PROJECT={} scripts/hosts.sh down first",
-                opts.project,
-                opts.project
+                "another hosts cluster runs on this engine ({}): its kubelets (worker1, worker2) would remove this run's pods' containers; bring it down first",
+                others.replace('\n', ", ")
             );
         }
         let prefix = opts
@@ -115,6 +124,31 @@ impl Hosts {
         &self.opts.data
     }
 
+    /// The API server's URL (on store1's address).
+    pub fn api_url(&self) -> String {
+        format!("https://{}:6443", self.address(1))
+    }
+
+    /// The CA that signed every host's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.opts.data.join("pki/ca.crt")
+    }
+
+    /// The API server's bearer token (made by `up`).
+    pub fn api_token(&self) -> Result<Token> {
+        Token::from_file(&self.opts.data.join("pki/api.token")).map_err(anyhow::Error::msg)
+    }
+
+    /// `scripts/hosts.sh isolate HOST` for any host (store1..store4, worker1, worker2).
+    pub async fn isolate_host(&mut self, host: &str) -> Result<()> {
+        self.script(&["isolate", host]).await.map(|_| ())
+    }
+
+    /// `scripts/hosts.sh heal`: every host reconnected, every paused one thawed.
+    pub async fn heal(&mut self) -> Result<()> {
+        self.script(&["heal"]).await.map(|_| ())
+    }
+
     pub fn address(&self, id: u64) -> String {
         format!("{}.1{id}", self.prefix)
     }
@@ -140,6 +174,7 @@ impl Hosts {
             .env("MINIKU_IMAGE", &self.opts.image)
             .env("MINIKU_HOSTS_STORE_FLAGS", &self.opts.store_flags)
             .env("MINIKU_HOSTS_CONTROLLER_FLAGS", &self.opts.controller_flags)
+            .env("MINIKU_HOSTS_KUBELET_FLAGS", &self.opts.kubelet_flags)
             .stdin(Stdio::null())
             .output()
             .await

@@ -8,6 +8,7 @@ pub mod control_plane;
 pub mod drills;
 pub mod history;
 pub mod hosts;
+pub mod hosts_control_plane;
 pub mod linearizability;
 pub mod nemesis;
 pub mod proxy;

@@ -102,15 +102,15 @@ struct Args {
     /// (a learner added, promoted, an old member removed) follow them.
     #[arg(long)]
     hosts: bool,
-    /// With --hosts: the hosts' private network, a /24 of its own (the run's containers
-    /// are miniku-chaos-HOST on the network miniku-chaos, beside a scripts/hosts.sh cluster).
+    /// With --hosts: the hosts' private network, a /24 (the run's containers are
+    /// miniku-chaos-HOST on the network miniku-chaos).
     #[arg(long, default_value = "172.30.58.0/24")]
     hosts_subnet: String,
-    /// With --hosts: the containers' names' prefix and the network's name (two runs at
-    /// once need two, and two subnets).
-    #[arg(long, default_value = "miniku-chaos")]
-    hosts_project: String,
-    /// With --hosts: the image the hosts start from (scripts/image.sh).
+    /// With --hosts: the image the hosts start from (scripts/image.sh). With --hosts
+    /// --control-plane: a ReplicaSet runs on the two worker hosts while one of them is
+    /// isolated for longer than the pod eviction timeout and healed, cycle after cycle
+    /// until --seconds have passed (at least once); checks that no pod runs twice, that
+    /// its pods are replaced on the other worker and that it cleans up after healing.
     #[arg(long, default_value = "miniku/miniku:latest")]
     hosts_image: String,
     /// With --hosts: the image of the rolling upgrade (scripts/image.sh with MINIKU_IMAGE).
@@ -177,6 +177,9 @@ async fn main() -> Result<()> {
         dir.display()
     );
     let mut rng = StdRng::seed_from_u64(seed);
+    if args.control_plane && args.hosts {
+        return hosts_control_plane(&args, dir, temp, seconds, seed).await;
+    }
     if args.control_plane {
         return control_plane(&args, bin, dir, temp, seconds, &mut rng, seed).await;
     }
@@ -191,8 +194,8 @@ async fn main() -> Result<()> {
         let mut hosts = Hosts::up(
             HostsOptions {
                 script,
-                project: args.hosts_project.clone(),
-                network: args.hosts_project.clone(),
+                project: "miniku-chaos".into(),
+                network: "miniku-chaos".into(),
                 subnet: args.hosts_subnet.clone(),
                 data: dir.join("hosts"),
                 image: args.hosts_image.clone(),
@@ -200,6 +203,7 @@ async fn main() -> Result<()> {
                 // installing; requests without a leader fail within the op timeout.
                 store_flags: "--snapshot-entries 500 --request-timeout-secs 2".into(),
                 controller_flags: String::new(),
+                kubelet_flags: String::new(),
                 upgrade_image: args.upgrade_image.clone(),
             },
             dir.join("hosts.log"),
@@ -229,6 +233,153 @@ async fn main() -> Result<()> {
     // Stop the members first: exit() in finish would skip their kill-on-drop.
     drop(cluster);
     finish(outcome?, &dir, temp)
+}
+
+/// The kubelets' heartbeat lease and the pod eviction timeout of a `--hosts
+/// --control-plane` run.
+const HOSTS_LEASE_TTL_SECS: u64 = 6;
+const HOSTS_EVICTION_SECS: u64 = 10;
+
+/// `--hosts --control-plane`: the cluster of scripts/hosts.sh with a short lease and
+/// eviction, a worker host isolated and healed (miniku_chaos::hosts_control_plane).
+async fn hosts_control_plane(
+    args: &Args,
+    dir: PathBuf,
+    temp: Option<PathBuf>,
+    seconds: u64,
+    seed: u64,
+) -> Result<()> {
+    use miniku_chaos::hosts_control_plane as hcp;
+    let script = std::env::current_dir()?.join("scripts/hosts.sh");
+    if !script.exists() {
+        bail!("{} not found: run from the checkout", script.display());
+    }
+    let image_there = tokio::process::Command::new("docker")
+        .args(["image", "inspect", &args.image])
+        .output()
+        .await
+        .context("docker image inspect")?
+        .status
+        .success();
+    if !image_there {
+        bail!(
+            "no image {}: build it with scripts/test-image.sh",
+            args.image
+        );
+    }
+    let (project, network) = ("miniku-chaos", "miniku-chaos");
+    let down_script = script.clone();
+    let opts = hcp::Options {
+        seconds,
+        image: args.image.clone(),
+        replicas: 6,
+        eviction: Duration::from_secs(HOSTS_EVICTION_SECS),
+        lease_ttl: Duration::from_secs(HOSTS_LEASE_TTL_SECS),
+        margin: Duration::from_secs(4),
+    };
+    println!(
+        "control plane across hosts: {} pods on worker1 and worker2; a worker isolated {}s (eviction {}s, lease {}s) and healed, until {seconds}s have passed",
+        opts.replicas,
+        (opts.eviction + opts.lease_ttl + opts.margin).as_secs(),
+        HOSTS_EVICTION_SECS,
+        HOSTS_LEASE_TTL_SECS,
+    );
+    let hosts = Hosts::up(
+        HostsOptions {
+            script,
+            project: project.into(),
+            network: network.into(),
+            subnet: args.hosts_subnet.clone(),
+            data: dir.join("hosts"),
+            image: args.hosts_image.clone(),
+            store_flags: String::new(),
+            controller_flags: format!("--pod-eviction-timeout-secs {HOSTS_EVICTION_SECS}"),
+            kubelet_flags: format!(
+                "--lease-ttl-secs {HOSTS_LEASE_TTL_SECS} --stop-grace-secs 1 --backoff-initial-ms 500 --backoff-max-ms 2000"
+            ),
+            upgrade_image: args.upgrade_image.clone(),
+        },
+        dir.join("hosts.log"),
+    )
+    .await;
+    let mut hosts = match hosts {
+        Ok(h) => h,
+        // Another cluster's hosts (fixed names): not ours to bring down.
+        Err(e) if format!("{e:#}").contains("exist already") => return Err(e),
+        Err(e) => {
+            // `up` may have started some hosts before failing.
+            let _ = tokio::process::Command::new(&down_script)
+                .arg("down")
+                .env("MINIKU_HOSTS_DATA", dir.join("hosts"))
+                .env("MINIKU_HOSTS_PROJECT", project)
+                .env("MINIKU_HOSTS_NETWORK", network)
+                .env("MINIKU_HOSTS_SUBNET", &args.hosts_subnet)
+                .output()
+                .await;
+            return Err(e);
+        }
+    };
+    let outcome = hcp::run(&mut hosts, &opts).await;
+    if let Err(e) = hosts.down().await {
+        println!("hosts.sh down: {e:#}");
+    }
+    let report = outcome?;
+    println!();
+    for (i, c) in report.cycles.iter().enumerate() {
+        let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}s"));
+        println!(
+            "cycle {}: isolated {} ({} pods) {:.1}s; first pod lost {}, replaced {}, stale containers removed {} and converged {} after heal",
+            i + 1,
+            c.isolated,
+            c.pods_isolated,
+            c.isolated_secs,
+            f(c.first_lost_secs),
+            f(c.replaced_secs),
+            f(c.cleanup_secs),
+            f(c.converged_secs),
+        );
+    }
+    println!(
+        "engine samples: {} (every {} ms), most pod containers at once {}",
+        report.samples,
+        hcp::SAMPLE_EVERY.as_millis(),
+        report.most_containers
+    );
+    println!(
+        "store events checked against the invariants: {}",
+        report.events_checked
+    );
+    println!("violations: {}", report.violations.len());
+    for v in &report.violations {
+        println!("  VIOLATION: {v}");
+    }
+    if let Some(path) = &args.json {
+        let figures = serde_json::json!({
+            "mode": "hosts control-plane",
+            "seed": seed,
+            "fault_seconds": seconds,
+            "replicas": opts.replicas,
+            "eviction_seconds": HOSTS_EVICTION_SECS,
+            "lease_ttl_seconds": HOSTS_LEASE_TTL_SECS,
+            "cycles": report.cycles,
+            "samples": report.samples,
+            "sample_interval_ms": hcp::SAMPLE_EVERY.as_millis() as u64,
+            "most_containers": report.most_containers,
+            "events_checked": report.events_checked,
+            "violations": report.violations.len(),
+            "violation_messages": report.violations,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
+    }
+    if !report.violations.is_empty() {
+        println!("FAILED; logs kept in {}", dir.display());
+        std::process::exit(1);
+    }
+    println!("OK: no violation");
+    if let Some(t) = temp {
+        let _ = std::fs::remove_dir_all(t);
+    }
+    Ok(())
 }
 
 /// Prints the verdict; exits 1 (keeping the logs) on any anomaly.
