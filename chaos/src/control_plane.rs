@@ -274,6 +274,25 @@ pub struct Report {
     pub converged_in: Option<Duration>,
 }
 
+/// A watch of every object under `/registry/` from the revision after the store's current
+/// one: what the invariant checkers are fed.
+pub async fn watch_registry(store: &StoreClient) -> Result<miniku_store::client::WatchStream> {
+    let r0 = store
+        .get(b"/registry/", GetOptions::default())
+        .await
+        .context("reading the store")?
+        .header
+        .revision;
+    Ok(store.watch(
+        b"/registry/",
+        WatchOptions {
+            prefix: true,
+            start_revision: r0 + 1,
+            ..Default::default()
+        },
+    ))
+}
+
 pub async fn run(opts: Options, rng: &mut StdRng, tag: &str) -> Result<Report> {
     let mut cluster = Cluster::start(ClusterOptions {
         bin: opts.bin.clone(),
@@ -545,25 +564,13 @@ async fn drive(
     .await?;
 
     let store = StoreClient::new(store_eps.iter().map(|e| format!("http://{e}")).collect())?;
-    let r0 = store
-        .get(b"/registry/", GetOptions::default())
-        .await?
-        .header
-        .revision;
+    let mut watch = watch_registry(&store).await?;
     let checks = Arc::new(Mutex::new(Checks {
         replicasets: Invariants::default(),
         rollout: (opts.workload == Workload::Deployment)
             .then(|| RolloutInvariants::new("chaos", ROLLOUT_STRATEGY)),
     }));
     let c2 = checks.clone();
-    let mut watch = store.watch(
-        b"/registry/",
-        WatchOptions {
-            prefix: true,
-            start_revision: r0 + 1,
-            ..Default::default()
-        },
-    );
     let observer = tokio::spawn(async move {
         while let Some(Ok(msg)) = watch.next().await {
             let mut checks = c2.lock().unwrap_or_else(|p| p.into_inner());

@@ -24,14 +24,13 @@ use futures::StreamExt;
 use miniku::api::{Pod, PodPhase};
 use miniku_store::api::EventType;
 use miniku_store::auth::Token;
-use miniku_store::client::{GetOptions, WatchOptions};
 use miniku_store::tls::{reqwest_builder, Trust};
 use serde::Serialize;
 use serde_json::json;
 use tokio::process::Command;
 use tokio::time::Instant;
 
-use crate::control_plane::Invariants;
+use crate::control_plane::{watch_registry, Invariants};
 use crate::hosts::Hosts;
 use crate::nemesis::Faults;
 
@@ -318,22 +317,9 @@ pub async fn run(hosts: &mut Hosts, opts: &Options) -> Result<Report> {
         .access()
         .client(hosts.member_endpoints())?
         .with_timeout(Duration::from_secs(10));
-    let r0 = store
-        .get(b"/registry/", GetOptions::default())
-        .await
-        .context("reading the store")?
-        .header
-        .revision;
+    let mut watch = watch_registry(&store).await?;
     let invariants = Arc::new(Mutex::new(Invariants::default()));
     let inv = invariants.clone();
-    let mut watch = store.watch(
-        b"/registry/",
-        WatchOptions {
-            prefix: true,
-            start_revision: r0 + 1,
-            ..Default::default()
-        },
-    );
     let observer = tokio::spawn(async move {
         while let Some(msg) = watch.next().await {
             let Ok(msg) = msg else { continue };

@@ -371,7 +371,16 @@ async fn hosts_control_plane(
         });
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
     }
-    if !report.violations.is_empty() {
+    finish_violations(report.violations.len(), &dir, temp)
+}
+
+/// The control-plane modes' verdict; exits 1 (keeping the logs) on any violation.
+fn finish_violations(
+    violations: usize,
+    dir: &std::path::Path,
+    temp: Option<PathBuf>,
+) -> Result<()> {
+    if violations > 0 {
         println!("FAILED; logs kept in {}", dir.display());
         std::process::exit(1);
     }
@@ -798,13 +807,5 @@ async fn control_plane(
         });
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
     }
-    if !report.violations.is_empty() {
-        println!("FAILED; logs kept in {}", dir.display());
-        std::process::exit(1);
-    }
-    println!("OK: no violation");
-    if let Some(t) = temp {
-        let _ = std::fs::remove_dir_all(t);
-    }
-    Ok(())
+    finish_violations(report.violations.len(), &dir, temp)
 }
