@@ -1,6 +1,10 @@
-//! The fault-injection harness's library: the recorded history of a run and the checkers
-//! that judge it. The binary (`src/main.rs`) drives a real cluster and records; these
-//! modules never touch the network, so they can be tested with hand-made histories.
+//! The fault-injection harness's library. The recorded history of a run and the checkers
+//! that judge it (`history`, `linearizability`, `watch_check`, `rollout_check`) never touch
+//! the network, so they can be tested with hand-made histories. The clusters under test and
+//! their faults (`cluster` and `proxy` on loopback, `hosts` across hosts), the `nemesis`,
+//! the clients (`access`, `workload`), the `drills` and the control-plane runs
+//! (`control_plane`, `hosts_control_plane`) drive real processes; the binary
+//! (`src/main.rs`) puts them together.
 
 pub mod access;
 pub mod cluster;
