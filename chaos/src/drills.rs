@@ -55,12 +55,12 @@ pub fn write_stall(ops: &[Operation], from: u64, to: u64) -> (u64, usize) {
     (longest, acks.len())
 }
 
-struct Clock<'a> {
+struct Steps<'a> {
     rec: &'a Recorder,
     report: Report,
 }
 
-impl Clock<'_> {
+impl Steps<'_> {
     /// Runs `step`, and records it with its stall (or its failure).
     async fn step<T>(
         &mut self,
@@ -95,7 +95,7 @@ impl Clock<'_> {
 
 /// The rolling upgrade, then the membership change.
 pub async fn run(hosts: &mut Hosts, rec: &Recorder, image: &str) -> Report {
-    let mut clock = Clock {
+    let mut steps = Steps {
         rec,
         report: Report::default(),
     };
@@ -115,7 +115,7 @@ pub async fn run(hosts: &mut Hosts, rec: &Recorder, image: &str) -> Report {
                 ""
             }
         );
-        clock
+        steps
             .step(what, async {
                 hosts.upgrade(id, image).await?;
                 hosts.wait_caught_up(id, catch_up).await
@@ -125,7 +125,7 @@ pub async fn run(hosts: &mut Hosts, rec: &Recorder, image: &str) -> Report {
 
     println!("membership:");
     let unreachable = format!("{}:2380", hosts.address(UNREACHABLE));
-    let added = clock
+    let added = steps
         .step(
             format!("add member {UNREACHABLE} at {unreachable}, where nothing listens"),
             async {
@@ -149,40 +149,40 @@ pub async fn run(hosts: &mut Hosts, rec: &Recorder, image: &str) -> Report {
         )
         .await;
     if added.is_some() {
-        let last = clock
+        let last = steps
             .report
             .steps
             .last()
             .map_or(0, |s| s.writes_acknowledged);
         if last == 0 {
-            clock.report.failures.push(format!(
+            steps.report.failures.push(format!(
                 "no write was acknowledged while unreachable member {UNREACHABLE} was in the cluster"
             ));
         }
         match hosts.leader().await {
             Some(l) => match hosts.cluster_of(l).await {
                 Some(c) => match c.members.iter().find(|m| m.id == UNREACHABLE) {
-                    Some(m) if m.voter => clock.report.failures.push(format!(
+                    Some(m) if m.voter => steps.report.failures.push(format!(
                         "unreachable member {UNREACHABLE} became a voter (the quorum widened)"
                     )),
                     Some(_) => {
                         println!("    member {UNREACHABLE} is a learner: the quorum is as it was")
                     }
-                    None => clock.report.failures.push(format!(
+                    None => steps.report.failures.push(format!(
                         "member {UNREACHABLE} is not in the cluster after it was added"
                     )),
                 },
-                None => clock
+                None => steps
                     .report
                     .failures
                     .push("the leader did not answer".into()),
             },
-            None => clock
+            None => steps
                 .report
                 .failures
                 .push("no leader after adding a member".into()),
         }
-        clock
+        steps
             .step(format!("remove member {UNREACHABLE}"), async {
                 hosts
                     .members_change(
@@ -195,7 +195,7 @@ pub async fn run(hosts: &mut Hosts, rec: &Recorder, image: &str) -> Report {
             .await;
     }
 
-    let joined = clock
+    let joined = steps
         .step(
             format!("join store{JOINER} as a learner, caught up"),
             async {
@@ -205,7 +205,7 @@ pub async fn run(hosts: &mut Hosts, rec: &Recorder, image: &str) -> Report {
         )
         .await;
     if joined.is_some() {
-        let promoted = clock
+        let promoted = steps
             .step(format!("promote member {JOINER}"), async {
                 let c = hosts
                     .members_change(
@@ -230,7 +230,7 @@ pub async fn run(hosts: &mut Hosts, rec: &Recorder, image: &str) -> Report {
                 .into_iter()
                 .find(|id| Some(*id) != leader && hosts.members().contains(id));
             if let Some(old) = old {
-                clock
+                steps
                     .step(format!("remove old member {old}"), async {
                         hosts.remove(old).await?;
                         hosts.wait_leader(catch_up).await.map(|_| ())
@@ -239,7 +239,7 @@ pub async fn run(hosts: &mut Hosts, rec: &Recorder, image: &str) -> Report {
             }
         }
     }
-    clock.report
+    steps.report
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use miniku_harness::poll_until;
 use miniku_store::api::ClusterResponse;
 use miniku_store::auth::Token;
 use tokio::io::AsyncWriteExt;
-use tokio::time::Instant;
 
 use crate::access::Access;
 use crate::nemesis::Faults;
@@ -217,24 +217,18 @@ impl Hosts {
     /// Waits until member `id` answers, knows a leader, and has applied at least what the
     /// leader had applied when it was asked.
     pub async fn wait_caught_up(&self, id: u64, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        let mut target = None;
-        loop {
-            if target.is_none() {
-                if let Some(l) = self.leader().await {
-                    target = self.cluster_of(l).await.map(|c| c.applied_index);
-                }
+        let target = std::cell::Cell::new(None);
+        let what = format!("member {id} to catch up");
+        poll_until(within, Duration::from_millis(100), &what, || async {
+            if target.get().is_none() {
+                let l = self.leader().await?;
+                target.set(self.cluster_of(l).await.map(|c| c.applied_index));
             }
-            if let (Some(t), Some(c)) = (target, self.cluster_of(id).await) {
-                if c.leader_id.is_some() && c.applied_index >= t {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("member {id} did not catch up within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let c = self.cluster_of(id).await?;
+            (c.leader_id.is_some() && c.applied_index >= target.get()?).then_some(())
+        })
+        .await?;
+        Ok(())
     }
 
     /// `scripts/hosts.sh upgrade storeN IMAGE`: a graceful stop, and the same host, address
@@ -336,19 +330,8 @@ impl Faults for Hosts {
     }
 
     async fn wait_leader(&self, within: Duration) -> Result<u64> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(l) = self.leader().await {
-                return Ok(l);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no leader within {within:?}; logs in {}/logs",
-                    self.opts.data.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("a leader (logs in {}/logs)", self.opts.data.display());
+        Ok(poll_until(within, Duration::from_millis(100), &what, || self.leader()).await?)
     }
 
     async fn kill(&mut self, id: u64) -> Result<()> {

@@ -22,14 +22,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use miniku::api::{Pod, PodPhase};
+use miniku_harness::poll_until;
 use miniku_store::api::EventType;
-use miniku_store::auth::Token;
-use miniku_store::tls::{reqwest_builder, Trust};
 use serde::Serialize;
 use serde_json::json;
 use tokio::process::Command;
 use tokio::time::Instant;
 
+use crate::access::Access;
 use crate::control_plane::{watch_registry, Invariants};
 use crate::hosts::Hosts;
 use crate::nemesis::Faults;
@@ -176,31 +176,30 @@ pub struct Report {
     pub violations: Vec<String>,
 }
 
-/// The API server's seed routes, over HTTPS with the hosts' CA and the token.
+/// The API server's seed routes, over HTTPS with the hosts' CA and the API token.
 struct Api {
     http: reqwest::Client,
-    url: String,
-    token: Token,
+    access: Access,
 }
 
 impl Api {
     fn new(hosts: &Hosts) -> Result<Api> {
-        let ca = hosts.ca_file();
-        let http = reqwest_builder(Trust::Ca(&ca), None)?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let access = Access {
+            endpoints: vec![hosts.api_url()],
+            ca_file: Some(hosts.ca_file()),
+            token: Some(hosts.api_token()?),
+        };
         Ok(Api {
-            http,
-            url: hosts.api_url(),
-            token: hosts.api_token()?,
+            http: access.http(Duration::from_secs(2))?,
+            access,
         })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}/{path}", self.url))
-            .bearer_auth(self.token.expose())
+        let url = format!("{}/{path}", self.access.endpoints[0]);
+        self.access
+            .authorize(self.http.request(method, url))
+            .timeout(Duration::from_secs(5))
     }
 
     /// GET as JSON; None on any failure (the callers poll).
@@ -275,21 +274,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, or None after `within`.
-async fn poll<T, F, Fut>(within: Duration, mut f: F) -> Option<T>
+async fn poll<T, F, Fut>(within: Duration, f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_until(within, Duration::from_millis(200), "", f)
+        .await
+        .ok()
 }
 
 fn secs(d: Duration) -> f64 {
