@@ -10,6 +10,7 @@
 
 mod control_plane;
 mod rollout;
+mod trace;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,6 +69,10 @@ struct Args {
     /// Append the result line to this file.
     #[arg(long)]
     json: Option<String>,
+    /// After the workload, print where the writes' time went, per member and stage, from
+    /// the members' /metrics (Miniku's write stages; etcd's fsync figures).
+    #[arg(long)]
+    trace: bool,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -369,7 +374,12 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let value: Arc<str> = "x".repeat(args.value_size).into();
     let ks = args.key_size;
-    match args.workload.clone() {
+    let trace = if args.trace {
+        Some(trace::Trace::start(&args.endpoints).await?)
+    } else {
+        None
+    };
+    let ran = match args.workload.clone() {
         Workload::Put { clients, requests } => {
             let run: u32 = rand::random();
             let v = value.clone();
@@ -510,7 +520,11 @@ async fn main() -> Result<()> {
                 }),
             )
         }
+    };
+    if let Some(trace) = trace {
+        trace.finish().await?;
     }
+    ran
 }
 
 /// Revision → when its put was acknowledged.

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::leader_route::{leader_of, wait_for_leader, LeaderRoute, Safety};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::network::{PeerError, PeerRequest, PeerResponse};
 use crate::types::{Command, CommandResult, NodeId, Raft, WriteBatch};
 
@@ -40,6 +40,7 @@ type Reply = oneshot::Sender<Result<CommandResult, StoreError>>;
 
 struct Pending {
     cmd: Command,
+    queued: std::time::Instant,
     /// False for commands a follower forwarded to us: we must not forward them again.
     may_forward: bool,
     reply: Reply,
@@ -102,6 +103,7 @@ impl Proposer {
         self.tx
             .send(Pending {
                 cmd,
+                queued: std::time::Instant::now(),
                 may_forward,
                 reply,
             })
@@ -148,6 +150,9 @@ impl ProposerLoop {
                     }
                     Err(_) => break,
                 }
+            }
+            for p in &batch {
+                self.metrics.observe_stage(Stage::Queue, p.queued.elapsed());
             }
             let this = self.clone();
             tokio::spawn(async move {
@@ -198,11 +203,17 @@ impl ProposerLoop {
             return Err(StoreError::Internal("a forward is not a forward".into()));
         };
         let here = || self.propose_here(cmds, deadline);
-        match self
+        let forwarded = leader_of(&self.raft).0 != Some(self.id);
+        let started = std::time::Instant::now();
+        let answer = self
             .route
             .on_leader(&request, deadline, Safety::Once, here)
-            .await?
-        {
+            .await;
+        if forwarded {
+            self.metrics
+                .observe_stage(Stage::Forward, started.elapsed());
+        }
+        match answer? {
             PeerResponse::Forward(results) if results.len() == n => Ok(results),
             other => Err(StoreError::Internal(format!(
                 "leader answered a forward with {other:?}"
@@ -247,7 +258,11 @@ impl ProposerLoop {
         let write = self.raft.client_write(WriteBatch {
             commands: cmds.to_vec(),
         });
-        match tokio::time::timeout_at(deadline, write).await {
+        let started = std::time::Instant::now();
+        let written = tokio::time::timeout_at(deadline, write).await;
+        self.metrics
+            .observe_stage(Stage::ClientWrite, started.elapsed());
+        match written {
             Ok(Ok(resp)) => {
                 let mut results = resp.data.results;
                 if results.len() != cmds.len() {

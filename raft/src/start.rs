@@ -37,11 +37,18 @@ use crate::watch::WatchHub;
 
 /// The opened data directory.
 struct Storage {
+    shared: SharedStorage,
+    log_store: LogStore,
+    state_machine: StateMachineStore,
+}
+
+/// The parts of the opened data directory the rest of the node shares, and the metrics
+/// that time what the storage does.
+struct SharedStorage {
     db: sled::Db,
     mvcc: MvccStore,
     hub: WatchHub,
-    log_store: LogStore,
-    state_machine: StateMachineStore,
+    metrics: Metrics,
 }
 
 /// The bound listeners and the TLS each serves with.
@@ -58,26 +65,25 @@ impl StoreNode {
     /// Opens the data directory and starts every part of the node.
     pub async fn start(config: StoreConfig) -> Result<StoreNode, NodeError> {
         let storage = open_storage(&config)?;
-        let db = storage.db.clone();
+        let db = storage.shared.db.clone();
         let peers = PeerClient::new(
             config.peer_routes.clone(),
             config.peer_token.clone(),
             config.peer_tls.as_ref(),
         )
         .map_err(NodeError::Config)?;
-        let raft = build_raft(&config, &peers, storage.log_store, storage.state_machine).await?;
+        let raft = build_raft(
+            &config,
+            &peers,
+            &storage.shared.metrics,
+            storage.log_store,
+            storage.state_machine,
+        )
+        .await?;
         let listeners = bind_listeners(&config).await?;
         let asker = peers.clone();
         let (peer_addr, client_addr) = (listeners.peer_addr, listeners.client_addr);
-        let handle = assemble(
-            &config,
-            raft.clone(),
-            peers,
-            storage.mvcc,
-            storage.hub,
-            db.clone(),
-            client_addr,
-        );
+        let handle = assemble(&config, raft.clone(), peers, storage.shared, client_addr);
         let (stop, stopped) = watch::channel(false);
         let tasks = start_tasks(&config, &handle, listeners, db, stopped);
         initialize_cluster(&raft, &config, &asker).await?;
@@ -113,17 +119,22 @@ fn open_storage(config: &StoreConfig) -> Result<Storage, NodeError> {
         .map_err(|e| data_dir_error(format!("cannot open the database: {e}")))?;
     let mvcc = MvccStore::open(&db).map_err(|e| NodeError::Storage(e.to_string()))?;
     let hub = WatchHub::new(mvcc.clone(), config.limits.max_watchers);
+    let metrics = Metrics::new();
     let (log_store, state_machine) = crate::storage::open_stores(
         db.clone(),
         &config.data_dir,
         mvcc.clone(),
         Arc::new(hub.clone()),
+        metrics.clone(),
     )
     .map_err(|e| NodeError::Storage(e.to_string()))?;
     Ok(Storage {
-        db,
-        mvcc,
-        hub,
+        shared: SharedStorage {
+            db,
+            mvcc,
+            hub,
+            metrics,
+        },
         log_store,
         state_machine,
     })
@@ -133,6 +144,7 @@ fn open_storage(config: &StoreConfig) -> Result<Storage, NodeError> {
 async fn build_raft(
     config: &StoreConfig,
     peers: &PeerClient,
+    metrics: &Metrics,
     log_store: LogStore,
     state_machine: StateMachineStore,
 ) -> Result<Raft, NodeError> {
@@ -152,7 +164,7 @@ async fn build_raft(
     Raft::new(
         config.id,
         Arc::new(raft_config),
-        PeerNetworkFactory::new(peers.clone()),
+        PeerNetworkFactory::new(peers.clone(), metrics.clone()),
         log_store,
         state_machine,
     )
@@ -221,12 +233,15 @@ fn assemble(
     config: &StoreConfig,
     raft: Raft,
     peers: PeerClient,
-    mvcc: MvccStore,
-    hub: WatchHub,
-    db: sled::Db,
+    storage: SharedStorage,
     client_addr: SocketAddr,
 ) -> StoreHandle {
-    let metrics = Metrics::new();
+    let SharedStorage {
+        db,
+        mvcc,
+        hub,
+        metrics,
+    } = storage;
     let route = LeaderRoute::new(config.id, raft.clone(), peers.clone());
     let proposer = Proposer::start(
         config.id,
@@ -286,6 +301,7 @@ fn start_tasks(
         inner.raft.clone(),
         inner.leader.clone(),
         config.peer_token.clone(),
+        inner.metrics.clone(),
     );
     vec![
         serve(

@@ -19,6 +19,8 @@ pub const CUR: u8 = b'c';
 pub const HIST: u8 = b'h';
 pub const LEASE: u8 = b'l';
 pub const LEASE_KEY: u8 = b'k';
+/// Every metadata key starts with it.
+pub const META: u8 = b'm';
 
 pub const META_REVISION: &[u8] = b"mrevision";
 pub const META_COMPACT: &[u8] = b"mcompact";

@@ -12,7 +12,10 @@
 //! reader holds a read lock for the duration of one read, so it sees one revision whole.
 
 mod apply;
+mod export;
 pub mod keys;
+
+pub use export::Exported;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -33,6 +36,9 @@ struct Inner {
     state: RwLock<State>,
     revision: AtomicI64,
     compact: AtomicI64,
+    /// Held shared by a snapshot export, exclusively by what deletes history (a
+    /// compaction, an import): history at or below an export's revision stays put.
+    history_pin: RwLock<()>,
 }
 
 /// One change of one key, as the index remembers it.
@@ -87,16 +93,6 @@ impl From<sled::Error> for MvccError {
     }
 }
 
-/// A snapshot's payload: every record of the tree except `last_applied` and membership,
-/// which travel in the snapshot's metadata.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotData {
-    format: u32,
-    records: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-const SNAPSHOT_FORMAT: u32 = 1;
-
 fn read_error(e: MvccError) -> CommandError {
     tracing::error!(error = %e, "mvcc read failed");
     CommandError::Storage(e.to_string())
@@ -112,6 +108,7 @@ impl MvccStore {
                 state: RwLock::new(State::default()),
                 revision: AtomicI64::new(1),
                 compact: AtomicI64::new(0),
+                history_pin: RwLock::new(()),
             }),
         };
         {
@@ -175,6 +172,16 @@ impl MvccStore {
         commands: &[Command],
         membership: Option<StoredMembership>,
     ) -> Result<Applied, MvccError> {
+        // Compaction deletes history: it waits for a snapshot export in progress.
+        let _pin = commands
+            .iter()
+            .any(|c| matches!(c, Command::Compact { .. }))
+            .then(|| {
+                self.inner
+                    .history_pin
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+            });
         let mut st = self.write_state();
         let mut ctx = apply::ApplyCtx::new(
             &self.inner.tree,
@@ -385,56 +392,6 @@ impl MvccStore {
     pub fn key_count(&self) -> usize {
         let _st = self.read_state();
         self.inner.tree.scan_prefix([keys::CUR]).count()
-    }
-
-    /// A consistent copy of the whole state for a snapshot: the bytes, and the log id and
-    /// membership they reflect.
-    pub fn export(&self) -> Result<(Vec<u8>, Option<LogId>, StoredMembership), MvccError> {
-        let st = self.read_state();
-        let mut records = Vec::new();
-        for item in self.inner.tree.iter() {
-            let (k, v) = item?;
-            if k.as_ref() == keys::META_APPLIED || k.as_ref() == keys::META_MEMBERSHIP {
-                continue;
-            }
-            records.push((k.to_vec(), v.to_vec()));
-        }
-        let data = codec::encode(&SnapshotData {
-            format: SNAPSHOT_FORMAT,
-            records,
-        })?;
-        Ok((data, st.last_applied, st.membership.clone()))
-    }
-
-    /// Replaces the whole state with a snapshot's (one atomic write). Returns the new
-    /// current revision.
-    pub fn import(
-        &self,
-        data: &[u8],
-        last_applied: Option<LogId>,
-        membership: &StoredMembership,
-    ) -> Result<i64, MvccError> {
-        let snap: SnapshotData = codec::decode(data)?;
-        if snap.format != SNAPSHOT_FORMAT {
-            return Err(MvccError::Corrupt(format!(
-                "snapshot format {} is not supported (expected {SNAPSHOT_FORMAT})",
-                snap.format
-            )));
-        }
-        let mut st = self.write_state();
-        let tree = &self.inner.tree;
-        let mut batch = sled::Batch::default();
-        for item in tree.iter().keys() {
-            batch.remove(item?);
-        }
-        for (k, v) in snap.records {
-            batch.insert(k, v);
-        }
-        batch.insert(keys::META_APPLIED, codec::encode(&last_applied)?);
-        batch.insert(keys::META_MEMBERSHIP, codec::encode(membership)?);
-        tree.apply_batch(batch)?;
-        self.load(&mut st)?;
-        Ok(self.current_revision())
     }
 }
 

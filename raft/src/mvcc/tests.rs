@@ -372,28 +372,145 @@ fn state_survives_reopening_the_database() {
     assert_eq!(old.kvs[0].value, b"1".to_vec());
 }
 
+fn export(store: &MvccStore) -> (Vec<u8>, Exported) {
+    let mut data = Vec::new();
+    let exported = store.export_to(&mut data).expect("export");
+    (data, exported)
+}
+
 #[test]
 fn export_then_import_reproduces_the_state() {
     let mut src = Fixture::new();
     src.put("a", "1");
     src.put("b", "2");
     src.one(Command::LeaseGrant { id: 3, ttl: 9 });
-    let (data, applied, membership) = src.store.export().expect("export");
+    let (data, exported) = export(&src.store);
+    assert_eq!(exported.bytes, data.len() as u64);
     let mut dst = Fixture::new();
     dst.put("junk", "x");
     let rev = dst
         .store
-        .import(&data, applied, &membership)
+        .import(&data, exported.last_applied, &exported.membership)
         .expect("import");
     assert_eq!(rev, 3);
     assert!(dst.get("junk").is_none());
     assert_eq!(dst.get("b").map(|kv| kv.value), Some(b"2".to_vec()));
-    assert_eq!(dst.store.last_applied(), applied);
+    assert_eq!(dst.store.last_applied(), exported.last_applied);
     assert_eq!(dst.store.leases(), vec![(3, 9)]);
     assert_eq!(
         dst.store.events_between(2, 3, 10).expect("history").len(),
         2
     );
+}
+
+/// Everything a member's state answers: every pair, every revision of history, leases
+/// with their keys, and the revisions.
+fn observable(store: &MvccStore) -> String {
+    let all = store
+        .range(&RangeOp {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .expect("range");
+    let history = store
+        .events_between(store.compact_revision().max(1), i64::MAX, usize::MAX)
+        .expect("history");
+    let leases: Vec<_> = store
+        .leases()
+        .into_iter()
+        .map(|(id, _)| store.lease(id))
+        .collect();
+    format!(
+        "{:?}\n{:?}\n{:?}\n{} {}",
+        all.kvs,
+        history,
+        leases,
+        store.current_revision(),
+        store.compact_revision()
+    )
+}
+
+/// Applies commands through its own handle on the first write: the export goes on while
+/// the state machine changes, as it does on a busy member.
+struct ApplyingWriter {
+    store: MvccStore,
+    next_index: u64,
+    pending: Option<Vec<Command>>,
+    out: Vec<u8>,
+}
+
+impl std::io::Write for ApplyingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(cmds) = self.pending.take() {
+            for cmd in cmds {
+                self.next_index += 1;
+                let log_id =
+                    openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), self.next_index);
+                self.store
+                    .apply_batch(log_id, &[cmd], None)
+                    .map_err(std::io::Error::other)?;
+            }
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_export_holds_the_state_it_started_at_while_writes_go_on() {
+    // The same history on two stores; `busy` goes on changing while it exports.
+    let setup = |f: &mut Fixture| {
+        f.one(Command::LeaseGrant { id: 5, ttl: 30 });
+        f.put("keep", "1");
+        f.put("change", "1");
+        f.put("change", "2");
+        f.put("gone", "1");
+        f.one(put("leased", "1", 5));
+        f.put("old", "1");
+        f.one(Command::Compact { revision: 4 });
+    };
+    let mut busy = Fixture::new();
+    setup(&mut busy);
+    let mut reference = Fixture::new();
+    setup(&mut reference);
+    let expected = observable(&reference.store);
+
+    let later = vec![
+        put("change", "3", 0),
+        put("change", "4", 0),
+        Command::DeleteRange(DeleteOp {
+            key: b"gone".to_vec(),
+            ..Default::default()
+        }),
+        put("leased", "2", 0),
+        put("new", "1", 0),
+        Command::LeaseRevoke { id: 5 },
+    ];
+    let mut writer = ApplyingWriter {
+        store: busy.store.clone(),
+        next_index: busy.index,
+        pending: Some(later),
+        out: Vec::new(),
+    };
+    let exported = busy.store.export_to(&mut writer).expect("export");
+    assert!(
+        writer.pending.is_none(),
+        "the writes went on during the export"
+    );
+    assert!(busy.store.current_revision() > exported.revision);
+    assert_eq!(exported.revision, reference.store.current_revision());
+
+    let dst = Fixture::new();
+    dst.store
+        .import(&writer.out, exported.last_applied, &exported.membership)
+        .expect("import");
+    assert_eq!(observable(&dst.store), expected);
+    assert_eq!(dst.store.last_applied(), reference.store.last_applied());
 }
 
 #[test]

@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::{PeerError, PeerRequest, PeerResponse};
 use crate::auth::Token;
 use crate::codec::{decode, encode};
+use crate::metrics::{Metrics, Stage};
 use crate::tls::{PeerTls, Trust};
 use crate::types::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
@@ -173,11 +174,13 @@ impl PeerClient {
 /// openraft's factory: one [`PeerConnection`] per target.
 pub struct PeerNetworkFactory {
     client: PeerClient,
+    metrics: Metrics,
 }
 
 impl PeerNetworkFactory {
-    pub fn new(client: PeerClient) -> Self {
-        PeerNetworkFactory { client }
+    /// `metrics` times each AppendEntries round trip.
+    pub fn new(client: PeerClient, metrics: Metrics) -> Self {
+        PeerNetworkFactory { client, metrics }
     }
 }
 
@@ -189,6 +192,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -197,6 +201,7 @@ pub struct PeerConnection {
     client: PeerClient,
     target: NodeId,
     addr: String,
+    metrics: Metrics,
 }
 
 type RaftRpcError<E = openraft::error::Infallible> =
@@ -238,7 +243,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RaftRpcError> {
-        self.raft_rpc(paths::APPEND, &rpc, option.hard_ttl()).await
+        let started = Instant::now();
+        let answer = self.raft_rpc(paths::APPEND, &rpc, option.hard_ttl()).await;
+        self.metrics
+            .observe_stage(Stage::Replicate, started.elapsed());
+        answer
     }
 
     async fn install_snapshot(

@@ -20,6 +20,7 @@ use super::client::paths;
 use super::{PeerError, PeerRequest, PeerResponse};
 use crate::auth::Token;
 use crate::codec::{decode, encode, CodecError};
+use crate::metrics::{Metrics, Stage};
 use crate::types::{NodeId, Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 /// What answers the follower-to-leader requests ([`PeerRequest`]) this member receives.
@@ -34,10 +35,17 @@ pub const MAX_PEER_BODY: usize = 1 << 30;
 struct PeerState {
     raft: Raft,
     service: Arc<dyn PeerService>,
+    metrics: Metrics,
 }
 
-/// The peer API: Raft's RPCs for `raft`, calls for `service`, all behind `token` when given.
-pub fn router(raft: Raft, service: Arc<dyn PeerService>, token: Option<Token>) -> Router {
+/// The peer API: Raft's RPCs for `raft`, calls for `service`, all behind `token` when given;
+/// `metrics` times the appends it serves.
+pub fn router(
+    raft: Raft,
+    service: Arc<dyn PeerService>,
+    token: Option<Token>,
+    metrics: Metrics,
+) -> Router {
     Router::new()
         .route(paths::APPEND, post(append))
         .route(paths::VOTE, post(vote))
@@ -52,7 +60,11 @@ pub fn router(raft: Raft, service: Arc<dyn PeerService>, token: Option<Token>) -
             },
             crate::auth::require_token,
         ))
-        .with_state(PeerState { raft, service })
+        .with_state(PeerState {
+            raft,
+            service,
+            metrics,
+        })
 }
 
 fn reply<T: serde::Serialize>(v: &T) -> Response {
@@ -72,7 +84,13 @@ fn bad_request(e: CodecError) -> Response {
 
 async fn append(State(s): State<PeerState>, body: Bytes) -> Response {
     match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(req) => reply(&s.raft.append_entries(req).await),
+        Ok(req) => {
+            let started = std::time::Instant::now();
+            let answer = reply(&s.raft.append_entries(req).await);
+            s.metrics
+                .observe_stage(Stage::AppendServe, started.elapsed());
+            answer
+        }
         Err(e) => bad_request(e),
     }
 }

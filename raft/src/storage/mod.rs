@@ -27,6 +27,7 @@ use openraft::{
 };
 
 use crate::codec::{decode, encode};
+use crate::metrics::{Metrics, Stage};
 use crate::mvcc::{MvccError, MvccStore};
 use crate::types::{
     BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -44,12 +45,14 @@ fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display
 }
 
 /// Opens the log store and the state machine. `mvcc` must be opened on the same `db`;
-/// `listener` (the watch hub) hears about every applied revision.
+/// `listener` (the watch hub) hears about every applied revision; `metrics` times the
+/// log's appends and flushes and the applies.
 pub fn open_stores(
     db: sled::Db,
     data_dir: &Path,
     mvcc: MvccStore,
     listener: Arc<dyn ApplyListener>,
+    metrics: Metrics,
 ) -> Result<(LogStore, StateMachineStore), StorageError> {
     let log = db
         .open_tree("raft_log")
@@ -62,9 +65,18 @@ pub fn open_stores(
         mvcc,
         listener,
         snapshot_path: data_dir.join(SNAPSHOT_FILE),
+        metrics: metrics.clone(),
     };
     sm.recover_snapshot()?;
-    Ok((LogStore { db, log, meta }, sm))
+    Ok((
+        LogStore {
+            db,
+            log,
+            meta,
+            metrics,
+        },
+        sm,
+    ))
 }
 
 /// The Raft log and vote.
@@ -73,11 +85,19 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    metrics: Metrics,
 }
 
 impl LogStore {
+    /// Makes everything written so far durable: one flush (fdatasync) of the database,
+    /// which also carries the state machine's writes since the last one.
     async fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush_async().await.map(|_| ())
+        let started = std::time::Instant::now();
+        let flushed = self.db.flush_async().await.map(|_| ());
+        self.metrics.log_flushed();
+        self.metrics
+            .observe_stage(Stage::LogFlush, started.elapsed());
+        flushed
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(
@@ -220,15 +240,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut batch = sled::Batch::default();
+        let mut n = 0;
         for entry in entries {
             let bytes = encode(&entry)
                 .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
+            n += 1;
         }
         self.log
             .apply_batch(batch)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.metrics.log_appended(n);
+        self.metrics
+            .observe_stage(Stage::LogAppend, started.elapsed());
         let flushed = self.flush().await;
         match flushed {
             Ok(()) => {
@@ -281,14 +307,26 @@ pub struct StateMachineStore {
     mvcc: MvccStore,
     listener: Arc<dyn ApplyListener>,
     snapshot_path: PathBuf,
+    metrics: Metrics,
 }
 
-/// What `snapshot.bin` holds.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// What `snapshot.bin` holds: the payload (see `mvcc`'s export) and its metadata.
 struct SnapshotFile {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
+
+/// The layout of `snapshot.bin` before the payload was streamed: bincode of this.
+#[derive(serde::Deserialize)]
+struct ListSnapshotFile {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// `snapshot.bin` starts with this, then the payload, the metadata (bincode) and the
+/// metadata's length (u64, big-endian): the payload streams out first, the metadata
+/// follows once the export knows it.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"MKSNAP2\n";
 
 fn sm_err(e: MvccError) -> StorageError {
     io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e)
@@ -298,31 +336,67 @@ fn snapshot_err(e: impl std::fmt::Display) -> StorageError {
     io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
 }
 
+fn snapshot_read_err(e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)
+}
+
+/// Splits a `snapshot.bin` into metadata and payload (either layout).
+fn parse_snapshot_file(mut bytes: Vec<u8>) -> Result<SnapshotFile, StorageError> {
+    if !bytes.starts_with(SNAPSHOT_MAGIC) {
+        let old: ListSnapshotFile = decode(&bytes).map_err(snapshot_read_err)?;
+        return Ok(SnapshotFile {
+            meta: old.meta,
+            data: old.data,
+        });
+    }
+    let short = || snapshot_read_err("snapshot.bin is cut short");
+    let len_at = bytes.len().checked_sub(8).ok_or_else(short)?;
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[len_at..]);
+    let meta_len = usize::try_from(u64::from_be_bytes(len)).map_err(|_| short())?;
+    let meta_at = len_at
+        .checked_sub(meta_len)
+        .filter(|at| *at >= SNAPSHOT_MAGIC.len())
+        .ok_or_else(short)?;
+    let meta: SnapshotMeta = decode(&bytes[meta_at..len_at]).map_err(snapshot_read_err)?;
+    bytes.truncate(meta_at);
+    bytes.drain(..SNAPSHOT_MAGIC.len());
+    Ok(SnapshotFile { meta, data: bytes })
+}
+
+/// Writes `snapshot.bin` atomically (temp file, fsync, rename, fsync the directory):
+/// `payload` streams the payload onto the file and says the metadata.
+fn write_snapshot_file(
+    path: &Path,
+    payload: impl FnOnce(&mut dyn Write) -> Result<SnapshotMeta, StorageError>,
+) -> Result<SnapshotMeta, StorageError> {
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).map_err(snapshot_err)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    out.write_all(SNAPSHOT_MAGIC).map_err(snapshot_err)?;
+    let meta = payload(&mut out)?;
+    let meta_bytes = encode(&meta).map_err(snapshot_err)?;
+    out.write_all(&meta_bytes).map_err(snapshot_err)?;
+    out.write_all(&(meta_bytes.len() as u64).to_be_bytes())
+        .map_err(snapshot_err)?;
+    let file = out.into_inner().map_err(|e| snapshot_err(e.error()))?;
+    file.sync_all().map_err(snapshot_err)?;
+    std::fs::rename(&tmp, path).map_err(snapshot_err)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(meta)
+}
+
 impl StateMachineStore {
     fn read_snapshot_file(&self) -> Result<Option<SnapshotFile>, StorageError> {
         match std::fs::read(&self.snapshot_path) {
-            Ok(bytes) => decode(&bytes)
-                .map(Some)
-                .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
+            Ok(bytes) => parse_snapshot_file(bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
+            Err(e) => Err(snapshot_read_err(e)),
         }
-    }
-
-    /// Writes the snapshot file atomically (temp file, fsync, rename, fsync the directory).
-    fn write_snapshot_file(&self, file: &SnapshotFile) -> Result<(), StorageError> {
-        let bytes = encode(file).map_err(snapshot_err)?;
-        let tmp = self.snapshot_path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(snapshot_err)?;
-        f.write_all(&bytes).map_err(snapshot_err)?;
-        f.sync_all().map_err(snapshot_err)?;
-        std::fs::rename(&tmp, &self.snapshot_path).map_err(snapshot_err)?;
-        if let Some(dir) = self.snapshot_path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
     }
 
     /// A crash between writing a received snapshot and importing it leaves the file ahead
@@ -360,6 +434,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
@@ -379,18 +454,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 results: applied.results,
             });
         }
+        self.metrics.observe_stage(Stage::Apply, started.elapsed());
         Ok(out)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             mvcc: self.mvcc.clone(),
-            writer: StateMachineStore {
-                db: self.db.clone(),
-                mvcc: self.mvcc.clone(),
-                listener: self.listener.clone(),
-                snapshot_path: self.snapshot_path.clone(),
-            },
+            snapshot_path: self.snapshot_path.clone(),
         }
     }
 
@@ -403,14 +474,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
-        };
-        self.write_snapshot_file(&file)?;
+        let data = snapshot.into_inner();
+        write_snapshot_file(&self.snapshot_path, |out| {
+            out.write_all(&data).map_err(snapshot_err)?;
+            Ok(meta.clone())
+        })?;
         let revision = self
             .mvcc
-            .import(&file.data, meta.last_log_id, &meta.last_membership)
+            .import(&data, meta.last_log_id, &meta.last_membership)
             .map_err(sm_err)?;
         self.db.flush_async().await.map_err(snapshot_err)?;
         tracing::info!(snapshot = ?meta.last_log_id, revision, "installed a snapshot");
@@ -426,30 +497,52 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Builds a snapshot from a consistent export of the MVCC state.
+/// Builds a snapshot from a point-in-time export of the MVCC state, streamed into
+/// `snapshot.bin` on a blocking thread while the state machine goes on applying.
 pub struct SnapshotBuilder {
     mvcc: MvccStore,
-    writer: StateMachineStore,
+    snapshot_path: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// The returned snapshot carries the metadata only: openraft keeps nothing of a built
+    /// snapshot but its metadata, and a follower that needs the payload gets it from
+    /// [`RaftStateMachine::get_current_snapshot`], read from the file. So the store is
+    /// never held twice in memory.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (data, last_log_id, membership) = self.mvcc.export().map_err(sm_err)?;
-        let snapshot_id = match last_log_id {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
-            None => format!("empty-{}", data.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let file = SnapshotFile { meta, data };
-        self.writer.write_snapshot_file(&file)?;
-        tracing::info!(snapshot = ?file.meta.last_log_id, bytes = file.data.len(), "built a snapshot");
+        let mvcc = self.mvcc.clone();
+        let path = self.snapshot_path.clone();
+        let started = std::time::Instant::now();
+        let meta = tokio::task::spawn_blocking(move || {
+            write_snapshot_file(&path, |out| {
+                let exported = mvcc.export_to(out).map_err(sm_err)?;
+                let snapshot_id = match exported.last_applied {
+                    Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, exported.bytes),
+                    None => format!("empty-{}", exported.bytes),
+                };
+                tracing::info!(
+                    snapshot = ?exported.last_applied,
+                    revision = exported.revision,
+                    bytes = exported.bytes,
+                    "exported the state"
+                );
+                Ok(SnapshotMeta {
+                    last_log_id: exported.last_applied,
+                    last_membership: exported.membership,
+                    snapshot_id,
+                })
+            })
+        })
+        .await
+        .map_err(snapshot_err)??;
+        tracing::info!(
+            snapshot = ?meta.last_log_id,
+            millis = started.elapsed().as_millis() as u64,
+            "built a snapshot"
+        );
         Ok(Snapshot {
-            meta: file.meta,
-            snapshot: Box::new(Cursor::new(file.data)),
+            meta,
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }

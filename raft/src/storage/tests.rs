@@ -26,7 +26,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
             .open()
             .map_err(snapshot_err)?;
         let mvcc = MvccStore::open(&db).map_err(sm_err)?;
-        let (log, sm) = open_stores(db, dir.path(), mvcc, Arc::new(Silent))?;
+        let (log, sm) = open_stores(
+            db,
+            dir.path(),
+            mvcc,
+            Arc::new(Silent),
+            crate::metrics::Metrics::new(),
+        )?;
         Ok((dir, log, sm))
     }
 }
