@@ -37,7 +37,7 @@ const STAGES: [(&str, &str); 8] = [
     ("queue", "waiting in the proposer's queue"),
     ("forward", "follower: batch forwarded to the leader"),
     ("client_write", "leader: client_write until applied"),
-    ("log_append", "log entries into sled"),
+    ("log_append", "log entries written (not yet durable)"),
     ("log_flush", "fdatasync of the log"),
     ("replicate", "leader: one AppendEntries round trip"),
     ("append_serve", "follower: one AppendEntries served"),
@@ -134,8 +134,8 @@ fn miniku_member(out: &mut String, ep: &str, after: &Scrape, d: &dyn Fn(&str) ->
     );
     let _ = writeln!(
         out,
-        "  {:<13} {:>8} {:>10} {:>10} {:>10}  what",
-        "stage", "count", "mean", "p50 ≤", "p99 ≤"
+        "  {:<13} {:>8} {:>10} {:>10} {:>10} {:>7}  what",
+        "stage", "count", "mean", "p50 ≤", "p99 ≤", ">50 ms"
     );
     for (stage, what) in STAGES {
         let count = d(&format!(
@@ -148,9 +148,13 @@ fn miniku_member(out: &mut String, ep: &str, after: &Scrape, d: &dyn Fn(&str) ->
             "miniku_store_write_stage_seconds_sum{{stage=\"{stage}\"}}"
         ));
         let q = |q| quantile(after, d, stage, q).map_or("-".into(), micros);
+        let slow = count
+            - d(&format!(
+                "miniku_store_write_stage_seconds_bucket{{stage=\"{stage}\",le=\"0.05\"}}"
+            ));
         let _ = writeln!(
             out,
-            "  {stage:<13} {count:>8.0} {:>10} {:>10} {:>10}  {what}",
+            "  {stage:<13} {count:>8.0} {:>10} {:>10} {:>10} {slow:>7.0}  {what}",
             micros(sum / count),
             q(0.5),
             q(0.99)

@@ -29,7 +29,7 @@ pub enum Stage {
     ClientWrite,
     /// On a follower: one batch forwarded to the leader and answered.
     Forward,
-    /// Any member: the log entries of one append written into sled (not yet durable).
+    /// Any member: the log entries of one append written (not yet durable).
     LogAppend,
     /// Any member: the flush (fdatasync) that makes one append durable.
     LogFlush,

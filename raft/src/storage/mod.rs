@@ -1,13 +1,16 @@
-//! openraft's storage over sled: the Raft log store ([`LogStore`]: trees `raft_log` and
-//! `raft_meta`) and the state machine ([`StateMachineStore`], over [`MvccStore`]), with
-//! snapshots kept in `snapshot.bin` in the data directory.
+//! openraft's storage: the Raft log store ([`LogStore`]: entries in [`wal`]'s segment
+//! files under `raft-log/`, vote and purge marks in sled's `raft_meta` tree) and the state
+//! machine ([`StateMachineStore`], over [`MvccStore`] in sled), with snapshots kept in
+//! `snapshot.bin` in the data directory.
 //!
-//! Durability: `append` and `save_vote` return (or signal) only after `flush_async` has made
-//! them durable. The state machine's writes ride on the same sled database, so every later
-//! flush also persists them; `purge` flushes before dropping log entries, so the log is
-//! never shorter than what the durable state machine needs to replay.
+//! Durability: an append is reported durable (openraft's `LogFlushed`) only after the
+//! log's fdatasync, one per batch of appends waiting for it; `save_vote` returns after
+//! sled's flush. The state machine is not flushed on the write path: sled flushes it in
+//! the background, and after a crash the entries it lost are applied again from the log
+//! (`last_applied` is written with the data). `purge` flushes sled before dropping log
+//! entries, so the log always reaches back to what the durable state machine holds.
 //!
-//! This is the only module that knows sled is under the Raft log; the state machine's own
+//! This is the only module that knows where the Raft log lives; the state machine's own
 //! layout belongs to `mvcc`.
 
 // openraft's trait signatures fix the error type (`StorageError`, large); helpers return it
@@ -36,6 +39,7 @@ use crate::types::{
 use crate::watch::ApplyListener;
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
+const LOG_DIR: &str = "raft-log";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -54,12 +58,11 @@ pub fn open_stores(
     listener: Arc<dyn ApplyListener>,
     metrics: Metrics,
 ) -> Result<(LogStore, StateMachineStore), StorageError> {
-    let log = db
-        .open_tree("raft_log")
-        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
     let meta = db
         .open_tree("raft_meta")
         .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+    let wal = Wal::open(&data_dir.join(LOG_DIR), metrics.clone())
+        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
     let sm = StateMachineStore {
         db: db.clone(),
         mvcc,
@@ -68,29 +71,35 @@ pub fn open_stores(
         metrics: metrics.clone(),
     };
     sm.recover_snapshot()?;
-    Ok((
-        LogStore {
-            db,
-            log,
-            meta,
-            metrics,
-        },
-        sm,
-    ))
+    let store = LogStore {
+        db,
+        wal,
+        meta,
+        metrics,
+    };
+    store.migrate_sled_log()?;
+    if let Some(purged) = store.meta_get::<LogId>(KEY_PURGED)? {
+        // A kept segment may still hold entries behind the purge mark.
+        store
+            .wal
+            .purge(purged.index)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+    }
+    Ok((store, sm))
 }
 
 /// The Raft log and vote.
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
-    log: sled::Tree,
+    wal: Wal,
     meta: sled::Tree,
     metrics: Metrics,
 }
 
 impl LogStore {
-    /// Makes everything written so far durable: one flush (fdatasync) of the database,
-    /// which also carries the state machine's writes since the last one.
+    /// Makes everything written to sled so far durable (the vote, the purge mark and the
+    /// state machine): one flush of the database.
     async fn flush(&self) -> Result<(), sled::Error> {
         let started = std::time::Instant::now();
         let flushed = self.db.flush_async().await.map(|_| ());
@@ -125,23 +134,60 @@ impl LogStore {
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        match self
-            .log
-            .last()
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        let Some(last) = self.wal.last_index() else {
+            return Ok(None);
+        };
+        let entries = self
+            .wal
+            .read(last, last + 1, usize::MAX)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        Ok(entries.last().map(|e| e.log_id))
+    }
+
+    /// A data directory from before the log had its own files keeps its entries in sled's
+    /// `raft_log` tree: they move into the log files (synced) and the tree is dropped.
+    fn migrate_sled_log(&self) -> Result<(), StorageError> {
+        let err = |e: &dyn std::fmt::Display| io_err(ErrorSubject::Logs, ErrorVerb::Write, e);
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"raft_log")
         {
-            Some((_, v)) => {
-                let e: Entry =
-                    decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-                Ok(Some(e.log_id))
-            }
-            None => Ok(None),
+            return Ok(());
         }
+        let old = self.db.open_tree("raft_log").map_err(|e| err(&e))?;
+        let mut entries = Vec::new();
+        for item in old.iter() {
+            let (_, v) = item.map_err(|e| err(&e))?;
+            entries.push(decode::<Entry>(&v).map_err(|e| err(&e))?);
+        }
+        let moved = entries.len();
+        if self.wal.last_index().is_none() && moved > 0 {
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.wal
+                .append(
+                    entries,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                )
+                .map_err(|e| err(&e))?;
+            rx.recv().map_err(|e| err(&e))?.map_err(|e| err(&e))?;
+        }
+        drop(old);
+        self.db.drop_tree("raft_log").map_err(|e| err(&e))?;
+        self.db.flush().map_err(|e| err(&e))?;
+        tracing::info!(
+            entries = moved,
+            "moved the raft log out of sled into its own files"
+        );
+        Ok(())
     }
 }
 
-fn index_key(i: u64) -> [u8; 8] {
-    i.to_be_bytes()
+fn log_read_err(e: wal::WalError) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -154,12 +200,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let iter = match range.end_bound() {
-            Bound::Included(i) => self.log.range(index_key(start)..=index_key(*i)),
-            Bound::Excluded(i) => self.log.range(index_key(start)..index_key(*i)),
-            Bound::Unbounded => self.log.range(index_key(start)..),
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        read_entries(iter, usize::MAX)
+        self.wal.read(start, end, usize::MAX).map_err(log_read_err)
     }
 
     /// What replication sends in one AppendEntries: at most [`MAX_APPEND_BYTES`] of entries
@@ -170,30 +216,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        read_entries(
-            self.log.range(index_key(start)..index_key(end)),
-            MAX_APPEND_BYTES,
-        )
+        self.wal
+            .read(start, end, MAX_APPEND_BYTES)
+            .map_err(log_read_err)
     }
 }
 
 /// Most encoded entry bytes replication sends in one AppendEntries (one entry always goes,
 /// however large).
 pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
-
-fn read_entries(iter: sled::Iter, max_bytes: usize) -> Result<Vec<Entry>, StorageError> {
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    for item in iter {
-        let (_, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        if !out.is_empty() && bytes.saturating_add(v.len()) > max_bytes {
-            break;
-        }
-        bytes = bytes.saturating_add(v.len());
-        out.push(decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?);
-    }
-    Ok(out)
-}
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
@@ -241,62 +272,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for entry in entries {
-            let bytes = encode(&entry)
-                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
-            n += 1;
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let n = entries.len();
+        let written = self
+            .wal
+            .append(entries, Box::new(move |r| callback.log_io_completed(r)));
         self.metrics.log_appended(n);
         self.metrics
             .observe_stage(Stage::LogAppend, started.elapsed());
-        let flushed = self.flush().await;
-        match flushed {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                callback.log_io_completed(Err(std::io::Error::other(msg.clone())));
-                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, msg))
-            }
-        }
+        written.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_entries(self.log.range(index_key(log_id.index)..))
-            .await
+        self.wal
+            .truncate(log_id.index)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Make the state machine durable before the log behind it disappears.
-        self.flush()
-            .await
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.meta_put(KEY_PURGED, &log_id)?;
-        self.remove_entries(self.log.range(..=index_key(log_id.index)))
-            .await
-    }
-}
-
-impl LogStore {
-    /// Deletes the log entries `range` yields, in one batch, durably.
-    async fn remove_entries(&self, range: sled::Iter) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in range.keys() {
-            batch.remove(item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         self.flush()
             .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.wal
+            .purge(log_id.index)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
@@ -549,3 +549,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 #[cfg(test)]
 mod tests;
+
+mod wal;
+use wal::Wal;

@@ -41,3 +41,38 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 fn openraft_storage_suite_passes() -> Result<(), StorageError> {
     Suite::test_all(SledBuilder)
 }
+
+#[tokio::test]
+async fn a_log_kept_in_sled_by_an_older_release_moves_into_the_log_files() {
+    use openraft::{CommittedLeaderId, EntryPayload};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .open()
+        .expect("sled");
+    let old = db.open_tree("raft_log").expect("tree");
+    for index in 1..=3u64 {
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        old.insert(index.to_be_bytes(), encode(&entry).expect("encode"))
+            .expect("insert");
+    }
+    drop(old);
+    let mvcc = MvccStore::open(&db).expect("mvcc");
+    let (mut log, _sm) = open_stores(
+        db.clone(),
+        dir.path(),
+        mvcc,
+        Arc::new(Silent),
+        crate::metrics::Metrics::new(),
+    )
+    .expect("open");
+    let entries = log.try_get_log_entries(0..).await.expect("read");
+    let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, vec![1, 2, 3]);
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+    assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"raft_log"));
+}
