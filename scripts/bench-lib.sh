@@ -23,8 +23,8 @@ install_missing() {
 build_release() {
   echo "building (release)..."
   cargo build --release --quiet -p miniku -p miniku-bench
-  BIN=target/release/miniku
-  BENCH=target/release/miniku-bench
+  BIN=${CARGO_TARGET_DIR:-target}/release/miniku
+  BENCH=${CARGO_TARGET_DIR:-target}/release/miniku-bench
 }
 
 # make_workdir NAME: WORK (a new directory), RAW (an empty results file in it), PIDS (name ->

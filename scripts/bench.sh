@@ -7,7 +7,7 @@
 # is written as JSON lines.
 #
 # Usage: scripts/bench.sh [--quick] [--json FILE]
-#   --quick      small sizes, one repetition (about a minute; CI runs it)
+#   --quick      small sizes, one repetition, 15 s of steady load (a few minutes; CI runs it)
 #   --json FILE  where the raw results go (default bench-results.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +68,18 @@ leader_of() {
   fi
 }
 
+# Prints the cluster's Raft term: the highest any member reports (a candidate's term counts).
+term_of() {
+  if [ "$1" = miniku ]; then
+    for port in 2579 22579 32579; do
+      curl -sf "http://127.0.0.1:$port/v1/cluster" 2>/dev/null | jq -r '.term // empty' || true
+    done | sort -n | tail -1
+  else
+    etcdctl --endpoints="$E_EP" --command-timeout=2s endpoint status -w json 2>/dev/null \
+      | jq -r '.[].Status.raft_term' | sort -n | tail -1
+  fi
+}
+
 wait_ready() {
   for _ in $(seq 1 150); do
     if [ -n "$(leader_of "$1")" ]; then return 0; fi
@@ -90,7 +102,7 @@ run() { # system, then miniku-bench arguments
 }
 
 if [ "$QUICK" = 1 ]; then
-  REPS=1; FAILOVERS=1; LOAD_KEYS=10000
+  REPS=1; FAILOVERS=3; LOAD_KEYS=10000; STEADY_SECS=15
   WORKLOADS=(
     "put --clients 1 --requests 1000"
     "put --clients 64 --requests 5000"
@@ -100,7 +112,7 @@ if [ "$QUICK" = 1 ]; then
     "watch --watchers 100 --events 50"
   )
 else
-  REPS=3; FAILOVERS=5; LOAD_KEYS=100000
+  REPS=3; FAILOVERS=5; LOAD_KEYS=100000; STEADY_SECS=300
   WORKLOADS=(
     "put --clients 1 --requests 3000"
     "put --clients 16 --requests 20000"
@@ -128,6 +140,26 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
+# Spurious elections: term changes during STEADY_SECS of puts at 64 clients, no faults. The
+# puts' own figures go to a file of their own (they are not a throughput row).
+for sys in miniku-grpc etcd; do
+  cluster=${sys%-grpc}
+  ep=$M_EP; [ "$sys" = etcd ] && ep=$E_EP
+  echo "  $sys: ${STEADY_SECS} s of steady puts, counting term changes"
+  steady="$WORK/steady-$cluster.json"
+  : >"$steady"
+  before=$(term_of "$cluster")
+  end=$((SECONDS + STEADY_SECS))
+  while [ "$SECONDS" -lt "$end" ]; do
+    "$BENCH" --system "$sys" --endpoints "$ep" --json "$steady" put --clients 64 --requests 10000 >/dev/null
+  done
+  after=$(term_of "$cluster")
+  jq -sc --arg sys "$cluster" --argjson secs "$STEADY_SECS" --argjson before "${before:-0}" --argjson after "${after:-0}" \
+    '{system: $sys, workload: "elections", params: {clients: 64, seconds: $secs}, term_before: $before, term_after: $after,
+      term_changes: ($after - $before), writes: (map(.ops) | add), errors: (map(.errors) | add), max_ms: (map(.max_ms) | max)}' \
+    "$steady" >>"$RAW"
+done
+
 # Memory and disk after loading keys.
 for sys in miniku-grpc etcd; do
   cluster=${sys%-grpc}
@@ -148,7 +180,9 @@ for n in $(seq 1 "$FAILOVERS"); do
     echo "  failover $n/$FAILOVERS: $sys"
     ep=$M_EP; [ "$sys" = etcd ] && ep=$E_EP
     cluster=${sys%-grpc}
-    "$BENCH" --system "$sys" --endpoints "$ep" --json "$RAW" failover --seconds 6 >/dev/null &
+    fo="$WORK/failover.json"
+    : >"$fo"
+    "$BENCH" --system "$sys" --endpoints "$ep" --json "$fo" failover --seconds 6 >/dev/null &
     bench_pid=$!
     sleep 2
     l=""
@@ -162,8 +196,12 @@ for n in $(seq 1 "$FAILOVERS"); do
       wait "$bench_pid" || true
       continue
     fi
+    killed_ms=$(date +%s%3N)
     kill -9 "${PIDS[$cluster$l]}"
     wait "$bench_pid" || echo "  the failover load generator failed" >&2
+    # From the kill to the first write after the longest gap: writes flowing again.
+    jq -c --argjson k "$killed_ms" '. + {killed_unix_ms: $k, kill_to_write_ms: (.gap_to_unix_ms - $k)}' \
+      "$fo" >>"$RAW"
     "start_$cluster" "$l"
     wait_ready "$cluster"
     sleep 1
@@ -186,26 +224,32 @@ fi
 mkdir -p "$(dirname "$OUT")"
 cp "$RAW" "$OUT"
 
-# One table: Miniku driven as $1 (miniku-grpc or miniku) beside etcd.
+# One table: Miniku driven as $1 (miniku-grpc or miniku) beside etcd. Every figure is the
+# median over the run's repetitions, with (min..max) after it when there were several.
 table() {
   jq -rs --arg sys "$1" '
   def med: sort | if length == 0 then null else .[(length / 2 | floor)] end;
   def fmt: if . == null then "-" else (. * 100 | round / 100 | tostring) end;
+  def spread: if length == 0 then "-" elif length == 1 then (.[0] | fmt)
+    else "\(med | fmt) (\(min | fmt)..\(max | fmt))" end;
   def key: .workload + " " + ((.params // {}) | to_entries | map("\(.key)=\(.value)") | join(" "));
-  [.[] | select(.workload != "load")] | group_by(key) | map({
+  def cluster_wide: .workload == "memory" or .workload == "check-perf" or .workload == "elections";
+  group_by(key) | map({
       name: (.[0] | key),
-      m: [.[] | select(.system == $sys or (.workload == "memory" and .system == "miniku") or (.workload == "check-perf" and .system == "miniku"))],
+      m: [.[] | select(.system == $sys or (cluster_wide and .system == "miniku"))],
       e: [.[] | select(.system == "etcd")]
     }) | .[] | select((.m | length) > 0) |
   if (.name | startswith("memory")) then
-    "\(.name)\t max RSS MB: miniku \(.m | map(.max_rss_mb) | med | fmt)  etcd \(.e | map(.max_rss_mb) | med | fmt)   disk MB/node: miniku \(.m | map(.disk_mb_per_node) | med | fmt)  etcd \(.e | map(.disk_mb_per_node) | med | fmt)"
+    "\(.name)\t max RSS MB: miniku \(.m | map(.max_rss_mb) | spread)  etcd \(.e | map(.max_rss_mb) | spread)   disk MB/node: miniku \(.m | map(.disk_mb_per_node) | spread)  etcd \(.e | map(.disk_mb_per_node) | spread)"
   elif (.name | startswith("check-perf")) then
     "\(.name)\t etcdctl check perf: miniku \(.m | map(.verdict) | join(","))  etcd \(.e | map(.verdict) | join(","))"
+  elif (.name | startswith("elections")) then
+    "\(.name)\t spurious elections (term changes, no faults): miniku \(.m | map(.term_changes) | add)  etcd \(.e | map(.term_changes) | add) | puts miniku \(.m | map(.writes) | add) etcd \(.e | map(.writes) | add) | max ms \(.m | map(.max_ms) | spread) vs \(.e | map(.max_ms) | spread)"
   elif (.name | startswith("failover")) then
-    "\(.name)\t writes stalled ms (median): miniku \(.m | map(.longest_gap_ms) | med | fmt)  etcd \(.e | map(.longest_gap_ms) | med | fmt)   ratio \(((.m | map(.longest_gap_ms) | med) / (.e | map(.longest_gap_ms) | med)) | fmt)"
+    "\(.name)\t writes stalled ms, median (min..max) of \(.m | length) vs \(.e | length): miniku \(.m | map(.longest_gap_ms) | spread)  etcd \(.e | map(.longest_gap_ms) | spread)   ratio \(((.m | map(.longest_gap_ms) | med) / (.e | map(.longest_gap_ms) | med)) | fmt) | kill to next write ms: miniku \(.m | map(.kill_to_write_ms // empty) | spread)  etcd \(.e | map(.kill_to_write_ms // empty) | spread)"
   else
     (.m | map(.throughput) | med) as $mt | (.e | map(.throughput) | med) as $et |
-    "\(.name)\t ops/s miniku \($mt | fmt) etcd \($et | fmt) ratio \(($mt / $et) | fmt) | p50 ms \(.m | map(.p50_ms) | med | fmt) vs \(.e | map(.p50_ms) | med | fmt) | p99 ms \(.m | map(.p99_ms) | med | fmt) vs \(.e | map(.p99_ms) | med | fmt) | max ms \(.m | map(.max_ms) | med | fmt) vs \(.e | map(.max_ms) | med | fmt)" +
+    "\(.name)\t ops/s miniku \(.m | map(.throughput) | spread) etcd \(.e | map(.throughput) | spread) ratio \(($mt / $et) | fmt) | p50 ms \(.m | map(.p50_ms) | spread) vs \(.e | map(.p50_ms) | spread) | p99 ms \(.m | map(.p99_ms) | spread) vs \(.e | map(.p99_ms) | spread) | max ms \(.m | map(.max_ms) | spread) vs \(.e | map(.max_ms) | spread)" +
     (if (.m[0].missing // null) != null then " | missing events \(.m | map(.missing) | add) vs \(.e | map(.missing) | add)" else "" end) +
     (if (.m[0].succeeded // null) != null then " | cas won \(.m | map(.succeeded) | med) vs \(.e | map(.succeeded) | med)" else "" end)
   end' "$OUT" | if command -v column >/dev/null; then column -t -s $'\t'; else tr '\t' ' '; fi
@@ -213,7 +257,7 @@ table() {
 
 ETCD_VERSION=$(etcd --version | awk 'NR == 1 {print $3}')
 echo
-echo "Miniku store vs etcd $ETCD_VERSION, both through etcd's gRPC API and the same client — $(date -u +%Y-%m-%d), $(nproc) cores, $REPS run(s) each (median)"
+echo "Miniku store vs etcd $ETCD_VERSION, both through etcd's gRPC API and the same client — $(date -u +%Y-%m-%d), $(nproc) cores, $REPS run(s) each, $FAILOVERS failover(s): median (min..max)"
 table miniku-grpc
 echo
 echo "Miniku over its HTTP API vs etcd $ETCD_VERSION over gRPC"

@@ -659,6 +659,33 @@ async fn watch(args: &Args, watchers: usize, events: usize, value: &str) -> Resu
     )
 }
 
+/// A failover client: through etcd's client, one client over every endpoint (as a real
+/// etcd client is configured); over Miniku's HTTP API, which has no multi-endpoint client,
+/// one endpoint at a time, moving to the next after a failure.
+async fn failover_client(system: System, endpoints: &[String], ep: usize) -> Option<Kv> {
+    if system.grpc() {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_timeout(Duration::from_secs(5))
+            .with_connect_timeout(Duration::from_secs(1));
+        // Each client lists the endpoints from a different first one.
+        let mut all = endpoints.to_vec();
+        all.rotate_left(ep % endpoints.len().max(1));
+        let c = etcd_client::Client::connect(all, Some(opts)).await.ok()?;
+        return Some(Kv::Etcd(Box::new(c)));
+    }
+    Kv::connect(system, &endpoints[ep % endpoints.len()], endpoints)
+        .await
+        .ok()
+}
+
+/// Milliseconds since the Unix epoch of `t`, an `Instant` of this process.
+fn unix_ms(t: Instant) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now.as_secs_f64() - t.elapsed().as_secs_f64()) * 1000.0
+}
+
 async fn failover(args: &Args, seconds: u64, clients: usize, value: &str) -> Result<()> {
     let until = Instant::now() + Duration::from_secs(seconds);
     let successes: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
@@ -671,9 +698,7 @@ async fn failover(args: &Args, seconds: u64, clients: usize, value: &str) -> Res
         let value = value.to_string();
         tasks.push(tokio::spawn(async move {
             let mut ep = c;
-            let mut kv = Kv::connect(system, &endpoints[ep % endpoints.len()], &endpoints)
-                .await
-                .ok();
+            let mut kv = failover_client(system, &endpoints, ep).await;
             let mut i = 0usize;
             while Instant::now() < until {
                 i += 1;
@@ -692,11 +717,12 @@ async fn failover(args: &Args, seconds: u64, clients: usize, value: &str) -> Res
                         .unwrap_or_else(|p| p.into_inner())
                         .push(Instant::now());
                 } else {
-                    // Move to the next endpoint, as a client with all endpoints would.
-                    ep += 1;
-                    kv = Kv::connect(system, &endpoints[ep % endpoints.len()], &endpoints)
-                        .await
-                        .ok();
+                    // A client over one endpoint moves to the next; one over all of them
+                    // (etcd's) keeps its connections and lets its balancer choose.
+                    if kv.is_none() || !system.grpc() {
+                        ep += 1;
+                        kv = failover_client(system, &endpoints, ep).await;
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -707,12 +733,18 @@ async fn failover(args: &Args, seconds: u64, clients: usize, value: &str) -> Res
     }
     let mut s = successes.lock().unwrap_or_else(|p| p.into_inner()).clone();
     s.sort();
-    let mut gap = Duration::ZERO;
+    // The gaps between successive writes, and from the last write to the end: writes that
+    // never resumed are the longest gap of all, not no gap.
+    let end = Instant::now();
+    let (mut from, mut to) = (start, start);
     let mut prev = start;
-    for t in &s {
-        gap = gap.max(t.saturating_duration_since(prev));
+    for t in s.iter().chain(std::iter::once(&end)) {
+        if t.saturating_duration_since(prev) > to.saturating_duration_since(from) {
+            (from, to) = (prev, *t);
+        }
         prev = *t;
     }
+    let gap = to.saturating_duration_since(from);
     let elapsed = start.elapsed();
     report(
         args,
@@ -721,7 +753,14 @@ async fn failover(args: &Args, seconds: u64, clients: usize, value: &str) -> Res
         &[],
         0,
         elapsed,
-        json!({"writes": s.len(), "longest_gap_ms": gap.as_secs_f64() * 1000.0}),
+        json!({
+            "writes": s.len(),
+            "longest_gap_ms": gap.as_secs_f64() * 1000.0,
+            // When the longest gap began and ended (the last write before it, the first
+            // after it), to line up with the moment the leader was killed.
+            "gap_from_unix_ms": unix_ms(from),
+            "gap_to_unix_ms": unix_ms(to),
+        }),
     )
 }
 
