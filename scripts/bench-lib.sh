@@ -20,7 +20,14 @@ install_missing() {
 }
 
 # build_release: the release `miniku` (BIN) and `miniku-bench` (BENCH).
+# MINIKU_BIN_DIR=DIR: use DIR/miniku and DIR/miniku-bench as they are (a copy of an earlier
+# build), without building.
 build_release() {
+  if [ -n "${MINIKU_BIN_DIR:-}" ]; then
+    BIN=$MINIKU_BIN_DIR/miniku
+    BENCH=$MINIKU_BIN_DIR/miniku-bench
+    return
+  fi
   echo "building (release)..."
   cargo build --release --quiet -p miniku -p miniku-bench
   BIN=${CARGO_TARGET_DIR:-target}/release/miniku
