@@ -2,10 +2,13 @@
 //! requests go to whatever [`PeerService`] the node passes in. Bodies are bincode; any size
 //! up to [`MAX_PEER_BODY`] is accepted (log batches and whole snapshots travel here).
 //!
-//! This module decodes, dispatches and encodes; what a request does is the service's.
+//! This module decodes, dispatches and encodes; what a request does is the service's. It
+//! also notes when the last AppendEntries or snapshot arrived and when a vote was last granted
+//! ([`Inbound`]).
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -30,14 +33,48 @@ pub trait PeerService: Send + Sync {
 /// Largest peer request body: a whole snapshot must fit.
 pub const MAX_PEER_BODY: usize = 1 << 30;
 
+/// What arrived lately: when this member last received an AppendEntries (a heartbeat
+/// included) or a whole snapshot (on a follower, the last sign of life from its leader),
+/// and when it last granted its vote to a candidate.
+#[derive(Clone, Default)]
+pub struct Inbound {
+    append: Arc<Mutex<Option<Instant>>>,
+    grant: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Inbound {
+    /// When the last AppendEntries or snapshot arrived; `None` if none did since this
+    /// member started.
+    pub fn last_append(&self) -> Option<Instant> {
+        *self.append.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When this member last granted its vote; `None` if it did not since it started.
+    pub fn last_grant(&self) -> Option<Instant> {
+        *self.grant.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note(at: &Mutex<Option<Instant>>) {
+        *at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+}
+
 #[derive(Clone)]
 struct PeerState {
     raft: Raft,
     service: Arc<dyn PeerService>,
+    inbound: Inbound,
 }
 
-/// The peer API: Raft's RPCs for `raft`, calls for `service`, all behind `token` when given.
-pub fn router(raft: Raft, service: Arc<dyn PeerService>, token: Option<Token>) -> Router {
+/// The peer API: Raft's RPCs for `raft`, calls for `service`, all behind `token` when given;
+/// every AppendEntries and snapshot that arrives, and every vote granted, is noted in
+/// `inbound`.
+pub fn router(
+    raft: Raft,
+    service: Arc<dyn PeerService>,
+    token: Option<Token>,
+    inbound: Inbound,
+) -> Router {
     Router::new()
         .route(paths::APPEND, post(append))
         .route(paths::VOTE, post(vote))
@@ -52,7 +89,11 @@ pub fn router(raft: Raft, service: Arc<dyn PeerService>, token: Option<Token>) -
             },
             crate::auth::require_token,
         ))
-        .with_state(PeerState { raft, service })
+        .with_state(PeerState {
+            raft,
+            service,
+            inbound,
+        })
 }
 
 fn reply<T: serde::Serialize>(v: &T) -> Response {
@@ -72,14 +113,23 @@ fn bad_request(e: CodecError) -> Response {
 
 async fn append(State(s): State<PeerState>, body: Bytes) -> Response {
     match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(req) => reply(&s.raft.append_entries(req).await),
+        Ok(req) => {
+            Inbound::note(&s.inbound.append);
+            reply(&s.raft.append_entries(req).await)
+        }
         Err(e) => bad_request(e),
     }
 }
 
 async fn vote(State(s): State<PeerState>, body: Bytes) -> Response {
     match decode::<VoteRequest<NodeId>>(&body) {
-        Ok(req) => reply(&s.raft.vote(req).await),
+        Ok(req) => {
+            let answer = s.raft.vote(req).await;
+            if answer.as_ref().is_ok_and(|r| r.vote_granted) {
+                Inbound::note(&s.inbound.grant);
+            }
+            reply(&answer)
+        }
         Err(e) => bad_request(e),
     }
 }
@@ -87,6 +137,7 @@ async fn vote(State(s): State<PeerState>, body: Bytes) -> Response {
 async fn snapshot(State(s): State<PeerState>, body: Bytes) -> Response {
     match decode::<(Vote, SnapshotMeta, Vec<u8>)>(&body) {
         Ok((vote, meta, data)) => {
+            Inbound::note(&s.inbound.append);
             let snapshot = Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(data)),
