@@ -32,12 +32,15 @@ pub struct StoreArgs {
     #[arg(long)]
     pub join: bool,
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
-    /// Raft election timeout range in milliseconds: MIN..MAX.
-    #[arg(long, default_value_t = 500)]
+    /// Raft election timeout range in milliseconds: MIN..MAX. A follower starts an election
+    /// after MAX + a random timeout in the range of silence from the leader (openraft's
+    /// leader lease is MAX), or MAX after the last message when the leader's peer port
+    /// refuses connections (its process is gone).
+    #[arg(long, default_value_t = 150)]
     pub election_min_ms: u64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 300)]
     pub election_max_ms: u64,
     /// Build a snapshot (and purge the log behind it) after this many log entries.
     #[arg(long, default_value_t = 5000)]

@@ -44,6 +44,7 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub(crate) mod crash_watch;
 pub mod disk;
 pub mod error;
 pub mod grpc;

@@ -18,12 +18,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::StoreConfig;
+use crate::crash_watch::CrashWatch;
 use crate::disk::DiskGuard;
 use crate::leader_route::LeaderRoute;
 use crate::lease::LeaseClock;
 use crate::metrics::Metrics;
 use crate::mvcc::MvccStore;
 use crate::network::client::{PeerClient, PeerNetworkFactory};
+use crate::network::server::Inbound;
 use crate::network::{PeerRequest, PeerResponse};
 use crate::node::{NodeError, NodeParts, StoreHandle, StoreNode};
 use crate::peer_service::LeaderService;
@@ -288,8 +290,8 @@ fn assemble(
     })
 }
 
-/// Serves the peer and client APIs and runs the lease clock, the disk guard and the
-/// leadership counter, until `stopped`.
+/// Serves the peer and client APIs and runs the lease clock, the disk guard, the leadership
+/// counter and the crash watch, until `stopped`.
 fn start_tasks(
     config: &StoreConfig,
     handle: &StoreHandle,
@@ -303,12 +305,22 @@ fn start_tasks(
         max_connections: config.limits.max_connections,
         ..ServeConfig::new(name)
     };
+    let inbound = Inbound::default();
     let peer_router = crate::network::server::router(
         inner.raft.clone(),
         inner.leader.clone(),
         config.peer_token.clone(),
         inner.metrics.clone(),
+        inbound.clone(),
     );
+    let crash_watch = CrashWatch {
+        id: config.id,
+        raft: inner.raft.clone(),
+        peers: inner.peers.clone(),
+        inbound,
+        heartbeat: config.heartbeat_interval,
+        lease: config.election_timeout_max,
+    };
     vec![
         serve(
             listeners.peer,
@@ -335,6 +347,7 @@ fn start_tasks(
             .run(stopped.clone()),
         ),
         tokio::spawn(watch_leadership(inner.raft.clone(), inner.metrics.clone())),
+        tokio::spawn(crash_watch.run(stopped.clone())),
     ]
 }
 

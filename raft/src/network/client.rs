@@ -56,6 +56,8 @@ pub struct PeerClient {
     scheme: &'static str,
     /// When each peer last answered one of this member's Raft RPCs.
     answered: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// When a voter last refused this member's vote request because its own log is longer.
+    outlogged: Arc<Mutex<Option<Instant>>>,
 }
 
 impl PeerClient {
@@ -93,6 +95,7 @@ impl PeerClient {
             routes: Arc::new(routes),
             scheme: if tls.is_some() { "https" } else { "http" },
             answered: Arc::default(),
+            outlogged: Arc::default(),
         })
     }
 
@@ -102,6 +105,12 @@ impl PeerClient {
     pub fn last_answer(&self, peer: NodeId) -> Option<Instant> {
         let answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
         answered.get(&peer).copied()
+    }
+
+    /// When a voter last refused this member's vote request because the voter's log is
+    /// longer: then that voter, not this member, should be the next leader.
+    pub fn outlogged(&self) -> Option<Instant> {
+        *self.outlogged.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn note_answer(&self, peer: NodeId) {
@@ -158,6 +167,18 @@ impl PeerClient {
             addr: addr.to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// Whether `addr`'s peer port refuses connections: nothing listens there (the member's
+    /// process is gone). A connection that is accepted, or that neither succeeds nor fails
+    /// within `timeout` (a partition, a stalled host), is not a refusal. Dials a plain TCP
+    /// connection (through the route, if any) and closes it at once.
+    pub async fn refuses(&self, addr: &str, timeout: Duration) -> bool {
+        let dial = self.routes.get(addr).map_or(addr, String::as_str);
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(dial)).await {
+            Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            Ok(Ok(_)) | Err(_) => false,
+        }
     }
 
     /// Sends a follower-to-leader request.
@@ -269,7 +290,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RaftRpcError> {
-        self.raft_rpc(paths::VOTE, &rpc, option.hard_ttl()).await
+        let candidate_log = rpc.last_log_id;
+        let resp: VoteResponse<NodeId> =
+            self.raft_rpc(paths::VOTE, &rpc, option.hard_ttl()).await?;
+        if !resp.vote_granted && resp.last_log_id > candidate_log {
+            *self
+                .client
+                .outlogged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        Ok(resp)
     }
 
     async fn full_snapshot(
@@ -307,5 +338,30 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 timeout,
             })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_only_where_nothing_listens() {
+        let client = PeerClient::new(HashMap::new(), None, None).expect("a plain client");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("bound").to_string();
+        let timeout = Duration::from_millis(500);
+        assert!(!client.refuses(&addr, timeout).await, "a listening port");
+        drop(listener);
+        assert!(client.refuses(&addr, timeout).await, "a closed port");
+        // A route is dialled instead of the address itself.
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let routes = HashMap::from([(addr.clone(), open.local_addr().expect("bound").to_string())]);
+        let routed = PeerClient::new(routes, None, None).expect("a plain client");
+        assert!(!routed.refuses(&addr, timeout).await, "the route listens");
     }
 }
