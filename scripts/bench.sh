@@ -76,7 +76,7 @@ term_of() {
     done | sort -n | tail -1
   else
     etcdctl --endpoints="$E_EP" --command-timeout=2s endpoint status -w json 2>/dev/null \
-      | jq -r '.[].Status.raft_term' | sort -n | tail -1
+      | jq -r '.[].Status | (.raftTerm // .header.raft_term // empty)' | sort -n | tail -1
   fi
 }
 
