@@ -76,7 +76,7 @@ term_of() {
     done | sort -n | tail -1
   else
     etcdctl --endpoints="$E_EP" --command-timeout=2s endpoint status -w json 2>/dev/null \
-      | jq -r '.[].Status | (.raftTerm // .header.raft_term)' | sort -n | tail -1
+      | jq -r '.[].Status | (.raftTerm // .header.raft_term // empty)' | sort -n | tail -1
   fi
 }
 
@@ -233,6 +233,11 @@ table() {
   def spread: if length == 0 then "-" elif length == 1 then (.[0] | fmt)
     else "\(med | fmt) (\(min | fmt)..\(max | fmt))" end;
   def key: .workload + " " + ((.params // {}) | to_entries | map("\(.key)=\(.value)") | join(" "));
+  # From the kill to the first write after it, when the longest gap is the one the kill is in
+  # (a later stall may be longer; the last write before the kill may land just after the
+  # recorded time).
+  def kill_to_write: select(.killed_unix_ms != null and .gap_from_unix_ms <= .killed_unix_ms + 100
+    and .killed_unix_ms <= .gap_to_unix_ms) | .kill_to_write_ms;
   def cluster_wide: .workload == "memory" or .workload == "check-perf" or .workload == "elections";
   group_by(key) | map({
       name: (.[0] | key),
@@ -246,7 +251,7 @@ table() {
   elif (.name | startswith("elections")) then
     "\(.name)\t spurious elections (term changes, no faults): miniku \(.m | map(.term_changes) | add)  etcd \(.e | map(.term_changes) | add) | puts miniku \(.m | map(.writes) | add) etcd \(.e | map(.writes) | add) | max ms \(.m | map(.max_ms) | spread) vs \(.e | map(.max_ms) | spread)"
   elif (.name | startswith("failover")) then
-    "\(.name)\t writes stalled ms, median (min..max) of \(.m | length) vs \(.e | length): miniku \(.m | map(.longest_gap_ms) | spread)  etcd \(.e | map(.longest_gap_ms) | spread)   ratio \(((.m | map(.longest_gap_ms) | med) / (.e | map(.longest_gap_ms) | med)) | fmt) | kill to next write ms: miniku \(.m | map(.kill_to_write_ms // empty) | spread)  etcd \(.e | map(.kill_to_write_ms // empty) | spread)"
+    "\(.name)\t writes stalled ms, median (min..max) of \(.m | length) vs \(.e | length): miniku \(.m | map(.longest_gap_ms) | spread)  etcd \(.e | map(.longest_gap_ms) | spread)   ratio \(((.m | map(.longest_gap_ms) | med) / (.e | map(.longest_gap_ms) | med)) | fmt) | kill to next write ms: miniku \(.m | map(kill_to_write) | spread)  etcd \(.e | map(kill_to_write) | spread)"
   else
     (.m | map(.throughput) | med) as $mt | (.e | map(.throughput) | med) as $et |
     "\(.name)\t ops/s miniku \(.m | map(.throughput) | spread) etcd \(.e | map(.throughput) | spread) ratio \(($mt / $et) | fmt) | p50 ms \(.m | map(.p50_ms) | spread) vs \(.e | map(.p50_ms) | spread) | p99 ms \(.m | map(.p99_ms) | spread) vs \(.e | map(.p99_ms) | spread) | max ms \(.m | map(.max_ms) | spread) vs \(.e | map(.max_ms) | spread)" +
