@@ -67,7 +67,10 @@ pub fn open_stores(
         db: db.clone(),
         mvcc,
         listener,
-        snapshot_path: data_dir.join(SNAPSHOT_FILE),
+        snapshot_file: SnapshotPath {
+            path: data_dir.join(SNAPSHOT_FILE),
+            writing: Arc::default(),
+        },
         metrics: metrics.clone(),
     };
     sm.recover_snapshot()?;
@@ -313,7 +316,7 @@ pub struct StateMachineStore {
     db: sled::Db,
     mvcc: MvccStore,
     listener: Arc<dyn ApplyListener>,
-    snapshot_path: PathBuf,
+    snapshot_file: SnapshotPath,
     metrics: Metrics,
 }
 
@@ -371,12 +374,55 @@ fn parse_snapshot_file(mut bytes: Vec<u8>) -> Result<SnapshotFile, StorageError>
     Ok(SnapshotFile { meta, data: bytes })
 }
 
-/// Writes `snapshot.bin` atomically (temp file, fsync, rename, fsync the directory):
-/// `payload` streams the payload onto the file and says the metadata.
+/// Where `snapshot.bin` is, and the lock its writers hold: a build and an install may
+/// overlap (a follower building its own snapshot receives the leader's), and both write
+/// through the same temporary file.
+#[derive(Clone)]
+struct SnapshotPath {
+    path: PathBuf,
+    writing: Arc<std::sync::Mutex<()>>,
+}
+
+/// The metadata of the snapshot in `path`, if there is one, read from the end of the file.
+fn read_snapshot_meta(path: &Path) -> Result<Option<SnapshotMeta>, StorageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(snapshot_read_err(e)),
+    };
+    let mut magic = [0u8; 8];
+    let len = f.metadata().map_err(snapshot_read_err)?.len();
+    if len < 16 || f.read_exact(&mut magic).is_err() || &magic != SNAPSHOT_MAGIC {
+        // The older layout keeps its metadata in front: read it whole.
+        let bytes = std::fs::read(path).map_err(snapshot_read_err)?;
+        return parse_snapshot_file(bytes).map(|f| Some(f.meta));
+    }
+    let mut meta_len = [0u8; 8];
+    f.seek(SeekFrom::End(-8))
+        .and_then(|_| f.read_exact(&mut meta_len))
+        .map_err(snapshot_read_err)?;
+    let meta_len = u64::from_be_bytes(meta_len);
+    if meta_len > len - 16 {
+        return Err(snapshot_read_err("snapshot.bin is cut short"));
+    }
+    let mut meta = vec![0u8; meta_len as usize];
+    f.seek(SeekFrom::End(-8 - meta_len as i64))
+        .and_then(|_| f.read_exact(&mut meta))
+        .map_err(snapshot_read_err)?;
+    decode(&meta).map(Some).map_err(snapshot_read_err)
+}
+
+/// Writes `snapshot.bin` atomically (temp file, fsync, rename, fsync the directory), one
+/// writer at a time: `payload` streams the payload onto the file and says the metadata. A
+/// snapshot older than the one already there (a build that overlapped an install) is
+/// dropped: the file never goes back.
 fn write_snapshot_file(
-    path: &Path,
+    file: &SnapshotPath,
     payload: impl FnOnce(&mut dyn Write) -> Result<SnapshotMeta, StorageError>,
 ) -> Result<SnapshotMeta, StorageError> {
+    let _writing = file.writing.lock().unwrap_or_else(|p| p.into_inner());
+    let path = file.path.as_path();
     let tmp = path.with_extension("tmp");
     let file = std::fs::File::create(&tmp).map_err(snapshot_err)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, SyncingWriter::new(file));
@@ -386,8 +432,19 @@ fn write_snapshot_file(
     out.write_all(&meta_bytes).map_err(snapshot_err)?;
     out.write_all(&(meta_bytes.len() as u64).to_be_bytes())
         .map_err(snapshot_err)?;
-    let file = out.into_inner().map_err(|e| snapshot_err(e.error()))?.file;
-    file.sync_all().map_err(snapshot_err)?;
+    let written = out.into_inner().map_err(|e| snapshot_err(e.error()))?.file;
+    written.sync_all().map_err(snapshot_err)?;
+    if let Some(existing) = read_snapshot_meta(path)? {
+        if existing.last_log_id > meta.last_log_id {
+            tracing::info!(
+                kept = ?existing.last_log_id,
+                dropped = ?meta.last_log_id,
+                "a newer snapshot is already in place; dropping this one"
+            );
+            std::fs::remove_file(&tmp).map_err(snapshot_err)?;
+            return Ok(meta);
+        }
+    }
     std::fs::rename(&tmp, path).map_err(snapshot_err)?;
     if let Some(dir) = path.parent() {
         if let Ok(d) = std::fs::File::open(dir) {
@@ -431,7 +488,7 @@ impl Write for SyncingWriter {
 
 impl StateMachineStore {
     fn read_snapshot_file(&self) -> Result<Option<SnapshotFile>, StorageError> {
-        match std::fs::read(&self.snapshot_path) {
+        match std::fs::read(&self.snapshot_file.path) {
             Ok(bytes) => parse_snapshot_file(bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(snapshot_read_err(e)),
@@ -500,7 +557,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             mvcc: self.mvcc.clone(),
-            snapshot_path: self.snapshot_path.clone(),
+            snapshot_file: self.snapshot_file.clone(),
         }
     }
 
@@ -514,7 +571,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        write_snapshot_file(&self.snapshot_path, |out| {
+        write_snapshot_file(&self.snapshot_file, |out| {
             out.write_all(&data).map_err(snapshot_err)?;
             Ok(meta.clone())
         })?;
@@ -540,7 +597,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// `snapshot.bin` on a blocking thread while the state machine goes on applying.
 pub struct SnapshotBuilder {
     mvcc: MvccStore,
-    snapshot_path: PathBuf,
+    snapshot_file: SnapshotPath,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -550,10 +607,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// never held twice in memory.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let mvcc = self.mvcc.clone();
-        let path = self.snapshot_path.clone();
+        let file = self.snapshot_file.clone();
         let started = std::time::Instant::now();
         let meta = tokio::task::spawn_blocking(move || {
-            write_snapshot_file(&path, |out| {
+            write_snapshot_file(&file, |out| {
                 let exported = mvcc.export_to(out).map_err(sm_err)?;
                 let snapshot_id = match exported.last_applied {
                     Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, exported.bytes),

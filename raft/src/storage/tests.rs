@@ -76,3 +76,39 @@ async fn a_log_kept_in_sled_by_an_older_release_moves_into_the_log_files() {
     assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
     assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"raft_log"));
 }
+
+#[test]
+fn a_snapshot_older_than_the_one_on_disk_never_replaces_it() {
+    use openraft::CommittedLeaderId;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = SnapshotPath {
+        path: dir.path().join(SNAPSHOT_FILE),
+        writing: Arc::default(),
+    };
+    let meta = |index| SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), index)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: format!("s{index}"),
+    };
+    let write = |index: u64, payload: &'static [u8]| {
+        write_snapshot_file(&file, |out| {
+            out.write_all(payload).map_err(snapshot_err)?;
+            Ok(meta(index))
+        })
+        .expect("write")
+    };
+    write(20, b"newer");
+    write(10, b"older");
+    let kept = parse_snapshot_file(std::fs::read(&file.path).expect("read")).expect("parse");
+    assert_eq!(kept.meta.snapshot_id, "s20");
+    assert_eq!(kept.data, b"newer".to_vec());
+    assert_eq!(
+        read_snapshot_meta(&file.path)
+            .expect("meta")
+            .map(|m| m.snapshot_id),
+        Some("s20".to_string())
+    );
+    write(30, b"newest");
+    let kept = parse_snapshot_file(std::fs::read(&file.path).expect("read")).expect("parse");
+    assert_eq!(kept.data, b"newest".to_vec());
+}
