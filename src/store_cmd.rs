@@ -55,6 +55,11 @@ pub struct StoreArgs {
     /// harnesses (scripts/chaos.sh) that put a proxy on each link between two members.
     #[arg(long, default_value = "")]
     pub peer_route: String,
+    /// Send every peer message as its own HTTP request instead of over long-lived peer
+    /// streams (to compare the two, or beside members too old to serve streams, which are
+    /// otherwise detected and sent HTTP requests anyway).
+    #[arg(long)]
+    pub no_peer_streams: bool,
     /// File holding the bearer token clients must send (every route but /health). Without
     /// one the client API only listens on loopback.
     #[arg(long)]
@@ -113,6 +118,7 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     config.election_timeout_max = Duration::from_millis(args.election_max_ms);
     config.snapshot_logs_since_last = args.snapshot_entries;
     config.max_batch_commands = args.max_batch;
+    config.peer_streams = !args.no_peer_streams;
     config.request_timeout = Duration::from_secs(args.request_timeout_secs);
     for part in args.peer_route.split(',').filter(|p| !p.trim().is_empty()) {
         let (addr, via) = part

@@ -167,6 +167,30 @@ async fn a_stranger_cannot_speak_raft_to_a_member() -> Result<()> {
             }
         }
     }
+    // A peer stream (an HTTP upgrade on the peer port) opens only with the cluster's secret.
+    let open_stream = |port: u16, auth: Option<&str>| {
+        let mut req = http
+            .get(format!("http://127.0.0.1:{port}/peer/stream"))
+            .header("connection", "upgrade")
+            .header("upgrade", "miniku-peer/1");
+        if let Some(a) = auth {
+            req = req.header("authorization", a.to_string());
+        }
+        async move { anyhow::Ok(req.send().await?.status().as_u16()) }
+    };
+    for m in &store.members {
+        for auth in [None, Some("Bearer wrong-token-0123456789"), Some(TOKEN)] {
+            let status = open_stream(m.peer_port, auth).await?;
+            ensure!(
+                status == 401,
+                "/peer/stream on member {} with {auth:?}: {status}",
+                m.id
+            );
+        }
+    }
+    let secret = format!("Bearer {PEER_TOKEN}");
+    let status = open_stream(store.member(1).peer_port, Some(&secret)).await?;
+    ensure!(status == 101, "the right secret opened no stream: {status}");
     // The same garbage with the secret gets past the guard (and is rejected as garbage):
     // the 401s above came from the missing secret, not from the body.
     let url = format!("http://127.0.0.1:{}/raft/vote", store.member(1).peer_port);

@@ -73,6 +73,9 @@ pub struct StoreConfig {
     /// fault-injection harness routes each pair of members through its own proxy so it can
     /// cut single links.
     pub peer_routes: HashMap<String, String>,
+    /// Carry AppendEntries and calls to the leader over long-lived framed streams (the
+    /// default); false sends each as an HTTP request, as members did before streams.
+    pub peer_streams: bool,
     /// TESTING ONLY, UNSAFE: serve "linearizable" reads from local state without a read
     /// index, so a lagging or partitioned member answers stale data. Exists so the
     /// fault-injection harness can prove its checker catches stale reads.
@@ -121,6 +124,7 @@ impl StoreConfig {
             request_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             peer_routes: HashMap::new(),
+            peer_streams: true,
             unsafe_stale_reads: false,
             client_token: None,
             peer_token: None,

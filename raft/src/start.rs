@@ -73,7 +73,8 @@ impl StoreNode {
             config.peer_token.clone(),
             config.peer_tls.as_ref(),
         )
-        .map_err(NodeError::Config)?;
+        .map_err(NodeError::Config)?
+        .with_streams(config.peer_streams);
         let raft = build_raft(
             &config,
             &peers,
@@ -312,6 +313,7 @@ fn start_tasks(
         config.peer_token.clone(),
         inner.metrics.clone(),
         inbound.clone(),
+        stopped.clone(),
     );
     let crash_watch = CrashWatch {
         id: config.id,

@@ -1,5 +1,7 @@
-//! Outbound peer traffic: openraft's [`RaftNetworkFactory`] over HTTP + bincode, and
-//! [`PeerClient::call`] for the follower-to-leader requests.
+//! Outbound peer traffic: openraft's [`RaftNetworkFactory`], and [`PeerClient::call`] for
+//! the follower-to-leader requests. AppendEntries go over one [`ExclusiveStream`] per
+//! replication target, calls over one [`SharedStream`] per peer; votes and whole snapshots,
+//! and everything to a peer that cannot open a stream, are HTTP requests.
 //!
 //! A refused or failed connection is reported to openraft as `Unreachable` so it backs off
 //! instead of spinning; a request that timed out after it was sent is a `Timeout`.
@@ -20,6 +22,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::stream::{ExclusiveStream, Kind, SharedError, SharedStream, StreamError, PROTOCOL};
 use super::{PeerError, PeerRequest, PeerResponse};
 use crate::auth::Token;
 use crate::codec::{decode, encode};
@@ -33,6 +36,29 @@ pub(crate) mod paths {
     pub const VOTE: &str = "/raft/vote";
     pub const SNAPSHOT: &str = "/raft/snapshot";
     pub const CALL: &str = "/peer/call";
+    pub const STREAM: &str = "/peer/stream";
+}
+
+/// How long a peer that answered a stream upgrade with an HTTP error (an older version) is
+/// sent plain HTTP requests before a stream is tried again.
+const HTTP_ONLY_FOR: Duration = Duration::from_secs(30);
+
+/// Why a peer stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// The peer does not serve streams (it answered the upgrade with this status).
+    #[error("peer streams not served (HTTP {0})")]
+    Unsupported(reqwest::StatusCode),
+    /// Nothing was delivered: no connection, a refused upgrade, a broken handshake.
+    #[error("{0}")]
+    Failed(TransportError),
+}
+
+/// A peer's shared call stream, or until when it gets plain HTTP instead.
+#[derive(Default)]
+struct CallSlot {
+    stream: Option<Arc<SharedStream<reqwest::Upgraded>>>,
+    http_until: Option<Instant>,
 }
 
 /// How a peer request failed on the way.
@@ -58,6 +84,10 @@ pub struct PeerClient {
     answered: Arc<Mutex<HashMap<NodeId, Instant>>>,
     /// When a voter last refused this member's vote request because its own log is longer.
     outlogged: Arc<Mutex<Option<Instant>>>,
+    /// Peer address -> its call stream (opened on first use, reopened when it breaks).
+    calls: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<CallSlot>>>>>,
+    /// False: every message is an HTTP request ([`PeerClient::with_streams`]).
+    streams: bool,
 }
 
 impl PeerClient {
@@ -96,7 +126,15 @@ impl PeerClient {
             scheme: if tls.is_some() { "https" } else { "http" },
             answered: Arc::default(),
             outlogged: Arc::default(),
+            calls: Arc::default(),
+            streams: true,
         })
+    }
+
+    /// With `false`, sends every peer message as its own HTTP request, never over a stream.
+    pub fn with_streams(mut self, streams: bool) -> Self {
+        self.streams = streams;
+        self
     }
 
     /// When `peer` last answered a Raft RPC (append, vote, snapshot) from this member: any
@@ -129,6 +167,17 @@ impl PeerClient {
             addr: addr.to_string(),
             message: e.to_string(),
         })?;
+        let answer = self.post_bytes(addr, path, body, timeout).await?;
+        decode_answer(addr, &answer)
+    }
+
+    async fn post_bytes(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, TransportError> {
         let dial = self.routes.get(addr).map_or(addr, String::as_str);
         let url = format!("{}://{dial}{path}", self.scheme);
         let resp = self
@@ -163,9 +212,122 @@ impl PeerClient {
                 message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
             });
         }
-        decode(&bytes).map_err(|e| TransportError::NoAnswer {
+        Ok(bytes)
+    }
+
+    /// Opens a peer stream to `addr`: an HTTP upgrade on a connection of its own, carrying
+    /// the cluster token (and over TLS when peers use it), within `timeout`.
+    async fn open_stream(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Upgraded, OpenError> {
+        let failed = |message: String| {
+            OpenError::Failed(TransportError::Unreachable {
+                addr: addr.to_string(),
+                message,
+            })
+        };
+        let dial = self.routes.get(addr).map_or(addr, String::as_str);
+        let url = format!("{}://{dial}{}", self.scheme, paths::STREAM);
+        let upgrade = async {
+            let resp = self
+                .http
+                .get(&url)
+                .header(reqwest::header::CONNECTION, "upgrade")
+                .header(reqwest::header::UPGRADE, PROTOCOL)
+                .send()
+                .await
+                .map_err(|e| failed(crate::error::with_causes(&e)))?;
+            match resp.status() {
+                reqwest::StatusCode::SWITCHING_PROTOCOLS => resp
+                    .upgrade()
+                    .await
+                    .map_err(|e| failed(crate::error::with_causes(&e))),
+                status @ (reqwest::StatusCode::NOT_FOUND
+                | reqwest::StatusCode::METHOD_NOT_ALLOWED
+                | reqwest::StatusCode::BAD_REQUEST) => Err(OpenError::Unsupported(status)),
+                status => Err(failed(format!("stream upgrade answered HTTP {status}"))),
+            }
+        };
+        match tokio::time::timeout(timeout, upgrade).await {
+            Ok(Ok(io)) => {
+                tracing::debug!(%addr, "opened a peer stream");
+                Ok(io)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(failed(format!("no stream within {timeout:?}"))),
+        }
+    }
+
+    /// The call stream to `addr`, opened if there is none in use; `None` while the peer
+    /// gets plain HTTP.
+    async fn call_stream(
+        &self,
+        addr: &str,
+        deadline: Instant,
+    ) -> Result<Option<Arc<SharedStream<reqwest::Upgraded>>>, TransportError> {
+        let slot = {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            calls.entry(addr.to_string()).or_default().clone()
+        };
+        // Another caller may be opening the stream: wait for it, but not past the deadline.
+        let Ok(mut slot) = tokio::time::timeout_at(deadline.into(), slot.lock()).await else {
+            return Err(TransportError::Unreachable {
+                addr: addr.to_string(),
+                message: "no call stream in time (another request is opening it)".into(),
+            });
+        };
+        if let Some(stream) = slot.stream.as_ref().filter(|s| s.is_usable()) {
+            return Ok(Some(stream.clone()));
+        }
+        slot.stream = None;
+        if !self.streams || slot.http_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(None);
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match self.open_stream(addr, timeout).await {
+            Ok(io) => {
+                let stream = Arc::new(SharedStream::new(io));
+                slot.stream = Some(stream.clone());
+                slot.http_until = None;
+                Ok(Some(stream))
+            }
+            Err(OpenError::Unsupported(status)) => {
+                tracing::info!(%addr, %status, "peer serves no streams; sending it HTTP requests");
+                slot.http_until = Some(Instant::now() + HTTP_ONLY_FOR);
+                Ok(None)
+            }
+            Err(OpenError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// A call's encoded request and answer, over the call stream to `addr` (or HTTP).
+    async fn call_bytes(
+        &self,
+        addr: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, TransportError> {
+        let deadline = Instant::now() + timeout;
+        // A stream found closed before the request went out is replaced once.
+        for attempt in 0..2 {
+            let Some(stream) = self.call_stream(addr, deadline).await? else {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                return self.post_bytes(addr, paths::CALL, body, remaining).await;
+            };
+            match stream.request(Kind::Call, &body, deadline.into()).await {
+                Ok(answer) => return Ok(answer),
+                Err(SharedError::NotSent(e)) if attempt == 0 => {
+                    tracing::debug!(%addr, error = %e, "call stream closed; opening another");
+                }
+                Err(SharedError::NotSent(e)) => return Err(unreachable(addr, &e)),
+                Err(SharedError::Lost(e)) => return Err(no_answer(addr, &e)),
+            }
+        }
+        Err(TransportError::Unreachable {
             addr: addr.to_string(),
-            message: e.to_string(),
+            message: "no call stream".into(),
         })
     }
 
@@ -188,7 +350,33 @@ impl PeerClient {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<Result<PeerResponse, PeerError>, TransportError> {
-        self.post(addr, paths::CALL, req, timeout).await
+        let body = encode(req).map_err(|e| TransportError::Unreachable {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?;
+        let answer = self.call_bytes(addr, body, timeout).await?;
+        decode_answer(addr, &answer)
+    }
+}
+
+fn decode_answer<Resp: DeserializeOwned>(addr: &str, bytes: &[u8]) -> Result<Resp, TransportError> {
+    decode(bytes).map_err(|e| TransportError::NoAnswer {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn unreachable(addr: &str, e: &StreamError) -> TransportError {
+    TransportError::Unreachable {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn no_answer(addr: &str, e: &StreamError) -> TransportError {
+    TransportError::NoAnswer {
+        addr: addr.to_string(),
+        message: e.to_string(),
     }
 }
 
@@ -214,6 +402,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             target,
             addr: node.addr.clone(),
             metrics: self.metrics.clone(),
+            appends: None,
+            http_until: None,
         }
     }
 }
@@ -223,6 +413,11 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     metrics: Metrics,
+    /// The stream AppendEntries go over; opened on first use, dropped after any failure.
+    /// Only ever reached through `&mut self` (`get_mut`): the mutex just makes it `Sync`.
+    appends: Option<Mutex<ExclusiveStream<reqwest::Upgraded>>>,
+    /// Until when the target gets AppendEntries as HTTP requests (it serves no streams).
+    http_until: Option<Instant>,
 }
 
 type RaftRpcError<E = openraft::error::Infallible> =
@@ -240,8 +435,19 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<Result<Resp, RaftError<NodeId, E>>, TransportError> =
-            self.client.post(&self.addr, path, req, timeout).await;
+        let answer = self.client.post(&self.addr, path, req, timeout).await;
+        self.raft_answer(answer)
+    }
+
+    // The error is openraft's own type, which the `RaftNetwork` methods return as it is.
+    #[allow(clippy::result_large_err)]
+    fn raft_answer<Resp, E>(
+        &self,
+        answer: Result<Result<Resp, RaftError<NodeId, E>>, TransportError>,
+    ) -> Result<Resp, RaftRpcError<E>>
+    where
+        E: std::error::Error,
+    {
         if answer.is_ok() {
             self.client.note_answer(self.target);
         }
@@ -258,6 +464,53 @@ impl PeerConnection {
     }
 }
 
+impl PeerConnection {
+    /// An encoded AppendEntries and its answer, over this target's append stream (opened
+    /// if needed) or, while the target serves no streams, as an HTTP request.
+    async fn append_bytes(
+        &mut self,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, TransportError> {
+        let deadline = Instant::now() + timeout;
+        let http_only = !self.client.streams || self.http_until.is_some_and(|t| Instant::now() < t);
+        if self.appends.is_none() && !http_only {
+            match self.client.open_stream(&self.addr, timeout).await {
+                Ok(io) => self.appends = Some(Mutex::new(ExclusiveStream::new(io))),
+                Err(OpenError::Unsupported(status)) => {
+                    tracing::info!(addr = %self.addr, %status, "peer serves no streams; sending it HTTP appends");
+                    self.http_until = Some(Instant::now() + HTTP_ONLY_FOR);
+                }
+                Err(OpenError::Failed(e)) => return Err(e),
+            }
+        }
+        let Some(stream) = self
+            .appends
+            .as_mut()
+            .map(|s| s.get_mut().unwrap_or_else(|p| p.into_inner()))
+        else {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            return self
+                .client
+                .post_bytes(&self.addr, paths::APPEND, body, remaining)
+                .await;
+        };
+        let answer =
+            tokio::time::timeout_at(deadline.into(), stream.round_trip(Kind::Append, &body)).await;
+        match answer {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                self.appends = None;
+                Err(no_answer(&self.addr, &e))
+            }
+            Err(_) => {
+                self.appends = None;
+                Err(no_answer(&self.addr, &StreamError::TimedOut))
+            }
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
@@ -265,7 +518,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RaftRpcError> {
         let started = Instant::now();
-        let answer = self.raft_rpc(paths::APPEND, &rpc, option.hard_ttl()).await;
+        let body = encode(&rpc).map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&TransportError::Unreachable {
+                addr: self.addr.clone(),
+                message: e.to_string(),
+            }))
+        })?;
+        let answer = match self.append_bytes(body, option.hard_ttl()).await {
+            Ok(bytes) => decode_answer(&self.addr, &bytes),
+            Err(e) => Err(e),
+        };
+        let answer = self.raft_answer(answer);
         self.metrics
             .observe_stage(Stage::Replicate, started.elapsed());
         answer
@@ -344,6 +607,109 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::server::{upgrade_to_stream, Refusal};
+    use crate::serve::{serve, ServeConfig};
+    use axum::body::Bytes;
+
+    /// Serves `router` on a free loopback port until the test ends.
+    async fn served(router: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("bound").to_string();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            ServeConfig::new("test"),
+            std::future::pending(),
+        ));
+        (addr, server)
+    }
+
+    fn client_url_answer(url: &str) -> Vec<u8> {
+        let answer: Result<PeerResponse, PeerError> = Ok(PeerResponse::ClientUrl(url.into()));
+        encode(&answer).expect("encodable")
+    }
+
+    /// A member that answers every call with its client URL.
+    #[derive(Clone)]
+    struct Urls;
+
+    impl crate::network::stream::Handler for Urls {
+        async fn append(&self, _body: Bytes) -> Result<Vec<u8>, Refusal> {
+            Ok(Vec::new())
+        }
+
+        async fn call(&self, _body: Bytes) -> Result<Vec<u8>, Refusal> {
+            Ok(client_url_answer("http://streamed"))
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_go_over_a_stream_behind_the_token() {
+        let token = Token::new("a-token-long-enough-for-the-rules-0123456789").expect("a token");
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let router = axum::Router::new()
+            .route(
+                paths::STREAM,
+                axum::routing::get(move |req: axum::extract::Request| {
+                    let stopped = stopped.clone();
+                    async move { upgrade_to_stream(Urls, stopped, req) }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                crate::auth::Guard {
+                    token: Some(token.clone()),
+                    open_paths: &[],
+                },
+                crate::auth::require_token,
+            ));
+        let (addr, _server) = served(router).await;
+        let timeout = Duration::from_secs(5);
+
+        let client = PeerClient::new(HashMap::new(), Some(token), None).expect("a client");
+        for _ in 0..3 {
+            let answer = client.call(&addr, &PeerRequest::ClientUrl, timeout).await;
+            assert!(
+                matches!(&answer, Ok(Ok(PeerResponse::ClientUrl(u))) if u == "http://streamed"),
+                "{answer:?}"
+            );
+        }
+        let opened = client.calls.lock().expect("slots").len();
+        assert_eq!(opened, 1, "one stream per peer");
+
+        // Without the token no stream opens, and nothing was delivered.
+        let stranger = PeerClient::new(HashMap::new(), None, None).expect("a client");
+        let refused = stranger.call(&addr, &PeerRequest::ClientUrl, timeout).await;
+        assert!(
+            matches!(&refused, Err(TransportError::Unreachable { message, .. }) if message.contains("401")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_serves_no_streams_gets_calls_as_http_requests() {
+        // A member of an older version: no stream route, only `POST /peer/call`.
+        let router = axum::Router::new().route(
+            paths::CALL,
+            axum::routing::post(|body: Bytes| async move {
+                match decode::<PeerRequest>(&body) {
+                    Ok(PeerRequest::ClientUrl) => client_url_answer("http://old"),
+                    _ => Vec::new(),
+                }
+            }),
+        );
+        let (addr, _server) = served(router).await;
+        let client = PeerClient::new(HashMap::new(), None, None).expect("a client");
+        let timeout = Duration::from_secs(5);
+        for _ in 0..2 {
+            let answer = client.call(&addr, &PeerRequest::ClientUrl, timeout).await;
+            assert!(
+                matches!(&answer, Ok(Ok(PeerResponse::ClientUrl(u))) if u == "http://old"),
+                "{answer:?}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn refuses_only_where_nothing_listens() {

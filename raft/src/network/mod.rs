@@ -2,13 +2,16 @@
 //! and the few requests a follower sends its leader (forwarded writes, read index, lease
 //! keep-alive and TTL, membership changes, the quorum check behind `/health`).
 //!
-//! Everything on this path is bincode over HTTP/1.1 with pooled keep-alive connections;
-//! JSON stays at the client edge. [`client`] is the outbound side (openraft's
+//! Everything on this path is bincode; JSON stays at the client edge. AppendEntries and the
+//! follower-to-leader calls travel over long-lived framed streams ([`stream`]), votes and
+//! whole snapshots as HTTP/1.1 requests on pooled keep-alive connections (so does everything
+//! when a peer cannot open a stream). [`client`] is the outbound side (openraft's
 //! `RaftNetworkFactory`), [`server`] the inbound routes. This module does not decide anything
 //! about the store: it only carries messages.
 
 pub mod client;
 pub mod server;
+pub mod stream;
 
 use serde::{Deserialize, Serialize};
 
