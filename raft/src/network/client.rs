@@ -54,6 +54,19 @@ enum OpenError {
     Failed(TransportError),
 }
 
+/// Most idle append streams kept per peer for the next [`PeerConnection`] to that peer.
+/// openraft opens a connection per leadership check (each linearizable read's heartbeat
+/// round) besides each replication stream's own, so streams are handed on, not reopened.
+const IDLE_APPEND_STREAMS: usize = 8;
+
+/// An idle append stream older than this is closed rather than handed on.
+const IDLE_APPEND_FOR: Duration = Duration::from_secs(30);
+
+type AppendStream = ExclusiveStream<reqwest::Upgraded>;
+
+/// Peer address -> append streams no connection uses now, with when each was left.
+type IdleAppends = HashMap<String, Vec<(Instant, AppendStream)>>;
+
 /// A peer's shared call stream, or until when it gets plain HTTP instead.
 #[derive(Default)]
 struct CallSlot {
@@ -88,6 +101,7 @@ pub struct PeerClient {
     calls: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<CallSlot>>>>>,
     /// False: every message is an HTTP request ([`PeerClient::with_streams`]).
     streams: bool,
+    idle_appends: Arc<Mutex<IdleAppends>>,
 }
 
 impl PeerClient {
@@ -128,7 +142,30 @@ impl PeerClient {
             outlogged: Arc::default(),
             calls: Arc::default(),
             streams: true,
+            idle_appends: Arc::default(),
         })
+    }
+
+    /// An idle append stream to `addr` that is still open, if any.
+    fn take_append_stream(&self, addr: &str) -> Option<AppendStream> {
+        let mut idle = self.idle_appends.lock().unwrap_or_else(|p| p.into_inner());
+        let streams = idle.get_mut(addr)?;
+        while let Some((left, mut stream)) = streams.pop() {
+            if left.elapsed() < IDLE_APPEND_FOR && stream.is_open() {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream` for the next connection to `addr` (unless enough are kept).
+    fn leave_append_stream(&self, addr: &str, stream: AppendStream) {
+        let mut idle = self.idle_appends.lock().unwrap_or_else(|p| p.into_inner());
+        let streams = idle.entry(addr.to_string()).or_default();
+        streams.retain(|(left, _)| left.elapsed() < IDLE_APPEND_FOR);
+        if streams.len() < IDLE_APPEND_STREAMS {
+            streams.push((Instant::now(), stream));
+        }
     }
 
     /// With `false`, sends every peer message as its own HTTP request, never over a stream.
@@ -413,9 +450,10 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     metrics: Metrics,
-    /// The stream AppendEntries go over; opened on first use, dropped after any failure.
+    /// The stream AppendEntries go over: an idle one taken over or a new one on first use,
+    /// dropped after any failure, left for the next connection when this one is dropped.
     /// Only ever reached through `&mut self` (`get_mut`): the mutex just makes it `Sync`.
-    appends: Option<Mutex<ExclusiveStream<reqwest::Upgraded>>>,
+    appends: Option<Mutex<AppendStream>>,
     /// Until when the target gets AppendEntries as HTTP requests (it serves no streams).
     http_until: Option<Instant>,
 }
@@ -474,6 +512,21 @@ impl PeerConnection {
     ) -> Result<bytes::Bytes, TransportError> {
         let deadline = Instant::now() + timeout;
         let http_only = !self.client.streams || self.http_until.is_some_and(|t| Instant::now() < t);
+        // A stream the peer closed (it restarted, say) is not written to.
+        if let Some(stream) = self.appends.as_mut() {
+            if !stream
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_open()
+            {
+                self.appends = None;
+            }
+        }
+        if self.appends.is_none() && !http_only {
+            if let Some(stream) = self.client.take_append_stream(&self.addr) {
+                self.appends = Some(Mutex::new(stream));
+            }
+        }
         if self.appends.is_none() && !http_only {
             match self.client.open_stream(&self.addr, timeout).await {
                 Ok(io) => self.appends = Some(Mutex::new(ExclusiveStream::new(io))),
@@ -507,6 +560,15 @@ impl PeerConnection {
                 self.appends = None;
                 Err(no_answer(&self.addr, &StreamError::TimedOut))
             }
+        }
+    }
+}
+
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        if let Some(stream) = self.appends.take() {
+            let stream = stream.into_inner().unwrap_or_else(|p| p.into_inner());
+            self.client.leave_append_stream(&self.addr, stream);
         }
     }
 }
@@ -685,6 +747,68 @@ mod tests {
             matches!(&refused, Err(TransportError::Unreachable { message, .. }) if message.contains("401")),
             "{refused:?}"
         );
+    }
+
+    fn idle_streams(client: &PeerClient, addr: &str) -> usize {
+        let idle = client.idle_appends.lock().expect("idle streams");
+        idle.get(addr).map_or(0, Vec::len)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_leaves_its_append_stream_to_the_next_one() {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let router = axum::Router::new().route(
+            paths::STREAM,
+            axum::routing::get(move |req: axum::extract::Request| {
+                let stopped = stopped.clone();
+                async move { upgrade_to_stream(Urls, stopped, req) }
+            }),
+        );
+        let (addr, _server) = served(router).await;
+        let client = PeerClient::new(HashMap::new(), None, None).expect("a client");
+        let mut factory = PeerNetworkFactory::new(client.clone(), Metrics::new());
+        let node = MemberNode { addr: addr.clone() };
+        let timeout = Duration::from_secs(5);
+
+        let mut first = factory.new_client(2, &node).await;
+        first
+            .append_bytes(b"x".to_vec(), timeout)
+            .await
+            .expect("an answer");
+        assert_eq!(idle_streams(&client, &addr), 0, "in use");
+        drop(first);
+        assert_eq!(
+            idle_streams(&client, &addr),
+            1,
+            "left for the next connection"
+        );
+
+        let mut second = factory.new_client(2, &node).await;
+        second
+            .append_bytes(b"y".to_vec(), timeout)
+            .await
+            .expect("an answer");
+        assert_eq!(
+            idle_streams(&client, &addr),
+            0,
+            "taken over, not opened anew"
+        );
+        drop(second);
+
+        // The peer closes its streams (it stops): a closed stream is not handed on, and the
+        // next connection opens a new one.
+        stop.send(true).expect("the switch");
+        let mut third = factory.new_client(2, &node).await;
+        let closed = tokio::time::timeout(timeout, async {
+            // Handed on while open; once the peer's close arrives, discarded instead.
+            while let Some(stream) = client.take_append_stream(&addr) {
+                client.leave_append_stream(&addr, stream);
+                tokio::task::yield_now().await;
+            }
+        });
+        closed.await.expect("the closed stream was still handed on");
+        assert_eq!(idle_streams(&client, &addr), 0);
+        let _ = third.append_bytes(b"z".to_vec(), timeout).await;
     }
 
     #[tokio::test]

@@ -232,6 +232,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ExclusiveStream<I> {
         }
     }
 
+    /// Whether the stream can still carry a request: the peer has not closed it and sent
+    /// nothing unasked. Never waits.
+    pub fn is_open(&mut self) -> bool {
+        use futures::FutureExt;
+        self.framed.next().now_or_never().is_none()
+    }
+
     pub async fn round_trip(&mut self, kind: Kind, body: &[u8]) -> Result<Bytes, StreamError> {
         self.next_id += 1;
         let id = self.next_id;
@@ -557,8 +564,10 @@ mod tests {
         let (io, server, stop) = served();
         let mut stream = ExclusiveStream::new(io);
         stream.round_trip(Kind::Append, b"x").await.expect("answer");
+        assert!(stream.is_open());
         stop.send(true).expect("the switch");
         server.await.expect("the serving task");
+        assert!(!stream.is_open(), "the served side is gone");
         let after = stream.round_trip(Kind::Append, b"y").await;
         assert!(after.is_err(), "{after:?}");
 
