@@ -1186,8 +1186,10 @@ mod claims_tests {
     }
 
     fn named_pod(name: &str) -> crate::api::Pod {
-        let mut p = crate::api::Pod::default();
-        p.namespace = "default".into();
+        let mut p = crate::api::Pod {
+            namespace: "default".into(),
+            ..Default::default()
+        };
         p.spec.name = name.into();
         p
     }
