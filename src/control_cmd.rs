@@ -282,8 +282,9 @@ pub struct SchedulerArgs {
     pub events: EventArgs,
     #[command(flatten)]
     pub election: ElectionArgs,
-    /// Concurrent bindings.
-    #[arg(long, default_value_t = 16)]
+    /// Concurrent bindings (each a store write in flight; Kubernetes binds asynchronously,
+    /// without a bound).
+    #[arg(long, default_value_t = 64)]
     pub workers: usize,
 }
 

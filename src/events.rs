@@ -40,6 +40,8 @@ pub fn disable_in_this_process() {
 pub const QUEUE: usize = 1000;
 /// Distinct events remembered for aggregation (the oldest are forgotten first).
 pub const AGGREGATE_CACHE: usize = 4096;
+/// New events written in one store transaction, at most.
+pub const WRITE_BATCH: usize = crate::registry::MAX_BATCH;
 
 /// `Normal` or `Warning`, as Kubernetes types events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,9 +233,71 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::Receiver<Record>) {
-        while let Some(record) = receiver.recv().await {
-            if let Err(e) = self.write(record).await {
-                tracing::debug!(error = %e, "event not written");
+        let mut batch = Vec::new();
+        while receiver.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+            self.write_all(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Writes what waited in the queue, in order: new events together, in transactions of
+    /// up to [`WRITE_BATCH`] (a burst of pods costs the store a few writes, not one per
+    /// event); a repeat on its own, after what it repeats.
+    async fn write_all(&mut self, records: Vec<Record>) {
+        let mut fresh: Vec<(String, KubeEvent)> = Vec::new();
+        for record in records {
+            let key = aggregate_key(&record);
+            let event = self.new_event(&record);
+            let repeat = self.seen.contains_key(&key) || fresh.iter().any(|(k, _)| *k == key);
+            let same_name = fresh
+                .iter()
+                .any(|(_, e)| e.metadata.name == event.metadata.name);
+            if repeat || same_name {
+                self.create_all(std::mem::take(&mut fresh)).await;
+            }
+            if repeat {
+                if let Err(e) = self.write(record).await {
+                    tracing::debug!(error = %e, "event not written");
+                }
+            } else {
+                fresh.push((key, event));
+            }
+        }
+        self.create_all(fresh).await;
+    }
+
+    /// Creates new events in one transaction; if the store refuses it (a name taken), one
+    /// by one.
+    async fn create_all(&mut self, fresh: Vec<(String, KubeEvent)>) {
+        if fresh.is_empty() {
+            return;
+        }
+        let events: Vec<KubeEvent> = fresh.iter().map(|(_, e)| e.clone()).collect();
+        match self.registry.create_all(&events).await {
+            Ok(stored) => {
+                for ((key, _), event) in fresh.into_iter().zip(stored) {
+                    self.remember(key, event);
+                }
+            }
+            Err(RegistryError::AlreadyExists { .. }) if fresh.len() > 1 => {
+                for (key, event) in fresh {
+                    match self.registry.create(&event).await {
+                        Ok(stored) => self.remember(key, stored),
+                        Err(e) => tracing::debug!(error = %e, "event not written"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, events = fresh.len(), "events not written"),
+        }
+    }
+
+    /// The stored version of the event at aggregation key `key`, for its repeats.
+    fn remember(&mut self, key: String, stored: KubeEvent) {
+        if self.seen.insert(key.clone(), stored).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > AGGREGATE_CACHE {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.seen.remove(&oldest);
+                }
             }
         }
     }
@@ -256,14 +320,7 @@ impl Writer {
         }
         let event = self.new_event(&record);
         let stored = self.registry.create(&event).await?;
-        if self.seen.insert(key.clone(), stored).is_none() {
-            self.order.push_back(key);
-            if self.order.len() > AGGREGATE_CACHE {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.seen.remove(&oldest);
-                }
-            }
-        }
+        self.remember(key, stored);
         Ok(())
     }
 
@@ -303,6 +360,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{Object, WatchEvent};
 
     fn pod(name: &str) -> Pod {
         let mut p = Pod::default();
@@ -359,6 +417,43 @@ mod tests {
             .as_deref()
             .is_some_and(|n| n.starts_with("web-1.")));
         assert_eq!(list[1].count, Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_written_in_batches_with_every_event_and_repeat() {
+        use futures::StreamExt;
+        let (registry, _store) = Registry::in_process();
+        let mut writes = registry.watch::<KubeEvent>(1);
+        let recorder = Recorder::start(registry.clone(), "default-scheduler", None);
+        // More than two batches; every pod's event is its own, and p0's is said twice.
+        // Recorded before the writer first runs (nothing here awaits), so it finds them
+        // all waiting.
+        let n = WRITE_BATCH * 2 + 5;
+        let said = |i: usize| format!("Successfully assigned default/p{i} to node-a");
+        for i in 0..n {
+            recorder.normal(pod_reference(&pod(&format!("p{i}"))), "Scheduled", said(i));
+        }
+        recorder.normal(pod_reference(&pod("p0")), "Scheduled", said(0));
+        let mut created = std::collections::BTreeMap::new();
+        let mut repeated = None;
+        while created.len() < n || repeated.is_none() {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), writes.next());
+            match next.await.expect("the events within 10 s") {
+                Some(Ok(WatchEvent::Added(e))) => {
+                    created.insert(e.metadata.name.clone(), e.resource_version());
+                }
+                Some(Ok(WatchEvent::Modified(e))) => repeated = Some(e),
+                Some(Ok(_)) => {}
+                other => panic!("the watch ended: {other:?}"),
+            }
+        }
+        // Three transactions carried the new events: a batch, a batch, the rest.
+        let revisions: std::collections::BTreeSet<i64> = created.values().copied().collect();
+        assert_eq!(revisions.len(), 3, "{revisions:?}");
+        let repeated = repeated.expect("the repeat");
+        assert_eq!(repeated.involved_object.name.as_deref(), Some("p0"));
+        assert_eq!(repeated.count, Some(2));
+        assert_eq!(recorder.dropped(), 0);
     }
 
     #[tokio::test]

@@ -69,6 +69,18 @@ fn owner_of(pod: &Pod) -> Option<String> {
         .map(|o| format!("{}/{}", namespace_or_default(&pod.namespace), o.name))
 }
 
+/// Whether the ReplicaSet at `key` (`namespace/name`) controls `pod`: [`owner_of`] without
+/// building a key for every pod looked at.
+fn owned_by(pod: &Pod, key: &str) -> bool {
+    let Some((namespace, name)) = key.split_once('/') else {
+        return false;
+    };
+    pod.owner
+        .as_ref()
+        .is_some_and(|o| o.kind == "ReplicaSet" && o.name == name)
+        && namespace_or_default(&pod.namespace) == namespace
+}
+
 /// The ReplicaSets a pod change concerns: the one that owns the pod, and the one that owned
 /// it before the change.
 fn pod_owners(change: &Change<Pod>) -> Vec<String> {
@@ -234,7 +246,7 @@ impl ReplicaSetController {
     fn owned_pods(&self, name: &str) -> Vec<Pod> {
         let mut out = Vec::new();
         self.pods.for_each(|p| {
-            if owner_of(p).as_deref() == Some(name) {
+            if owned_by(p, name) {
                 out.push(p.clone());
             }
         });
@@ -496,6 +508,30 @@ impl ReplicaSetController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_by_agrees_with_owner_of() {
+        let mut p = new_pod(&ReplicaSet {
+            name: "web".into(),
+            namespace: "team".into(),
+            ..Default::default()
+        });
+        p.namespace = "team".into();
+        for key in ["team/web", "default/web", "team/we", "web", "team/web/x"] {
+            assert_eq!(
+                owned_by(&p, key),
+                owner_of(&p).as_deref() == Some(key),
+                "{key}"
+            );
+        }
+        assert!(owned_by(&p, "team/web"));
+        p.namespace = String::new();
+        assert!(owned_by(&p, "default/web"));
+        if let Some(o) = p.owner.as_mut() {
+            o.kind = "Deployment".into();
+        }
+        assert!(!owned_by(&p, "default/web"));
+    }
 
     #[test]
     fn new_pods_carry_the_selector_labels_and_an_owner() {

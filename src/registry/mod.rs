@@ -414,6 +414,11 @@ fn create_only(key: &str, value: Bin, lease: i64) -> TxnRequest {
 /// changing under it.
 const CLAIM_RETRIES: usize = 20;
 
+/// Objects written in one transaction by [`Registry::create_all`] and
+/// [`Registry::update_all`] (the store takes at most 128 compares or operations, and the
+/// fence needs one).
+pub const MAX_BATCH: usize = 64;
+
 /// A read of `key`'s metadata (for a failure branch).
 fn keys_only(key: &str) -> RequestOp {
     RequestOp::Range(RangeRequest {
@@ -692,6 +697,54 @@ impl Registry {
         }
         let mut out = obj.clone();
         out.set_resource_version(resp.header.revision);
+        Ok(out)
+    }
+
+    /// Stores several new objects of a kind, [`MAX_BATCH`] to a transaction, each
+    /// transaction all or none: if a name in it is taken, none of it is written and the
+    /// error names the first taken one (the transactions before it stand). A kind with
+    /// claims is created one by one.
+    pub async fn create_all<T: Object>(&self, objs: &[T]) -> Result<Vec<T>, RegistryError> {
+        let mut out = Vec::with_capacity(objs.len());
+        if T::HAS_CLAIMS {
+            for obj in objs {
+                out.push(self.create(obj).await?);
+            }
+            return Ok(out);
+        }
+        for chunk in objs.chunks(MAX_BATCH) {
+            if let [one] = chunk {
+                out.push(self.create(one).await?);
+                continue;
+            }
+            let lease = self.lease_for::<T>().await?;
+            let mut txn = TxnRequest::default();
+            for obj in chunk {
+                let key = key_of::<T>(&obj.key());
+                let one = create_only(&key, Bin(encode(obj)?), lease);
+                txn.compare.extend(one.compare);
+                txn.success.extend(one.success);
+                txn.failure.push(keys_only(&key));
+            }
+            self.fence_txn(&mut txn);
+            let resp = self.client.txn(&txn).await?;
+            if !resp.succeeded {
+                self.check_fence(&resp)?;
+                let taken = chunk.iter().enumerate().find(|(i, _)| {
+                    matches!(resp.responses.get(*i), Some(ResponseOp::Range { count, .. }) if *count > 0)
+                });
+                return Err(RegistryError::AlreadyExists {
+                    kind: T::KIND,
+                    name: taken
+                        .map_or_else(String::new, |(_, o)| name_of_key(&o.key()).to_string()),
+                });
+            }
+            out.extend(chunk.iter().map(|o| {
+                let mut stored = o.clone();
+                stored.set_resource_version(resp.header.revision);
+                stored
+            }));
+        }
         Ok(out)
     }
 
@@ -1130,6 +1183,37 @@ mod claims_tests {
             ..Default::default()
         });
         s
+    }
+
+    fn named_pod(name: &str) -> crate::api::Pod {
+        let mut p = crate::api::Pod {
+            namespace: "default".into(),
+            ..Default::default()
+        };
+        p.spec.name = name.into();
+        p
+    }
+
+    #[tokio::test]
+    async fn create_all_writes_a_batch_whole_or_not_at_all() {
+        let (reg, _store) = Registry::in_process();
+        // More than one transaction holds.
+        let pods: Vec<_> = (0..MAX_BATCH + 3)
+            .map(|i| named_pod(&format!("p{i}")))
+            .collect();
+        let stored = reg.create_all(&pods).await.unwrap();
+        assert_eq!(stored.len(), pods.len());
+        assert!(stored.iter().all(|p| p.resource_version > 0));
+        assert_eq!(stored[0].resource_version, stored[1].resource_version);
+        let again = vec![named_pod("q0"), named_pod("p1"), named_pod("q1")];
+        match reg.create_all(&again).await {
+            Err(RegistryError::AlreadyExists { name, .. }) => assert_eq!(name, "p1"),
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+        // Neither of the batch's new names was written.
+        let (list, _) = reg.list::<crate::api::Pod>().await.unwrap();
+        assert_eq!(list.len(), pods.len());
+        assert!(reg.get::<crate::api::Pod>("default/q0").await.is_err());
     }
 
     #[tokio::test]

@@ -9,13 +9,19 @@
 //!   conflict means the pod changed, and its event brings it back.
 //! - Assume: the chosen binding is recorded locally at once, so a burst of pods is spread
 //!   before the store echoes the bindings back.
+//! - Usage per node is kept change by change from the pod watch and the assumptions
+//!   ([`accounting::Accounting`]), not recounted from every pod for each binding.
 //! - A pod that fits nowhere gets the reason `Unschedulable` and a message in Kubernetes'
 //!   words, and is tried again when a node or a pod changes (never on a timer).
 //! - Events: `Scheduled` for a binding, `FailedScheduling` (a Warning, with the message) for
 //!   a pod that fits nowhere.
 
+mod accounting;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+use accounting::Accounting;
 
 use crate::api::{namespace_or_default, Node, NodeStatus, Pod, PodPhase};
 use crate::events::{pod_reference, Recorder};
@@ -123,8 +129,9 @@ pub struct Scheduler {
     events: Recorder,
     pods: Informer<Pod>,
     nodes: Informer<Node>,
-    /// Pods bound by us that the cache may not show yet: pod → node.
-    assumed: Arc<Mutex<HashMap<String, String>>>,
+    /// What every node has bound: the pods seen plus the bindings assumed (pods bound by
+    /// us that the cache may not show yet).
+    accounting: Arc<Mutex<Accounting>>,
     /// Pods that fit nowhere, waiting for a change in the cluster.
     unschedulable: Arc<Mutex<HashSet<String>>>,
 }
@@ -144,17 +151,22 @@ impl Scheduler {
             registry,
             pods: pods.clone(),
             nodes: nodes.clone(),
-            assumed: Arc::new(Mutex::new(HashMap::new())),
+            accounting: Arc::new(Mutex::new(Accounting::default())),
             unschedulable: Arc::new(Mutex::new(HashSet::new())),
         };
         let on_pod = sched.clone();
         let on_node = sched.clone();
         let cache = pods.clone();
+        let seeded = sched.clone();
         Controller::new("scheduler")
             .watches(&pods, move |ch| on_pod.keys_for_pod_change(ch))
             .watches(&nodes, move |_| on_node.take_unschedulable())
             .seed(move |queue| {
+                // The changes subscribed to before this read follow it; older versions
+                // among them do not move the count back.
+                let mut accounting = seeded.lock_accounting();
                 cache.for_each(|p| {
+                    accounting.observe(p);
                     if needs_binding(p) {
                         queue.add(&p.key());
                     }
@@ -172,11 +184,11 @@ impl Scheduler {
     fn keys_for_pod_change(&self, ch: &Change<Pod>) -> Vec<String> {
         match ch {
             Change::Upsert { old, new } => {
+                self.lock_accounting().observe(new);
                 let mut keys = Vec::new();
                 if needs_binding(new) {
                     keys.push(new.key());
                 } else {
-                    self.lock_assumed().remove(&new.key());
                     self.lock_unschedulable().remove(&new.key());
                 }
                 // A pod leaving a node frees room.
@@ -188,7 +200,7 @@ impl Scheduler {
                 keys
             }
             Change::Deleted(p) => {
-                self.lock_assumed().remove(&p.key());
+                self.lock_accounting().forget(&p.key(), p.resource_version);
                 self.lock_unschedulable().remove(&p.key());
                 if p.spec.node_name.is_empty() {
                     Vec::new()
@@ -199,8 +211,8 @@ impl Scheduler {
         }
     }
 
-    fn lock_assumed(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.assumed.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_accounting(&self) -> std::sync::MutexGuard<'_, Accounting> {
+        self.accounting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_unschedulable(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -212,43 +224,21 @@ impl Scheduler {
         self.lock_unschedulable().drain().collect()
     }
 
-    /// What every node has bound, from the cache plus our assumptions.
-    fn usage(&self, assumed: &HashMap<String, String>) -> HashMap<String, Usage> {
-        let mut usage: HashMap<String, Usage> = HashMap::new();
-        let mut add = |node: &str, p: &Pod| {
-            let u = usage.entry(node.to_string()).or_default();
-            u.pods += 1;
-            u.cpu += p.spec.resources.cpu;
-            u.memory += p.spec.resources.memory;
-        };
-        self.pods.for_each(|p| {
-            if p.is_terminal() {
-                return;
-            }
-            if !p.spec.node_name.is_empty() {
-                add(&p.spec.node_name, p);
-            } else if let Some(node) = assumed.get(&p.key()) {
-                add(node, p);
-            }
-        });
-        usage
-    }
-
     pub async fn schedule(&self, name: &str) -> anyhow::Result<Next> {
         let Some(pod) = self.pods.get(name) else {
             return Ok(Next::Done);
         };
-        if !needs_binding(&pod) || self.lock_assumed().contains_key(name) {
+        if !needs_binding(&pod) || self.lock_accounting().is_assumed(name) {
             return Ok(Next::Done);
         }
         let nodes = self.nodes.list();
         // Choosing and assuming is one step: concurrent workers must each see the others'
         // choices, or a burst piles onto the same emptiest node.
         let choice = {
-            let mut assumed = self.lock_assumed();
-            let choice = pick_node(&nodes, &self.usage(&assumed), &pod);
+            let mut accounting = self.lock_accounting();
+            let choice = pick_node(&nodes, accounting.usage(), &pod);
             if let Ok(node) = &choice {
-                assumed.insert(name.to_string(), node.clone());
+                accounting.assume(&pod, node);
             }
             choice
         };
@@ -275,7 +265,7 @@ impl Scheduler {
                         Ok(Next::Done)
                     }
                     Err(e) => {
-                        self.lock_assumed().remove(name);
+                        self.lock_accounting().unassume(name);
                         match e {
                             // Changed or gone meanwhile: its event brings it back if needed.
                             RegistryError::Conflict { .. } | RegistryError::NotFound { .. } => {
