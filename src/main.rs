@@ -29,6 +29,22 @@ enum Command {
     Proxy(control_cmd::ProxyArgs),
 }
 
+/// glibc's malloc gives each thread that contends for it an arena of its own (up to eight
+/// per core) and keeps freed memory in each: after loading 100,000 keys the largest store
+/// member held 103 MB with the default and 75 MB with one arena, at the same throughput
+/// (per-thread caches take most allocations without the arena's lock). A `MALLOC_ARENA_MAX`
+/// in the environment is glibc's own setting and is left to win.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a tuning parameter of glibc's allocator, and it runs
+        // before the runtime starts any thread.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 mod control_cmd;
 mod listen_args;
 mod store_cmd;
@@ -36,8 +52,18 @@ mod store_cmd;
 /// Exits 1 with one line on stderr when a component cannot run (`miniku store: cannot
 /// listen on 127.0.0.1:2379: Address already in use`), its causes joined by `: `, so the
 /// last line of a log says why (anyhow's `Debug` from `main` would print a backtrace).
-#[tokio::main]
-async fn main() {
+fn main() {
+    one_malloc_arena();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("miniku: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
