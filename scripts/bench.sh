@@ -160,21 +160,6 @@ for sys in miniku-grpc etcd; do
     "$steady" >>"$RAW"
 done
 
-# Memory and disk after loading KEYS keys ("l0000000" onwards, 256-byte values): the
-# largest member's RSS, the first member's data directory.
-memory_row() { # system (miniku-grpc or etcd), keys
-  local sys=$1 keys=$2 cluster=${1%-grpc} rss=0 r i disk
-  echo "  $sys: loading $keys keys"
-  run "$sys" load --keys "$keys" --clients 64
-  for i in 1 2 3; do
-    r=$(ps -o rss= -p "${PIDS[$cluster$i]}" | tr -d ' ')
-    [ "$r" -gt "$rss" ] && rss=$r
-  done
-  disk=$(du -sb "$WORK/${cluster}1" | cut -f1)
-  echo "{\"system\":\"$cluster\",\"workload\":\"memory\",\"params\":{\"keys\":$keys},\"max_rss_mb\":$((rss / 1024)),\"disk_mb_per_node\":$((disk / 1048576))}" >>"$RAW"
-}
-for sys in miniku-grpc etcd; do memory_row "$sys" "$LOAD_KEYS"; done
-
 # Failover: steady writes, kill -9 the leader, time until writes flow again.
 for n in $(seq 1 "$FAILOVERS"); do
   for sys in miniku-grpc etcd; do
@@ -222,11 +207,45 @@ if [ "$QUICK" = 0 ]; then
   done
 fi
 
-# Memory after 1,000,000 keys (the 100,000 above rewritten, 900,000 more), full runs only:
-# last, so that the failovers above restart members of the smaller store.
-if [ "$QUICK" = 0 ]; then
-  for sys in miniku-grpc etcd; do memory_row "$sys" 1000000; done
-fi
+# Memory and disk on fresh clusters (the rows above leave a million or more keys behind):
+# both systems restarted with empty data directories, then LOAD_KEYS keys ("l0000000"
+# onwards, 256-byte values) loaded; in full runs then 1,000,000 (the first 100,000
+# rewritten, 900,000 more). Each row: the largest member's RSS, the first member's data
+# directory.
+fresh_clusters() {
+  local name i
+  for name in miniku1 miniku2 miniku3 etcd1 etcd2 etcd3; do kill -9 "${PIDS[$name]}" 2>/dev/null || true; done
+  for name in miniku1 miniku2 miniku3 etcd1 etcd2 etcd3; do
+    while kill -0 "${PIDS[$name]}" 2>/dev/null; do sleep 0.1; done
+  done
+  for i in 1 2 3; do
+    rm -rf "$WORK/miniku$i" "$WORK/etcd$i"
+    start_miniku "$i"
+    start_etcd "$i"
+  done
+  wait_ready miniku
+  wait_ready etcd
+  # A few puts first, so that connections and the first leader's entry are not the load's
+  # maximum latency.
+  "$BENCH" --system miniku-grpc --endpoints "$M_EP" put --clients 4 --requests 200 >/dev/null
+  "$BENCH" --system etcd --endpoints "$E_EP" put --clients 4 --requests 200 >/dev/null
+}
+memory_row() { # system (miniku-grpc or etcd), keys
+  local sys=$1 keys=$2 cluster=${1%-grpc} rss=0 r i disk
+  echo "  $sys: loading $keys keys"
+  run "$sys" load --keys "$keys" --clients 64
+  for i in 1 2 3; do
+    r=$(ps -o rss= -p "${PIDS[$cluster$i]}" | tr -d ' ')
+    [ "$r" -gt "$rss" ] && rss=$r
+  done
+  disk=$(du -sb "$WORK/${cluster}1" | cut -f1)
+  echo "{\"system\":\"$cluster\",\"workload\":\"memory\",\"params\":{\"keys\":$keys},\"max_rss_mb\":$((rss / 1024)),\"disk_mb_per_node\":$((disk / 1048576))}" >>"$RAW"
+}
+fresh_clusters
+for sys in miniku-grpc etcd; do
+  memory_row "$sys" "$LOAD_KEYS"
+  if [ "$QUICK" = 0 ]; then memory_row "$sys" 1000000; fi
+done
 
 mkdir -p "$(dirname "$OUT")"
 cp "$RAW" "$OUT"
