@@ -10,13 +10,14 @@
 //! valgrind --tool=callgrind target/release/examples/apply_cost 200 32
 //! ```
 //!
-//! Arguments: batches (default 2,000), puts per batch (32), value bytes (256). Keys are
-//! fresh, as in `miniku-bench put`.
+//! Arguments: batches (default 2,000), puts per batch (32), value bytes (256), and
+//! `delete` to time one range deletion of every key afterwards (what `etcdctl check perf`
+//! sends when it cleans up). Keys are fresh, as in `miniku-bench put`.
 
 use std::time::Instant;
 
 use miniku_store::mvcc::MvccStore;
-use miniku_store::types::{Command, PutOp};
+use miniku_store::types::{Command, DeleteOp, PutOp};
 
 fn arg(n: usize, default: usize) -> anyhow::Result<usize> {
     Ok(match std::env::args().nth(n) {
@@ -60,5 +61,20 @@ fn main() -> anyhow::Result<()> {
         elapsed.as_secs_f64() * 1e6 / puts as f64,
         mvcc.current_revision()
     );
+    if std::env::args().nth(4).as_deref() == Some("delete") {
+        let started = Instant::now();
+        let delete = Command::DeleteRange(DeleteOp {
+            key: b"p".to_vec(),
+            range_end: b"q".to_vec(),
+            prev_kv: false,
+        });
+        let log_id =
+            openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), batches as u64 + 1);
+        mvcc.apply_batch(log_id, &[delete], None)?;
+        println!(
+            "one range deletion of {puts} keys: {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     Ok(())
 }

@@ -90,30 +90,6 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether applying the command costs in proportion to what the store holds rather than
-    /// to the command's own size: a range deletion, a transaction over a range, a lease
-    /// revocation (every key attached), a compaction (all history). Such entries are applied
-    /// off the async runtime, so that a deletion of 60,000 keys does not hold up heartbeats.
-    pub fn scales_with_store(&self) -> bool {
-        let ranged = |ops: &[RequestOp]| {
-            ops.iter().any(|op| match op {
-                RequestOp::Put(_) => false,
-                RequestOp::Range(r) => !r.range_end.is_empty() || r.revision != 0,
-                RequestOp::DeleteRange(d) => !d.range_end.is_empty(),
-            })
-        };
-        match self {
-            Command::Put(_) | Command::LeaseGrant { .. } | Command::Alarm { .. } => false,
-            Command::DeleteRange(d) => !d.range_end.is_empty(),
-            Command::Txn(t) => {
-                t.compare.iter().any(|c| !c.range_end.is_empty())
-                    || ranged(&t.success)
-                    || ranged(&t.failure)
-            }
-            Command::LeaseRevoke { .. } | Command::Compact { .. } => true,
-        }
-    }
-
     /// Roughly how many bytes the command adds to a log entry (its keys and values).
     pub fn payload_bytes(&self) -> usize {
         let ops = |ops: &[RequestOp]| -> usize {

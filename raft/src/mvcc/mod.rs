@@ -20,7 +20,7 @@ pub use export::Exported;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::codec::{self, CodecError};
 use crate::types::*;
@@ -39,8 +39,6 @@ struct Inner {
     /// Held shared by a snapshot export, exclusively by what deletes history (a
     /// compaction, an import): history at or below an export's revision stays put.
     history_pin: RwLock<()>,
-    /// Held for the whole of `apply_batch`: entries are applied one at a time.
-    apply_lock: Mutex<()>,
 }
 
 /// One change of one key, as the index remembers it.
@@ -111,7 +109,6 @@ impl MvccStore {
                 revision: AtomicI64::new(1),
                 compact: AtomicI64::new(0),
                 history_pin: RwLock::new(()),
-                apply_lock: Mutex::new(()),
             }),
         };
         {
@@ -185,35 +182,21 @@ impl MvccStore {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
             });
-        // One entry at a time: nothing else changes the state, so what is computed under the
-        // read lock below still holds when the write lock is taken.
-        let _applying = self
-            .inner
-            .apply_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // Computing the entry's effects can take seconds (a range of 60,000 keys deleted):
-        // readers go on meanwhile (the lease scanner, response headers, gets), and only
-        // the commit below excludes them.
-        let (results, mut out, new_cluster_id) = {
-            let st = self.read_state();
-            let mut ctx = apply::ApplyCtx::new(
-                &self.inner.tree,
-                &st,
-                self.current_revision(),
-                self.compact_revision(),
-            );
-            let mut results = Vec::with_capacity(commands.len());
-            for cmd in commands {
-                results.push(ctx.apply(cmd)?);
-            }
-            let out = ctx.finish(log_id, membership.as_ref())?;
-            // The first entry any member applies is the same entry on every member (the
-            // cluster's first), so the id it gives is the same everywhere; snapshots carry it.
-            let new_cluster_id = (st.cluster_id == 0).then(|| cluster_id_of(log_id));
-            (results, out, new_cluster_id)
-        };
         let mut st = self.write_state();
+        let mut ctx = apply::ApplyCtx::new(
+            &self.inner.tree,
+            &st,
+            self.current_revision(),
+            self.compact_revision(),
+        );
+        let mut results = Vec::with_capacity(commands.len());
+        for cmd in commands {
+            results.push(ctx.apply(cmd)?);
+        }
+        let mut out = ctx.finish(log_id, membership.as_ref())?;
+        // The first entry any member applies is the same entry on every member (the
+        // cluster's first), so the id it gives is the same everywhere; snapshots carry it.
+        let new_cluster_id = (st.cluster_id == 0).then(|| cluster_id_of(log_id));
         if let Some(id) = new_cluster_id {
             out.batch
                 .insert(keys::META_CLUSTER_ID, &keys::i64_value(id as i64));

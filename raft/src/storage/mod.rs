@@ -33,8 +33,8 @@ use crate::codec::{decode, encode};
 use crate::metrics::{Metrics, Stage};
 use crate::mvcc::{MvccError, MvccStore};
 use crate::types::{
-    BatchResult, Command, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig, Vote,
+    BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Vote,
 };
 use crate::watch::ApplyListener;
 
@@ -42,6 +42,7 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 const LOG_DIR: &str = "raft-log";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
+const KEY_COMMITTED: &[u8] = b"committed";
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
@@ -78,7 +79,6 @@ pub fn open_stores(
         wal,
         meta,
         metrics,
-        committed: None,
     };
     store.migrate_sled_log()?;
     if let Some(purged) = store.meta_get::<LogId>(KEY_PURGED)? {
@@ -98,11 +98,6 @@ pub struct LogStore {
     wal: Wal,
     meta: sled::Tree,
     metrics: Metrics,
-    /// The last committed log id openraft told us, kept in memory only: openraft makes
-    /// saving it optional (after a restart the leader's next message carries it again), and
-    /// a write to sled here would wait behind the state machine's batch, which holds sled's
-    /// lock for seconds when it deletes a large range, and stall Raft's core meanwhile.
-    committed: Option<LogId>,
 }
 
 impl LogStore {
@@ -262,12 +257,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.committed = committed;
-        Ok(())
+        // Not flushed: losing it only means re-applying from the last applied entry.
+        self.meta_put(KEY_COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.committed)
+        Ok(self.meta_get::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
     async fn append<I>(
@@ -342,33 +337,6 @@ struct ListSnapshotFile {
 /// metadata's length (u64, big-endian): the payload streams out first, the metadata
 /// follows once the export knows it.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"MKSNAP2\n";
-
-/// Applies entries in order to the MVCC store and tells the listener of each one's events.
-fn apply_entries(
-    mvcc: &MvccStore,
-    listener: &dyn ApplyListener,
-    entries: Vec<Entry>,
-) -> Result<Vec<BatchResult>, StorageError> {
-    let mut out = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let log_id = entry.log_id;
-        let applied = match entry.payload {
-            EntryPayload::Blank => mvcc.apply_batch(log_id, &[], None),
-            EntryPayload::Normal(batch) => mvcc.apply_batch(log_id, &batch.commands, None),
-            EntryPayload::Membership(m) => {
-                mvcc.apply_batch(log_id, &[], Some(StoredMembership::new(Some(log_id), m)))
-            }
-        }
-        .map_err(|e| io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;
-        if !applied.events.is_empty() {
-            listener.applied(applied.events);
-        }
-        out.push(BatchResult {
-            results: applied.results,
-        });
-    }
-    Ok(out)
-}
 
 fn sm_err(e: MvccError) -> StorageError {
     io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e)
@@ -563,29 +531,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let heavy = entries.iter().any(|e| match &e.payload {
-            EntryPayload::Normal(batch) => batch.commands.iter().any(Command::scales_with_store),
-            _ => false,
-        });
-        let out = if heavy {
-            // Seconds of CPU for a large range: on a blocking thread, so that this member's
-            // runtime goes on with heartbeats and appends (a stalled runtime misses its
-            // election timeout and starts an election when it comes back).
-            let mvcc = self.mvcc.clone();
-            let listener = self.listener.clone();
-            tokio::task::spawn_blocking(move || apply_entries(&mvcc, listener.as_ref(), entries))
-                .await
-                .map_err(|e| {
-                    io_err(
-                        ErrorSubject::StateMachine,
-                        ErrorVerb::Write,
-                        format!("the apply thread failed: {e}"),
-                    )
-                })??
-        } else {
-            apply_entries(&self.mvcc, self.listener.as_ref(), entries)?
-        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let applied = match entry.payload {
+                EntryPayload::Blank => self.mvcc.apply_batch(log_id, &[], None),
+                EntryPayload::Normal(batch) => self.mvcc.apply_batch(log_id, &batch.commands, None),
+                EntryPayload::Membership(m) => {
+                    self.mvcc
+                        .apply_batch(log_id, &[], Some(StoredMembership::new(Some(log_id), m)))
+                }
+            }
+            .map_err(|e| io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;
+            if !applied.events.is_empty() {
+                self.listener.applied(applied.events);
+            }
+            out.push(BatchResult {
+                results: applied.results,
+            });
+        }
         self.metrics.observe_stage(Stage::Apply, started.elapsed());
         Ok(out)
     }
