@@ -90,9 +90,15 @@ wait_ready() {
   exit 1
 }
 
-for i in 1 2 3; do start_miniku "$i"; start_etcd "$i"; done
-wait_ready miniku
-wait_ready etcd
+# Starts all six members (over whatever their data directories hold) and waits for leaders.
+start_clusters() {
+  local i
+  for i in 1 2 3; do start_miniku "$i"; start_etcd "$i"; done
+  wait_ready miniku
+  wait_ready etcd
+}
+
+start_clusters
 echo "Miniku on $M_EP, etcd $(etcd --version | awk 'NR == 1 {print $3}') on $E_EP; data in $WORK"
 
 run() { # system, then miniku-bench arguments
@@ -219,13 +225,8 @@ fresh_clusters() {
   for name in miniku1 miniku2 miniku3 etcd1 etcd2 etcd3; do
     while kill -0 "${PIDS[$name]}" 2>/dev/null; do sleep 0.1; done
   done
-  for i in 1 2 3; do
-    rm -rf "$WORK/miniku$i" "$WORK/etcd$i"
-    start_miniku "$i"
-    start_etcd "$i"
-  done
-  wait_ready miniku
-  wait_ready etcd
+  for i in 1 2 3; do rm -rf "$WORK/miniku$i" "$WORK/etcd$i"; done
+  start_clusters
   # A few puts first, so that connections and the first leader's entry are not the load's
   # maximum latency.
   "$BENCH" --system miniku-grpc --endpoints "$M_EP" put --clients 4 --requests 200 >/dev/null
